@@ -1,0 +1,485 @@
+"""The `fleet` command: parse, build settings, run the engine, draw progress, map exit codes.
+
+This is the only module that prints. Exit codes: 0 every model succeeded; 1 at least one model
+failed and the rest finished; 2 usage or configuration error; 3 the run could not proceed
+(server unreachable, token rejected, state file unusable); 130 interrupted (SIGINT);
+143 terminated (SIGTERM). An interrupted run resumes with the same `--run-id`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import structlog
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from fleet import __version__, sim
+from fleet import logging as fleet_logging
+from fleet.client import ModelOpsClient, RetryPolicy
+from fleet.config import ModelEntry, Settings, flag_specs, load_settings
+from fleet.errors import ConfigError, RunNotFound, StoreError
+from fleet.scheduler import Progress, ProgressSnapshot, RunResult, model_outcome, run
+from fleet.stages import Stage, StageState
+from fleet.store import Store
+
+EXIT_OK = 0
+EXIT_MODELS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CANNOT_PROCEED = 3
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+log = structlog.get_logger("fleet.cli")
+
+# The demo's emulator runs an hour of training in a minute; fleet polls to match.
+_DEMO_SETTINGS = {
+    "concurrency": 200,
+    "limits.train": 50,
+    "limits.evaluate": 50,
+    "limits.deploy": 50,
+    "limits.retire": 50,
+    "poll_interval": 0.5,
+    "progress_interval": 5.0,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.command(args)
+    except ConfigError as exc:
+        _error(f"configuration error: {exc}")
+        return EXIT_USAGE
+    except RunNotFound as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except StoreError as exc:
+        _error(f"state file error: {exc}")
+        return EXIT_CANNOT_PROCEED
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_SIGINT
+    return code
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleet",
+        description="Run the Teradata ModelOps lifecycle of hundreds of models at once.",
+    )
+    parser.add_argument("--version", action="version", version=f"fleet {__version__}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    run_p = commands.add_parser("run", help="run (or resume) the lifecycle of every model")
+    run_p.add_argument("--config", type=Path, help="fleet.toml to read (default ./fleet.toml)")
+    run_p.add_argument("--run-id", help="name of the run; the same id resumes it")
+    _add_setting_flags(run_p)
+    run_p.set_defaults(command=_cmd_run)
+
+    status_p = commands.add_parser("status", help="where each model of a run is")
+    status_p.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
+    status_p.add_argument("--db", type=Path, default=None, help="state file (default fleet.db)")
+    status_p.add_argument("--json", action="store_true", help="print JSON")
+    status_p.set_defaults(command=_cmd_status)
+
+    sim_p = commands.add_parser("sim", help="serve the ModelOps emulator over HTTP")
+    sim_p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sim_p.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
+    _add_sim_flags(sim_p)
+    sim_p.add_argument("--token", default=sim.SimSettings.token, help="bearer token to accept")
+    sim_p.add_argument(
+        "--project-id", default=sim.SimSettings.project_id, help="the project's id"
+    )
+    sim_p.set_defaults(command=_cmd_sim)
+
+    demo_p = commands.add_parser("demo", help="run fleet against a built-in emulator")
+    _add_sim_flags(demo_p)
+    demo_p.add_argument("--db", type=Path, default=Path("fleet-demo.db"), help="state file")
+    demo_p.add_argument("--run-id", help="name of the run; the same id resumes it")
+    _add_setting_flags(demo_p, skip=("api.", "db"))
+    demo_p.set_defaults(command=_cmd_demo)
+    return parser
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    group = parser.add_argument_group("settings (override fleet.toml and FLEET_* variables)")
+    for spec in flag_specs():
+        if spec.path.startswith(skip):
+            continue
+        group.add_argument(
+            spec.flag,
+            dest=f"setting:{spec.path}",
+            default=None,
+            choices=spec.choices,
+            metavar=None if spec.choices else "VALUE",
+            help=spec.help or None,
+        )
+
+
+def _add_sim_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = sim.SimSettings()
+    parser.add_argument("--models", type=int, default=defaults.models, help="models to serve")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=defaults.time_scale,
+        help="simulated seconds per real second",
+    )
+    parser.add_argument("--job-error-rate", type=float, default=0.0, help="jobs ending in ERROR")
+    parser.add_argument("--http-500-rate", type=float, default=0.0, help="requests answered 500")
+    parser.add_argument("--http-503-rate", type=float, default=0.0, help="requests answered 503")
+    parser.add_argument("--http-429-rate", type=float, default=0.0, help="requests answered 429")
+    parser.add_argument("--slow-rate", type=float, default=0.0, help="requests answered slowly")
+
+
+def _setting_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        key.removeprefix("setting:"): value
+        for key, value in vars(args).items()
+        if key.startswith("setting:") and value is not None
+    }
+
+
+def _sim_settings(args: argparse.Namespace, **extra: Any) -> sim.SimSettings:
+    if args.models < 1:
+        raise ConfigError("--models: must be at least 1")
+    if args.time_scale <= 0:
+        raise ConfigError("--time-scale: must be greater than 0")
+    for name in ("job_error_rate", "http_500_rate", "http_503_rate", "http_429_rate", "slow_rate"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be between 0 and 1")
+    return sim.SimSettings(
+        models=args.models,
+        seed=args.seed,
+        time_scale=args.time_scale,
+        job_error_rate=args.job_error_rate,
+        http_500_rate=args.http_500_rate,
+        http_503_rate=args.http_503_rate,
+        http_429_rate=args.http_429_rate,
+        slow_rate=args.slow_rate,
+        **extra,
+    )
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, _setting_flags(args))
+    settings.require_api()
+    _configure_logging(settings, explicit=args.__dict__.get("setting:log_level") is not None)
+    if not settings.model_specs():
+        raise ConfigError("models: none configured; add [[models]] entries or a models_file")
+    return anyio.run(_run_with_client, settings, args.run_id)
+
+
+async def _run_with_client(settings: Settings, run_id: str | None) -> int:
+    assert settings.api.url is not None
+    assert settings.api.project_id is not None
+    verify: bool | str = settings.api.verify_tls
+    if settings.api.verify_tls and settings.api.ca_bundle is not None:
+        verify = str(settings.api.ca_bundle)
+    async with ModelOpsClient(
+        settings.api.url,
+        settings.api.project_id,
+        settings.api.bearer(),
+        verify=verify,
+        timeout_s=settings.api.timeout,
+        max_connections=settings.max_connections,
+    ) as api:
+        return await _drive(settings, api, run_id)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    sim_settings = _sim_settings(args)
+    flags = {**_DEMO_SETTINGS, **_setting_flags(args), "db": args.db}
+    settings = load_settings(None, flags, use_default_file=False)
+    _configure_logging(settings, explicit=args.__dict__.get("setting:log_level") is not None)
+    return anyio.run(_demo, settings, sim_settings, args.run_id)
+
+
+async def _demo(settings: Settings, sim_settings: sim.SimSettings, run_id: str | None) -> int:
+    world, app = sim.build(sim_settings)
+    fleet_logging.redactor.add(sim_settings.token)
+    async with sim.serve(app) as url:
+        _say(f"ModelOps emulator on {url} with {sim_settings.models} models")
+        async with ModelOpsClient(
+            url,
+            sim_settings.project_id,
+            sim_settings.token,
+            max_connections=settings.max_connections,
+            # The emulator answers at once; retries only need to ride out injected faults.
+            retry=RetryPolicy(initial_s=0.05, max_s=1.0),
+        ) as api:
+            models = await api.list_models()
+            entries = tuple(ModelEntry(id=m.id, name=m.name) for m in models)
+            settings = settings.model_copy(update={"models": entries})
+            code = await _drive(settings, api, run_id)
+    stats = world.stats()
+    _say(
+        f"emulator: {stats['requests_total']} requests, jobs {stats['jobs_by_type']}, "
+        f"max jobs per model and type {stats['max_jobs_per_model_and_type']}"
+    )
+    return code
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    settings = _sim_settings(args, token=args.token, project_id=args.project_id)
+    if not 0 <= args.port <= 65535:  # noqa: PLR2004
+        raise ConfigError("--port: must be between 0 and 65535")
+    fleet_logging.configure(level="warning")
+    _, app = sim.build(settings)
+    _say(
+        f"ModelOps emulator: http://{args.host}:{args.port}/modelops/core "
+        f"project {settings.project_id}, {settings.models} models, time x{settings.time_scale}"
+    )
+    try:
+        anyio.run(sim.serve_forever, app, args.host, args.port)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except OSError as exc:
+        _error(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        return EXIT_CANNOT_PROCEED
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    db = args.db or Path("fleet.db")
+    if not db.is_file():
+        raise ConfigError(f"--db: {db} does not exist; pass the state file of a run")
+    document = anyio.run(_status_document, db, args.run_id)
+    if args.json:
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        _print_status(document)
+    return EXIT_OK
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+async def _drive(settings: Settings, api: ModelOpsClient, run_id: str | None) -> int:
+    progress = Progress()
+    signalled: list[int] = []
+    result: RunResult | None = None
+    async with Store.open(settings.db) as store, anyio.create_task_group() as tg:
+
+        async def run_then_stop() -> None:
+            nonlocal result
+            result = await run(settings, api, store, run_id=run_id, progress=progress)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(_watch_signals, tg.cancel_scope, signalled)
+        tg.start_soon(_show_progress, progress, settings.progress_interval)
+        tg.start_soon(run_then_stop)
+    if signalled:
+        _error("interrupted: the run's state is saved; run again with the same --run-id")
+        return EXIT_SIGTERM if signalled[0] == signal.SIGTERM else EXIT_SIGINT
+    assert result is not None
+    return _report(result)
+
+
+async def _watch_signals(scope: anyio.CancelScope, signalled: list[int]) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            signalled.append(signum)
+            log.warning("fleet.run.signal", signal=signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+async def _show_progress(progress: Progress, interval: float) -> None:
+    if sys.stdout.isatty():
+        console = Console()
+        with Live(console=console, refresh_per_second=4, transient=True) as live:
+            while True:
+                live.update(_progress_table(progress.snapshot()))
+                await anyio.sleep(0.25)
+    while True:
+        await anyio.sleep(interval)
+        snap = progress.snapshot()
+        log.info(
+            "fleet.progress",
+            models_total=snap.models_total,
+            models_succeeded=snap.models_succeeded,
+            models_failed=snap.models_failed,
+            elapsed_s=round(snap.elapsed_s, 1),
+            eta_s=None if snap.eta_s() is None else round(snap.eta_s() or 0.0, 1),
+            **{f"{stage}": _counts(states) for stage, states in snap.stages.items()},
+        )
+
+
+def _counts(states: dict[StageState, int]) -> dict[str, int]:
+    return {state.value: count for state, count in states.items() if count}
+
+
+def _progress_table(snap: ProgressSnapshot) -> Table:
+    eta = snap.eta_s()
+    table = Table(
+        title=(
+            f"fleet: {snap.models_finished}/{snap.models_total} models finished "
+            f"({snap.models_failed} failed) · {snap.elapsed_s:.0f}s elapsed"
+            + (f" · ETA {eta:.0f}s" if eta is not None else "")
+        ),
+        title_justify="left",
+    )
+    table.add_column("stage")
+    for state in ("pending", "in flight", "succeeded", "skipped", "failed"):
+        table.add_column(state, justify="right")
+    for stage, states in snap.stages.items():
+        in_flight = sum(
+            states.get(s, 0)
+            for s in (StageState.SUBMITTING, StageState.SUBMITTED, StageState.RUNNING)
+        )
+        table.add_row(
+            stage.value,
+            str(states.get(StageState.PENDING, 0)),
+            str(in_flight),
+            str(states.get(StageState.SUCCEEDED, 0)),
+            str(states.get(StageState.SKIPPED, 0)),
+            str(states.get(StageState.FAILED, 0)),
+        )
+    for failure in snap.recent_failures:
+        table.caption = (table.caption or "") + (
+            f"\nfailed: {failure.name} at {failure.stage}: {failure.reason}"
+        )
+    return table
+
+
+def _report(result: RunResult) -> int:
+    out = _summary_stream()
+    verb = "resumed" if result.resumed else "ran"
+    out.write(
+        f"run {result.run_id} ({verb}): {result.status}; {result.succeeded} of "
+        f"{result.models_total} models succeeded, {len(result.failed)} failed, "
+        f"{result.pending} not finished, in {result.elapsed_s:.1f}s\n"
+    )
+    for failure in result.failed:
+        out.write(f"  failed {failure.name} ({failure.model_id}) at {failure.stage}: "
+                  f"{failure.reason}\n")
+    if result.aborted is not None:
+        _error(f"the run could not proceed: {result.aborted}")
+        _error(f"its state is saved; run again with --run-id {result.run_id} to resume")
+        return EXIT_CANNOT_PROCEED
+    return EXIT_MODELS_FAILED if result.failed else EXIT_OK
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+async def _status_document(db: Path, run_id: str | None) -> dict[str, Any]:
+    async with Store.open(db) as store:
+        record = await store.run(run_id) if run_id else await store.latest_run()
+        if record is None:
+            raise RunNotFound(f"{db} holds no run yet")
+        models = await store.models(record.id)
+    counts: dict[str, dict[str, int]] = {stage.value: {} for stage in record.stages}
+    rows = []
+    for model in models:
+        current = _current_stage(model.stages, record.stages)
+        for stage, stage_record in model.stages.items():
+            bucket = counts[stage.value]
+            bucket[stage_record.state.value] = bucket.get(stage_record.state.value, 0) + 1
+        rows.append(
+            {
+                "model_id": model.spec.id,
+                "name": model.spec.name,
+                "outcome": model_outcome(model).value,
+                "stage": current[0].value,
+                "state": current[1].state.value,
+                "job_id": current[1].job_id,
+                "trained_model_id": model.stages[Stage.TRAIN].trained_model_id
+                if Stage.TRAIN in model.stages
+                else None,
+                "deployment_id": model.stages[Stage.DEPLOY].deployment_id
+                if Stage.DEPLOY in model.stages
+                else None,
+                "error": current[1].error,
+                "metrics": dict(model.metrics),
+            }
+        )
+    return {
+        "run_id": record.id,
+        "status": record.status,
+        "created_at": record.created_at.isoformat(),
+        "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+        "stages": counts,
+        "models": rows,
+    }
+
+
+def _current_stage(stages: Any, order: tuple[Stage, ...]) -> tuple[Stage, Any]:
+    """The stage a model is at: its failed or in-flight stage, else its first unfinished one."""
+    for stage in order:
+        record = stages[stage]
+        if record.state not in {StageState.SUCCEEDED, StageState.SKIPPED}:
+            return stage, record
+    return order[-1], stages[order[-1]]
+
+
+def _print_status(document: dict[str, Any]) -> None:
+    console = Console()
+    console.print(f"run {document['run_id']}: {document['status']} (started {document['created_at']})")
+    counts = Table(title="stages", title_justify="left")
+    counts.add_column("stage")
+    states = [s.value for s in StageState]
+    for state in states:
+        counts.add_column(state, justify="right")
+    for stage, by_state in document["stages"].items():
+        counts.add_row(stage, *(str(by_state.get(state, 0)) for state in states))
+    console.print(counts)
+    models = Table(title="models", title_justify="left")
+    for column in ("name", "outcome", "stage", "state", "job", "error"):
+        models.add_column(column)
+    for row in document["models"]:
+        models.add_row(
+            row["name"],
+            row["outcome"],
+            row["stage"],
+            row["state"],
+            row["job_id"] or "",
+            row["error"] or "",
+        )
+    console.print(models)
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _configure_logging(settings: Settings, *, explicit: bool) -> None:
+    level = settings.log_level
+    if sys.stdout.isatty() and not explicit and level == "info":
+        level = "warning"  # the live display shows progress; per-stage lines would drown it
+    fleet_logging.configure(level=level)
+    if settings.api.token is not None or settings.api.token_file is not None:
+        fleet_logging.redactor.add(settings.api.bearer())
+
+
+def _summary_stream() -> TextIO:
+    """The human summary: stdout on a terminal, stderr when stdout carries JSON log lines."""
+    return sys.stdout if sys.stdout.isatty() else sys.stderr
+
+
+def _say(message: str) -> None:
+    _summary_stream().write(message + "\n")
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"fleet: {message}\n")
+
+
+__all__ = ["main"]

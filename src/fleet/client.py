@@ -1,0 +1,555 @@
+"""The ModelOps REST client: every call the lifecycle needs, and the one boundary for httpx errors.
+
+Shapes follow `shared/modelops-api.md` and the recorded responses in `tests/fixtures/`:
+HAL envelopes for lists, bare objects from single-result finders, metrics as strings.
+URLs are always built from ids; `_links` carry an internal host name and are never followed.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, Self
+
+import httpx
+import stamina
+
+from fleet import __version__
+from fleet.errors import (
+    ApiError,
+    AuthError,
+    NotFound,
+    OutcomeUnknown,
+    PermanentApiError,
+    ProtocolError,
+    TransientApiError,
+)
+
+TERMINAL_JOB_STATUSES = frozenset({"COMPLETED", "ERROR", "CANCELLED"})
+_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# A 429 or 503 is the server (or its gateway) refusing the request before acting on it,
+# so a POST that got one may be sent again; any other failure of a POST may have been applied.
+_REFUSED_STATUSES = frozenset({429, 503})
+_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteModel:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    status: str | None
+    type: str | None
+    model_id: str | None
+    trained_model_id: str | None
+    created_at: datetime | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_JOB_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    trained_model_id: str
+    status: str
+    created_at: datetime | None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    id: str
+    status: str | None
+    trained_model_id: str | None
+    model_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TrainRequest:
+    dataset_id: str | None
+    dataset_connection_id: str | None
+    hyperparameters: Mapping[str, Any]
+    resources: Mapping[str, str]
+    docker_image: str | None
+
+    def body(self) -> dict[str, Any]:
+        return _drop_none(
+            {
+                "datasetId": self.dataset_id,
+                "datasetConnectionId": self.dataset_connection_id,
+                "modelConfigurationOverrides": {"hyperParameters": dict(self.hyperparameters)},
+                "automationOverrides": _automation(self.resources, self.docker_image),
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateRequest:
+    dataset_id: str | None
+    dataset_connection_id: str | None
+    resources: Mapping[str, str]
+    docker_image: str | None
+
+    def body(self) -> dict[str, Any]:
+        return _drop_none(
+            {
+                "datasetId": self.dataset_id,
+                "datasetConnectionId": self.dataset_connection_id,
+                "automationOverrides": _automation(self.resources, self.docker_image),
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeployRequest:
+    engine_type: str
+    engine: str
+    docker_image: str | None
+    resources: Mapping[str, str]
+    language: str | None
+    dataset_connection_id: str | None
+    dataset_template_id: str | None
+    cron: str
+    publish_only: bool
+
+    def body(self) -> dict[str, Any]:
+        return _drop_none(
+            {
+                "engineType": self.engine_type,
+                "engineTypeConfig": _drop_none(
+                    {
+                        "dockerImage": self.docker_image,
+                        "engine": self.engine,
+                        "resources": dict(self.resources),
+                    }
+                ),
+                "language": self.language,
+                "datasetConnectionId": self.dataset_connection_id,
+                "datasetTemplateId": self.dataset_template_id,
+                "cron": self.cron,
+                "publishOnly": self.publish_only,
+                "args": {},
+            }
+        )
+
+
+class ModelOps(Protocol):
+    """What the lifecycle needs from ModelOps; `ModelOpsClient` speaks it over HTTP."""
+
+    async def check_project(self) -> None: ...
+    async def list_models(self) -> list[RemoteModel]: ...
+    async def train(self, model_id: str, request: TrainRequest) -> Job: ...
+    async def get_job(self, job_id: str) -> Job: ...
+    def recent_jobs(self, limit: int) -> AsyncIterator[Job]: ...
+    async def evaluate(self, trained_model_id: str, request: EvaluateRequest) -> Job: ...
+    async def events(self, trained_model_id: str) -> list[Event]: ...
+    async def approve(self, trained_model_id: str, comments: str) -> Event: ...
+    async def reject(self, trained_model_id: str, comments: str) -> Event: ...
+    async def deploy(self, trained_model_id: str, request: DeployRequest) -> Job: ...
+    async def deployment_for_job(self, job_id: str) -> Deployment: ...
+    async def active_deployments(self, model_id: str) -> list[Deployment]: ...
+    async def retire(self, trained_model_id: str, deployment_id: str) -> Job: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How GETs (and refused POSTs) are retried: jittered exponential backoff in a total budget."""
+
+    attempts: int = 6
+    budget_s: float = 60.0
+    initial_s: float = 0.5
+    max_s: float = 10.0
+    jitter_s: float = 0.5
+
+
+class ModelOpsClient:
+    """Async client for one ModelOps project. Use as `async with ModelOpsClient(...) as api:`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        project_id: str,
+        token: str,
+        *,
+        verify: bool | str = True,
+        timeout_s: float = 30.0,
+        max_connections: int = 100,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._retry = retry or RetryPolicy()
+        verify_arg: bool | ssl.SSLContext = (
+            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        )
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "AOA-Project-ID": project_id,
+                "VMO-Project-ID": project_id,
+                "Accept": "application/json, application/hal+json",
+                "User-Agent": f"fleet/{__version__}",
+            },
+            timeout=timeout_s,
+            verify=verify_arg,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+        )
+        self._project_id = project_id
+
+    async def __aenter__(self) -> Self:
+        await self._http.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self._http.is_closed:
+            await self._http.aclose()
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def check_project(self) -> None:
+        """Fail fast when the server, the token or the project is wrong."""
+        await self._get(f"/api/projects/{_uuid(self._project_id)}")
+
+    async def list_models(self) -> list[RemoteModel]:
+        models: list[RemoteModel] = []
+        async for item in self._pages("/api/models", "models", {}):
+            models.append(RemoteModel(id=_req_str(item, "id"), name=str(item.get("name") or "")))
+        return models
+
+    async def get_job(self, job_id: str) -> Job:
+        data = await self._get(f"/api/jobs/{_uuid(job_id)}", {"projection": "expandJob"})
+        return _parse_job(data)
+
+    async def recent_jobs(self, limit: int) -> AsyncIterator[Job]:
+        """Jobs newest first, at most `limit` of them (there is no finder by model)."""
+        params = {"sort": "createdAt,desc", "projection": "expandJob"}
+        seen = 0
+        async for item in self._pages("/api/jobs", "jobs", params):
+            yield _parse_job(item)
+            seen += 1
+            if seen >= limit:
+                return
+
+    async def events(self, trained_model_id: str) -> list[Event]:
+        path = f"/api/trainedModels/{_uuid(trained_model_id)}/events"
+        return [_parse_event(item) async for item in self._pages(path, "trainedModelEvents", {})]
+
+    async def deployment_for_job(self, job_id: str) -> Deployment:
+        data = await self._get("/api/deployments/search/findByJobId", {"jobId": _uuid(job_id)})
+        return _parse_deployment(data)
+
+    async def active_deployments(self, model_id: str) -> list[Deployment]:
+        """The model's deployments that are DEPLOYED now (the versions in production)."""
+        model_id = _uuid(model_id)
+        path = "/api/trainedModels/search/findByModelIdAndStatus"
+        versions = [
+            _req_str(item, "id")
+            async for item in self._pages(
+                path, "trainedModels", {"modelId": model_id, "status": "DEPLOYED"}
+            )
+        ]
+        found: list[Deployment] = []
+        for version in versions:
+            params = {
+                "status": "DEPLOYED",
+                "trainedModelId": version,
+                "projection": "expandDeployment",
+            }
+            path = "/api/deployments/search/findByStatusAndTrainedModelId"
+            found.extend(
+                [_parse_deployment(d) async for d in self._pages(path, "deployments", params)]
+            )
+        return found
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def train(self, model_id: str, request: TrainRequest) -> Job:
+        data = await self._post(f"/api/models/{_uuid(model_id)}/train", request.body())
+        return _parse_job(data)
+
+    async def evaluate(self, trained_model_id: str, request: EvaluateRequest) -> Job:
+        path = f"/api/trainedModels/{_uuid(trained_model_id)}/evaluate"
+        return _parse_job(await self._post(path, request.body()))
+
+    async def approve(self, trained_model_id: str, comments: str) -> Event:
+        path = f"/api/trainedModels/{_uuid(trained_model_id)}/approve"
+        return _parse_event(await self._post(path, {"comments": comments}))
+
+    async def reject(self, trained_model_id: str, comments: str) -> Event:
+        path = f"/api/trainedModels/{_uuid(trained_model_id)}/reject"
+        return _parse_event(await self._post(path, {"comments": comments}))
+
+    async def deploy(self, trained_model_id: str, request: DeployRequest) -> Job:
+        path = f"/api/trainedModels/{_uuid(trained_model_id)}/deploy"
+        return _parse_job(await self._post(path, request.body()))
+
+    async def retire(self, trained_model_id: str, deployment_id: str) -> Job:
+        path = f"/api/trainedModels/{_uuid(trained_model_id)}/retire"
+        return _parse_job(await self._post(path, {"deploymentId": _uuid(deployment_id)}))
+
+    # -- transport ---------------------------------------------------------------------------
+
+    async def _pages(
+        self, path: str, collection: str, params: Mapping[str, str]
+    ) -> AsyncIterator[dict[str, Any]]:
+        page = 0
+        while True:
+            data = await self._get(path, {**params, "page": str(page), "size": str(_PAGE_SIZE)})
+            items = data.get("_embedded", {}).get(collection, [])
+            if not isinstance(items, list):
+                raise ProtocolError(f"{path}: _embedded.{collection} is not a list", path=path)
+            for item in items:
+                if not isinstance(item, dict):
+                    raise ProtocolError(f"{path}: an item of {collection} is not an object")
+                yield item
+            total_pages = data.get("page", {}).get("totalPages")
+            page += 1
+            if not items or not isinstance(total_pages, int) or page >= total_pages:
+                return
+
+    async def _get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return await self._send("GET", path, params=params)
+
+    async def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._send("POST", path, body=body)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        policy = self._retry
+        retryable = _retryable_get if method == "GET" else _retryable_post
+        async for attempt in stamina.retry_context(
+            on=retryable,
+            attempts=policy.attempts,
+            timeout=policy.budget_s,
+            wait_initial=policy.initial_s,
+            wait_max=policy.max_s,
+            wait_jitter=policy.jitter_s,
+        ):
+            with attempt:
+                return await self._send_once(method, path, params=params, body=body)
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    async def _send_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None,
+        body: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        try:
+            response = await self._http.request(method, path, params=params, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # The request never left this machine: nothing can have been applied.
+            raise TransientApiError(
+                f"cannot reach ModelOps at {self._http.base_url}: {_describe(exc)}",
+                method=method,
+                path=path,
+            ) from exc
+        except httpx.TransportError as exc:
+            error = OutcomeUnknown if method == "POST" else TransientApiError
+            raise error(
+                f"{method} {path}: no response ({_describe(exc)})", method=method, path=path
+            ) from exc
+        return _read(response, method, path)
+
+
+def _read(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
+    status = response.status_code
+    if status < 300:  # noqa: PLR2004
+        try:
+            data = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ProtocolError(
+                f"{method} {path}: answer is not JSON", method=method, path=path, status=status
+            ) from exc
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{method} {path}: answer is not a JSON object", path=path)
+        return data
+    message = _server_message(response)
+    text = f"{method} {path}: HTTP {status}" + (f": {message}" if message else "")
+    if status in {401, 403}:
+        raise AuthError(
+            f"token rejected by ModelOps (HTTP {status}{': ' + message if message else ''}); "
+            "check the token and that it may use this project",
+            method=method,
+            path=path,
+            status=status,
+        )
+    if status in _TRANSIENT_STATUSES:
+        if method == "POST" and status not in _REFUSED_STATUSES:
+            raise OutcomeUnknown(text, method=method, path=path, status=status)
+        raise TransientApiError(
+            text,
+            method=method,
+            path=path,
+            status=status,
+            retry_after=_retry_after(response.headers.get("Retry-After")),
+        )
+    if status == 404:  # noqa: PLR2004
+        raise NotFound(text, method=method, path=path, status=status)
+    raise PermanentApiError(text, method=method, path=path, status=status)
+
+
+def _retryable_get(exc: Exception) -> bool | float:
+    if isinstance(exc, TransientApiError):
+        return exc.retry_after if exc.retry_after is not None else True
+    return False
+
+
+def _retryable_post(exc: Exception) -> bool | float:
+    if isinstance(exc, OutcomeUnknown):
+        return False
+    return _retryable_get(exc)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds only; an HTTP date is rare and ignored)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return max(0.0, min(seconds, 300.0))
+
+
+def _server_message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return response.text[:200].strip()
+    if isinstance(data, dict):
+        return str(data.get("message") or data.get("error") or "")[:500]
+    return ""
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _uuid(value: str) -> str:
+    """Ids go into URL paths: only well-formed UUIDs may, so no id can reach another route."""
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise PermanentApiError(f"not a ModelOps id (UUID expected): {value!r}") from exc
+
+
+def _parse_job(data: Mapping[str, Any]) -> Job:
+    metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    trained_model = metadata.get("trainedModel") if isinstance(metadata, dict) else None
+    trained_model_id = _opt_str(data, "trainedModelId")
+    if trained_model_id is None and isinstance(trained_model, dict):
+        # A train response names the new version only inside metadata.trainedModel.
+        trained_model_id = _opt_str(trained_model, "id")
+    return Job(
+        id=_req_str(data, "id"),
+        status=_opt_str(data, "status"),
+        type=_opt_str(data, "type"),
+        model_id=_opt_str(data, "modelId"),
+        trained_model_id=trained_model_id,
+        created_at=_timestamp(data.get("createdAt")),
+    )
+
+
+def _parse_event(data: Mapping[str, Any]) -> Event:
+    metadata = data.get("metadata")
+    return Event(
+        id=_req_str(data, "id"),
+        trained_model_id=_req_str(data, "trainedModelId"),
+        status=_req_str(data, "status"),
+        created_at=_timestamp(data.get("createdAt")),
+        metadata=metadata if isinstance(metadata, dict) else {},
+    )
+
+
+def _parse_deployment(data: Mapping[str, Any]) -> Deployment:
+    trained_model = data.get("trainedModel")
+    trained_model_id = _opt_str(data, "trainedModelId")
+    model_id = _opt_str(data, "modelId")
+    if isinstance(trained_model, dict):
+        trained_model_id = trained_model_id or _opt_str(trained_model, "id")
+        model_id = model_id or _opt_str(trained_model, "modelId")
+    return Deployment(
+        id=_req_str(data, "id"),
+        status=_opt_str(data, "status"),
+        trained_model_id=trained_model_id,
+        model_id=model_id,
+    )
+
+
+def latest_metrics(events: list[Event]) -> dict[str, str] | None:
+    """The metrics of the newest EVALUATED event, values kept as the strings the server sent."""
+    evaluated = [e for e in events if e.status == "EVALUATED"]
+    if not evaluated:
+        return None
+    newest = max(evaluated, key=lambda e: (e.created_at is not None, e.created_at or 0))
+    return {str(k): str(v) for k, v in newest.metadata.items()}
+
+
+def _req_str(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"response has no {key!r}")
+    return value
+
+
+def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _timestamp(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _automation(resources: Mapping[str, str], docker_image: str | None) -> dict[str, Any]:
+    return _drop_none({"resources": dict(resources) or None, "dockerImage": docker_image})
+
+
+def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}
+
+
+__all__ = [
+    "ApiError",
+    "DeployRequest",
+    "Deployment",
+    "EvaluateRequest",
+    "Event",
+    "Job",
+    "ModelOps",
+    "ModelOpsClient",
+    "RemoteModel",
+    "RetryPolicy",
+    "TrainRequest",
+    "latest_metrics",
+]

@@ -1,0 +1,517 @@
+"""Settings: one pydantic-settings model for the TOML file, FLEET_* variables and flags.
+
+Precedence, highest first: command-line flags > environment (`FLEET_LIMITS__TRAIN=20`) >
+`fleet.toml` > defaults. Every leaf setting of a scalar type gets a flag named by its dotted
+path (`--limits.train 20`, `--api.timeout 10`); see `flag_specs()`. Secrets have no flag: a
+token on the command line would show in `ps`.
+
+Any mistake becomes one `ConfigError` line that names the setting, where it came from and what
+is expected. Nothing here does I/O beyond reading the config, token and model files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tomllib
+import uuid
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+from fleet.errors import ConfigError
+from fleet.stages import STAGE_ORDER, Stage
+
+ENV_PREFIX = "FLEET_"
+# Variables fleet reads itself, outside the settings model.
+_OWN_ENV = frozenset({"FLEET_CONFIG"})
+DEFAULT_CONFIG = Path("fleet.toml")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiSettings(_Section):
+    url: str | None = Field(None, description="ModelOps base URL, e.g. https://host/modelops/core")
+    project_id: str | None = Field(None, description="ModelOps project id (UUID)")
+    token: SecretStr | None = Field(None, description="bearer token: set FLEET_API__TOKEN")
+    token_file: Path | None = Field(None, description="file holding the bearer token")
+    verify_tls: bool = Field(True, description="verify the server's TLS certificate")
+    ca_bundle: Path | None = Field(None, description="PEM file of CAs to trust instead of certifi")
+    timeout: PositiveFloat = Field(30.0, description="seconds for one HTTP request")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("project_id")
+    @classmethod
+    def _project(cls, value: str | None) -> str | None:
+        return None if value is None else _check_uuid(value)
+
+    def bearer(self) -> str:
+        """The token, from FLEET_API__TOKEN (or the file) or from `api.token_file`."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is None:
+            raise ConfigError("api.token: missing; set FLEET_API__TOKEN or api.token_file")
+        return _read_token(self.token_file)
+
+
+class Limits(_Section):
+    train: PositiveInt = Field(20, description="training jobs running at once")
+    evaluate: PositiveInt = Field(20, description="evaluation jobs running at once")
+    approve: PositiveInt = Field(20, description="approval calls at once")
+    deploy: PositiveInt = Field(20, description="deployment jobs running at once")
+    retire: PositiveInt = Field(20, description="retirement jobs running at once")
+
+    def of(self, stage: Stage) -> int:
+        limit: int = getattr(self, stage.value)
+        return limit
+
+
+class Resources(_Section):
+    memory: str = Field("1g", description="memory for the job's container")
+    cpu: str = Field("1", description="CPUs for the job's container")
+
+
+RetireMode = Literal["previous", "deployed", "none"]
+
+
+class Lifecycle(_Section):
+    """What every model's lifecycle uses, unless a model overrides it."""
+
+    train_dataset_id: str | None = Field(None, description="dataset to train on")
+    evaluate_dataset_id: str | None = Field(None, description="dataset to evaluate on")
+    dataset_connection_id: str | None = Field(None, description="dataset connection")
+    dataset_template_id: str | None = Field(None, description="dataset template (deploy)")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, description="training")
+    resources: Resources = Field(default_factory=Resources)
+    docker_image: str | None = Field(None, description="job image; the model's own if unset")
+    engine_type: Literal["DOCKER_BATCH", "IN_VANTAGE"] = Field("DOCKER_BATCH", description="")
+    engine: str = Field("python-batch", description="python-batch, byom, ...")
+    language: str | None = Field(None, description="model language sent on deploy")
+    cron: str = Field("@once", description="@once, @manual or a cron expression")
+    publish_only: bool = Field(False, description="publish without scheduling")
+    approval_comments: str = Field("Approved by fleet", description="comment on approval")
+    retire_mode: RetireMode = Field("previous", description="previous, deployed or none")
+
+    @field_validator(
+        "train_dataset_id", "evaluate_dataset_id", "dataset_connection_id", "dataset_template_id"
+    )
+    @classmethod
+    def _ids(cls, value: str | None) -> str | None:
+        return None if value is None else _check_uuid(value)
+
+
+class ModelEntry(BaseModel):
+    """A `[[models]]` entry: an id, a display name, and overrides of any lifecycle setting."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str
+    name: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return _check_uuid(value)
+
+    def overrides(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model of a run with its lifecycle settings resolved."""
+
+    id: str
+    name: str
+    lifecycle: Lifecycle
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    concurrency: PositiveInt = Field(100, description="models in flight at once")
+    limits: Limits = Field(default_factory=Limits)
+    max_connections: PositiveInt = Field(50, description="HTTP connections to ModelOps")
+    poll_interval: PositiveFloat = Field(5.0, description="seconds between polls of a job")
+    stages: Annotated[tuple[Stage, ...], NoDecode] = Field(
+        STAGE_ORDER, description="stages to run, comma-separated, in lifecycle order"
+    )
+    db: Path = Field(Path("fleet.db"), description="SQLite state file")
+    progress_interval: PositiveFloat = Field(10.0, description="seconds between progress lines")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="")
+    defaults: Lifecycle = Field(default_factory=Lifecycle)
+    models: tuple[ModelEntry, ...] = ()
+    models_file: Path | None = Field(None, description="CSV or JSONL file of models")
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _split_stages(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_prefix(cls, value: tuple[Stage, ...]) -> tuple[Stage, ...]:
+        if not value or value != STAGE_ORDER[: len(value)]:
+            order = ",".join(STAGE_ORDER)
+            raise ValueError(f"must be the first stages of {order}, in that order")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> Settings:
+        seen: set[str] = set()
+        for entry in self.models:
+            if entry.id in seen:
+                raise ValueError(f"model {entry.id} is listed twice")
+            seen.add(entry.id)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = _toml_path.get()
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    def require_api(self) -> None:
+        """Check what `fleet run` needs that a demo or `fleet status` does not."""
+        if self.api.url is None:
+            raise ConfigError("api.url: missing; set it in fleet.toml, FLEET_API__URL or --api.url")
+        if self.api.project_id is None:
+            raise ConfigError(
+                "api.project_id: missing; set it in fleet.toml, FLEET_API__PROJECT_ID "
+                "or --api.project-id"
+            )
+        self.api.bearer()
+        if self.api.ca_bundle is not None and not self.api.ca_bundle.is_file():
+            raise ConfigError(f"api.ca_bundle: {self.api.ca_bundle} is not a readable file")
+
+    def model_specs(self) -> list[ModelSpec]:
+        """Every model of the config, inline and from `models_file`, with overrides applied."""
+        entries = list(self.models)
+        if self.models_file is not None:
+            entries.extend(load_models_file(self.models_file))
+        specs: list[ModelSpec] = []
+        seen: set[str] = set()
+        base = self.defaults.model_dump()
+        for entry in entries:
+            if entry.id in seen:
+                raise ConfigError(f"models: model {entry.id} is listed twice")
+            seen.add(entry.id)
+            merged = _deep_merge(base, entry.overrides())
+            try:
+                lifecycle = Lifecycle.model_validate(merged)
+            except ValidationError as exc:
+                raise ConfigError(
+                    _first_error_line(exc, prefix=f"models[{entry.id}]", sources=None)
+                ) from None
+            specs.append(ModelSpec(id=entry.id, name=entry.name or entry.id, lifecycle=lifecycle))
+        return specs
+
+
+_toml_path: ContextVar[Path | None] = ContextVar("fleet_toml_path", default=None)
+
+
+def load_settings(
+    config: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    use_default_file: bool = True,
+) -> Settings:
+    """Build the settings from a TOML file, the environment and dotted-path flags.
+
+    Without `config`, FLEET_CONFIG names the file, else ./fleet.toml if there is one.
+    """
+    flags = dict(flags or {})
+    env = os.environ if env is None else env
+    if config is None and use_default_file:
+        named = env.get("FLEET_CONFIG")
+        config = Path(named) if named else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    toml = _read_toml(config) if config is not None else {}
+    _reject_unknown_env(env)
+    sources = _Sources(flags=flags, env=env, toml=toml, config=config)
+    token = _toml_path.set(config)
+    try:
+        settings = Settings(**_nest(flags))
+    except ValidationError as exc:
+        raise ConfigError(_first_error_line(exc, prefix="", sources=sources)) from None
+    except SettingsError as exc:
+        raise ConfigError(f"environment: {exc}") from None
+    finally:
+        _toml_path.reset(token)
+    if settings.api.token_file is not None and settings.api.token is None:
+        _read_token(settings.api.token_file)
+    return settings
+
+
+@dataclass(frozen=True, slots=True)
+class FlagSpec:
+    """A command-line flag derived from a setting."""
+
+    path: str  # dotted settings path, e.g. "limits.train"
+    flag: str  # e.g. "--limits.train"
+    help: str
+    choices: tuple[str, ...] | None
+
+
+def flag_specs() -> list[FlagSpec]:
+    """One flag per scalar leaf setting (secrets, dicts and model lists have none)."""
+    return list(_walk_flags(Settings, ""))
+
+
+def _walk_flags(model: type[BaseModel], prefix: str) -> Iterator[FlagSpec]:
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = info.annotation
+        nested = _model_type(annotation)
+        if nested is not None:
+            yield from _walk_flags(nested, f"{path}.")
+            continue
+        if name in {"token", "models", "hyperparameters"}:
+            continue
+        flag = "--" + path.replace("_", "-")
+        choices = _literal_choices(annotation)
+        yield FlagSpec(path=path, flag=flag, help=info.description or "", choices=choices)
+
+
+def _model_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _literal_choices(annotation: Any) -> tuple[str, ...] | None:
+    if get_origin(annotation) is Literal:
+        return tuple(str(a) for a in get_args(annotation))
+    return None
+
+
+def env_name(path: str) -> str:
+    return ENV_PREFIX + path.replace(".", "__").upper()
+
+
+def _known_env_names() -> set[str]:
+    names = set(_OWN_ENV)
+    for model, prefix in _all_sections():
+        for name in model.model_fields:
+            names.add(env_name(f"{prefix}{name}"))
+    return names
+
+
+def _all_sections() -> Iterator[tuple[type[BaseModel], str]]:
+    stack: list[tuple[type[BaseModel], str]] = [(Settings, "")]
+    while stack:
+        model, prefix = stack.pop()
+        yield model, prefix
+        for name, info in model.model_fields.items():
+            nested = _model_type(info.annotation)
+            if nested is not None:
+                stack.append((nested, f"{prefix}{name}."))
+
+
+def _reject_unknown_env(env: Mapping[str, str]) -> None:
+    known = _known_env_names()
+    for name in sorted(env):
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
+            raise ConfigError(
+                f"environment {name}: not a fleet setting; remove it or fix its name "
+                "(nested settings use __, e.g. FLEET_LIMITS__TRAIN)"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Sources:
+    flags: Mapping[str, Any]
+    env: Mapping[str, str]
+    toml: Mapping[str, Any]
+    config: Path | None
+
+    def of(self, path: str) -> str:
+        if path in self.flags:
+            return "flag --" + path.replace("_", "-")
+        upper = {k.upper() for k in self.env}
+        parts = path.split(".")
+        for depth in range(len(parts), 0, -1):
+            name = env_name(".".join(parts[:depth]))
+            if name in upper:
+                return f"environment {name}"
+        node: Any = self.toml
+        for part in parts:
+            if not isinstance(node, dict) or part not in node:
+                return "default"
+            node = node[part]
+        return str(self.config)
+
+
+def _first_error_line(exc: ValidationError, prefix: str, sources: _Sources | None) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = [str(p) for p in error["loc"] if not isinstance(p, int)]
+        path = ".".join(loc)
+        where = f"{prefix}.{path}" if prefix and path else (prefix or path or "settings")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting; check its spelling against fleet.toml's comments"
+        elif error["type"] == "missing":
+            message = "missing"
+        origin = f" (from {sources.of(path)})" if sources is not None and path else ""
+        lines.append(f"{where}{origin}: {message}")
+    extra = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+    return lines[0] + extra
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config {path}: file not found; pass --config PATH") from None
+    except OSError as exc:
+        raise ConfigError(f"config {path}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"api.token_file: cannot read {path} ({exc.strerror})") from None
+    if not token:
+        raise ConfigError(f"api.token_file: {path} is empty")
+    return token
+
+
+def load_models_file(path: Path) -> list[ModelEntry]:
+    """Models from a CSV (header row: id,name,<lifecycle settings>) or a JSONL file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"models_file: cannot read {path} ({exc.strerror})") from None
+    rows: list[tuple[int, dict[str, Any]]] = []
+    if path.suffix.lower() in {".jsonl", ".ndjson"}:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"models_file {path}:{number}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"models_file {path}:{number}: expected a JSON object")
+            rows.append((number, row))
+    elif path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        for number, raw in enumerate(reader, start=2):
+            rows.append((number, _csv_row(raw)))
+    else:
+        raise ConfigError(f"models_file {path}: use a .csv or .jsonl file")
+    entries = []
+    for number, row in rows:
+        try:
+            entries.append(ModelEntry.model_validate(row))
+        except ValidationError as exc:
+            raise ConfigError(
+                _first_error_line(exc, prefix=f"models_file {path}:{number}", sources=None)
+            ) from None
+    return entries
+
+
+def _csv_row(raw: Mapping[str | None, str | None]) -> dict[str, Any]:
+    """Empty cells inherit; `resources.memory` columns nest; `hyperparameters` holds JSON."""
+    row: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key is None or value is None or value == "":
+            continue
+        if key == "hyperparameters":
+            try:
+                row[key] = json.loads(value)
+            except json.JSONDecodeError:
+                row[key] = value  # validation reports it as not a mapping
+            continue
+        node = row
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return row
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = nested
+        *parents, leaf = path.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return nested
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _check_uuid(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a UUID") from None
+

@@ -1,0 +1,88 @@
+"""fleet's exceptions: one tree, translated from httpx and sqlite at one boundary each.
+
+    FleetError
+    ├── ConfigError               bad settings, flags or model lists (exit 2)
+    ├── ApiError                  anything the ModelOps API answered or failed to answer
+    │   ├── TransientApiError     timeouts, connection errors, 429, 500, 502, 503, 504 (retry_after)
+    │   │   └── OutcomeUnknown    a POST was sent but no answer came back: it may have been applied
+    │   ├── PermanentApiError     other 4xx: status code and the server's message
+    │   │   └── NotFound          404
+    │   ├── AuthError             401 / 403: the token was rejected (the run stops, exit 3)
+    │   └── ProtocolError         a response fleet cannot understand (not JSON, missing fields)
+    ├── StoreError                the SQLite state file cannot be opened, migrated or written
+    ├── RunNotFound               a run id that is not in the state file
+    └── InvalidTransition         a lifecycle state change that the transition table forbids
+
+`client.py` is the only module that catches httpx exceptions; `store.py` the only one that
+catches sqlite3 exceptions. Above them, code speaks this tree only.
+"""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Base of every error fleet raises on purpose."""
+
+
+class ConfigError(FleetError):
+    """A setting, flag or model list is wrong; the message names it and says what is expected."""
+
+
+class ApiError(FleetError):
+    """The ModelOps API refused or failed a request."""
+
+    def __init__(
+        self, message: str, *, method: str = "", path: str = "", status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.path = path
+        self.status = status
+
+
+class TransientApiError(ApiError):
+    """Worth retrying later: the server was busy, slow or unreachable."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "",
+        path: str = "",
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, method=method, path=path, status=status)
+        self.retry_after = retry_after
+
+
+class OutcomeUnknown(TransientApiError):
+    """A POST went out and no response came back: the server may or may not have applied it."""
+
+
+class PermanentApiError(ApiError):
+    """The server understood the request and refused it (4xx); retrying will not help."""
+
+
+class NotFound(PermanentApiError):
+    """The server does not know the id in the path (404)."""
+
+
+class AuthError(ApiError):
+    """The token was rejected (401) or lacks the permission (403); nothing else can proceed."""
+
+
+class ProtocolError(ApiError):
+    """The server answered with something fleet cannot read."""
+
+
+class StoreError(FleetError):
+    """The state database cannot be opened, migrated or written."""
+
+
+class RunNotFound(FleetError):
+    """The requested run id is not in the state database."""
+
+
+class InvalidTransition(FleetError):
+    """A stage was asked to move between two states the transition table does not connect."""

@@ -1,0 +1,422 @@
+"""One model's lifecycle: train → evaluate → approve → deploy → retire, resumable at any step.
+
+`transition()` is the only code that changes a stage's state: it checks the move against
+`stages.ALLOWED`, makes it durable, logs it and updates the progress counts. Each stage runner
+starts from whatever state the store holds, so a restarted run continues where it stopped:
+finished stages are skipped, submitted jobs are polled again, and a stage caught between
+"intent recorded" and "job id recorded" first looks for its job on the server.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+import anyio
+import structlog
+
+from fleet.client import (
+    DeployRequest,
+    EvaluateRequest,
+    Job,
+    ModelOps,
+    TrainRequest,
+    latest_metrics,
+)
+from fleet.errors import (
+    AuthError,
+    InvalidTransition,
+    OutcomeUnknown,
+    PermanentApiError,
+    ProtocolError,
+)
+from fleet.stages import ALLOWED, DONE, JOB_TYPES, Outcome, Stage, StageState
+from fleet.store import ModelRecord, StageRecord, Store, utc_now
+
+log = structlog.get_logger("fleet.lifecycle")
+_T = TypeVar("_T")
+
+S = StageState
+_EVENTS: dict[StageState, str] = {
+    S.SUBMITTING: "fleet.stage.submitting",
+    S.SUBMITTED: "fleet.stage.submitted",
+    S.RUNNING: "fleet.stage.running",
+    S.SUCCEEDED: "fleet.stage.succeeded",
+    S.FAILED: "fleet.stage.failed",
+    S.SKIPPED: "fleet.stage.skipped",
+}
+# How far back before a recorded intent a job found on the server may have been created and
+# still be ours: covers clock skew between this host and the server.
+_RECONCILE_SKEW = timedelta(minutes=5)
+_RECONCILE_SCAN = 2000
+
+
+class ProgressSink(Protocol):
+    def moved(self, stage: Stage, before: StageState, after: StageState) -> None: ...
+    def model_finished(self, model: ModelRecord, failed: StageRecord | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What every model of a run shares."""
+
+    run_id: str
+    api: ModelOps
+    store: Store
+    limiters: Mapping[Stage, anyio.CapacityLimiter]
+    poll_interval: float
+    progress: ProgressSink
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+    now: Callable[[], datetime] = utc_now
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class RunAborted(Exception):  # noqa: N818 - it is a signal to the scheduler, not a failure
+    """The run cannot go on (token rejected, server gone); carries the fleet error."""
+
+
+class _StageFailed(Exception):  # noqa: N818
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def transition(
+    ctx: Context,
+    record: StageRecord,
+    to: StageState,
+    *,
+    detail: str | None = None,
+    metrics: Mapping[str, str] | None = None,
+    **changes: Any,
+) -> StageRecord:
+    """Check, record and announce one state change of one stage."""
+    if (record.state, to) not in ALLOWED:
+        raise InvalidTransition(
+            f"{record.model_id} {record.stage}: {record.state} -> {to} is not allowed"
+        )
+    if to in {S.SUCCEEDED, S.FAILED, S.SKIPPED}:
+        changes.setdefault("finished_at", ctx.now())
+    saved = await ctx.store.save_stage(
+        replace(record, state=to, **changes), record.state, detail, metrics
+    )
+    ctx.progress.moved(record.stage, record.state, to)
+    fields: dict[str, Any] = {"attempt": saved.attempt}
+    if saved.job_id:
+        fields["job_id"] = saved.job_id
+    if to is S.FAILED:
+        fields["error"] = saved.error
+    if detail:
+        fields["detail"] = detail
+    log.info(_EVENTS[to], **fields)
+    return saved
+
+
+async def run_model(ctx: Context, model: ModelRecord, stages: tuple[Stage, ...]) -> Outcome:
+    """Drive one model through the run's stages, from wherever the store says it is.
+
+    A failed stage stops this model only; the stages after it stay pending.
+    """
+    records = dict(model.stages)
+    with structlog.contextvars.bound_contextvars(run_id=ctx.run_id, model_id=model.spec.id):
+        for stage in stages:
+            record = records[stage]
+            if record.state is not S.FAILED and record.state not in DONE:
+                with structlog.contextvars.bound_contextvars(stage=stage.value):
+                    try:
+                        record = await _RUNNERS[stage](ctx, model, records, record)
+                    except _StageFailed as failed:
+                        record = await transition(ctx, record, S.FAILED, error=failed.reason)
+                records[stage] = record
+            if record.state is S.FAILED:
+                ctx.progress.model_finished(model, record)
+                return Outcome.FAILED
+    ctx.progress.model_finished(model, None)
+    return Outcome.SUCCEEDED
+
+
+# -- stage runners ---------------------------------------------------------------------------
+
+Runner = Callable[[Context, ModelRecord, dict[Stage, StageRecord], StageRecord], Awaitable[StageRecord]]
+
+
+async def _train(
+    ctx: Context, model: ModelRecord, _records: dict[Stage, StageRecord], record: StageRecord
+) -> StageRecord:
+    spec = model.spec.lifecycle
+    request = TrainRequest(
+        dataset_id=spec.train_dataset_id,
+        dataset_connection_id=spec.dataset_connection_id,
+        hyperparameters=spec.hyperparameters,
+        resources=spec.resources.model_dump(),
+        docker_image=spec.docker_image,
+    )
+
+    async def submit() -> Job:
+        return await ctx.api.train(model.spec.id, request)
+
+    return await _job_stage(ctx, model, record, submit, trained_model_id=None)
+
+
+async def _evaluate(
+    ctx: Context, model: ModelRecord, records: dict[Stage, StageRecord], record: StageRecord
+) -> StageRecord:
+    trained_model_id = _trained_model(records)
+    spec = model.spec.lifecycle
+    request = EvaluateRequest(
+        dataset_id=spec.evaluate_dataset_id,
+        dataset_connection_id=spec.dataset_connection_id,
+        resources=spec.resources.model_dump(),
+        docker_image=spec.docker_image,
+    )
+
+    async def submit() -> Job:
+        return await ctx.api.evaluate(trained_model_id, request)
+
+    async def finish(done: StageRecord) -> StageRecord:
+        metrics = latest_metrics(await _call(ctx.api.events(trained_model_id)))
+        if metrics is None:
+            raise _StageFailed("evaluation completed but the version has no EVALUATED event")
+        return await transition(ctx, done, S.SUCCEEDED, metrics=metrics)
+
+    return await _job_stage(
+        ctx, model, record, submit, trained_model_id=trained_model_id, finish=finish
+    )
+
+
+async def _approve(
+    ctx: Context, model: ModelRecord, records: dict[Stage, StageRecord], record: StageRecord
+) -> StageRecord:
+    trained_model_id = _trained_model(records)
+    async with ctx.limiters[Stage.APPROVE]:
+        if record.state is S.SUBMITTING:
+            events = await _call(ctx.api.events(trained_model_id))
+            if any(e.status == "APPROVED" for e in events):
+                return await transition(
+                    ctx, record, S.SUCCEEDED, detail="found approved on the server"
+                )
+        else:
+            record = await transition(
+                ctx,
+                record,
+                S.SUBMITTING,
+                attempt=record.attempt + 1,
+                submitted_at=ctx.now(),
+                trained_model_id=trained_model_id,
+            )
+        await _call(ctx.api.approve(trained_model_id, model.spec.lifecycle.approval_comments))
+        return await transition(ctx, record, S.SUCCEEDED)
+
+
+async def _deploy(
+    ctx: Context, model: ModelRecord, records: dict[Stage, StageRecord], record: StageRecord
+) -> StageRecord:
+    trained_model_id = _trained_model(records)
+    spec = model.spec.lifecycle
+    request = DeployRequest(
+        engine_type=spec.engine_type,
+        engine=spec.engine,
+        docker_image=spec.docker_image,
+        resources=spec.resources.model_dump(),
+        language=spec.language,
+        dataset_connection_id=spec.dataset_connection_id,
+        dataset_template_id=spec.dataset_template_id,
+        cron=spec.cron,
+        publish_only=spec.publish_only,
+    )
+
+    async def submit() -> Job:
+        return await ctx.api.deploy(trained_model_id, request)
+
+    async def before() -> dict[str, Any]:
+        # What is in production now is what `retire_mode = "previous"` retires afterwards.
+        active = await _call(ctx.api.active_deployments(model.spec.id))
+        previous = [
+            {"trained_model_id": d.trained_model_id, "deployment_id": d.id}
+            for d in active
+            if d.trained_model_id != trained_model_id
+        ]
+        return {"previous": previous}
+
+    async def finish(done: StageRecord) -> StageRecord:
+        assert done.job_id is not None
+        deployment = await _call(ctx.api.deployment_for_job(done.job_id))
+        return await transition(ctx, done, S.SUCCEEDED, deployment_id=deployment.id)
+
+    return await _job_stage(
+        ctx,
+        model,
+        record,
+        submit,
+        trained_model_id=trained_model_id,
+        before=before,
+        finish=finish,
+    )
+
+
+async def _retire(
+    ctx: Context, model: ModelRecord, records: dict[Stage, StageRecord], record: StageRecord
+) -> StageRecord:
+    mode = model.spec.lifecycle.retire_mode
+    deployed = records[Stage.DEPLOY]
+    if mode == "none":
+        return await transition(ctx, record, S.SKIPPED, detail="retire_mode is none")
+    if mode == "deployed":
+        target = {"trained_model_id": deployed.trained_model_id, "deployment_id": deployed.deployment_id}
+    else:
+        previous = list(deployed.data.get("previous", []))
+        if not previous:
+            return await transition(
+                ctx, record, S.SKIPPED, detail="no earlier version was deployed"
+            )
+        # The newest earlier deployment is the one the new version replaces; any older ones
+        # still active were left by hand and are reported, not touched.
+        target = previous[-1]
+    tm_id, dep_id = str(target["trained_model_id"]), str(target["deployment_id"])
+
+    async def submit() -> Job:
+        return await ctx.api.retire(tm_id, dep_id)
+
+    return await _job_stage(
+        ctx, model, record, submit, trained_model_id=tm_id, deployment_id=dep_id
+    )
+
+
+_RUNNERS: dict[Stage, Runner] = {
+    Stage.TRAIN: _train,
+    Stage.EVALUATE: _evaluate,
+    Stage.APPROVE: _approve,
+    Stage.DEPLOY: _deploy,
+    Stage.RETIRE: _retire,
+}
+
+
+# -- remote jobs -----------------------------------------------------------------------------
+
+
+async def _job_stage(
+    ctx: Context,
+    model: ModelRecord,
+    record: StageRecord,
+    submit: Callable[[], Awaitable[Job]],
+    *,
+    trained_model_id: str | None,
+    deployment_id: str | None = None,
+    before: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    finish: Callable[[StageRecord], Awaitable[StageRecord]] | None = None,
+) -> StageRecord:
+    """Submit (or find) the stage's remote job, follow it to its end, and record the outcome."""
+    async with ctx.limiters[record.stage]:
+        if record.state is S.PENDING:
+            data = dict(record.data)
+            if before is not None:
+                data.update(await before())
+            record = await transition(
+                ctx,
+                record,
+                S.SUBMITTING,
+                attempt=record.attempt + 1,
+                submitted_at=ctx.now(),
+                data=data,
+                deployment_id=deployment_id,
+            )
+            record = await _submit(ctx, model, record, submit, trained_model_id)
+        elif record.state is S.SUBMITTING:
+            job = await _find_submitted(ctx, model, record, trained_model_id)
+            if job is None:
+                record = await _submit(ctx, model, record, submit, trained_model_id)
+            else:
+                record = await _submitted(ctx, record, job, "found on the server after restart")
+        record = await _follow(ctx, record)
+    if record.state is S.FAILED:
+        return record
+    if finish is None:
+        return await transition(ctx, record, S.SUCCEEDED)
+    return await finish(record)
+
+
+async def _submit(
+    ctx: Context,
+    model: ModelRecord,
+    record: StageRecord,
+    submit: Callable[[], Awaitable[Job]],
+    trained_model_id: str | None,
+) -> StageRecord:
+    try:
+        job = await _call(submit())
+    except OutcomeUnknown as exc:
+        # The server may have created the job: look before deciding, never send it twice.
+        found = await _find_submitted(ctx, model, record, trained_model_id)
+        if found is None:
+            raise _StageFailed(f"submission outcome unknown and no job found ({exc})") from exc
+        return await _submitted(ctx, record, found, "found on the server after a lost response")
+    return await _submitted(ctx, record, job, None)
+
+
+async def _submitted(
+    ctx: Context, record: StageRecord, job: Job, detail: str | None
+) -> StageRecord:
+    changes: dict[str, Any] = {"job_id": job.id}
+    if record.stage is Stage.TRAIN:
+        if job.trained_model_id is None:
+            raise _StageFailed(f"training job {job.id} names no trained model")
+        changes["trained_model_id"] = job.trained_model_id
+    elif job.trained_model_id is not None:
+        changes["trained_model_id"] = job.trained_model_id
+    return await transition(ctx, record, S.SUBMITTED, detail=detail, **changes)
+
+
+async def _follow(ctx: Context, record: StageRecord) -> StageRecord:
+    """Poll the stage's job until it ends: the record comes back failed, or still in flight
+    for the caller to finish. The stage's limiter is held by the caller."""
+    assert record.job_id is not None
+    while True:
+        job = await _call(ctx.api.get_job(record.job_id))
+        if job.status == "COMPLETED":
+            return record
+        if job.status in {"ERROR", "CANCELLED"}:
+            return await transition(
+                ctx,
+                record,
+                S.FAILED,
+                error=f"{JOB_TYPES[record.stage].lower()} job {job.id} ended {job.status}",
+            )
+        if job.status == "RUNNING" and record.state is S.SUBMITTED:
+            record = await transition(ctx, record, S.RUNNING)
+        await ctx.sleep(ctx.poll_interval * ctx.rng.uniform(0.8, 1.2))
+
+
+async def _find_submitted(
+    ctx: Context, model: ModelRecord, record: StageRecord, trained_model_id: str | None
+) -> Job | None:
+    """The job this stage submitted before a crash or a lost response, if the server has it."""
+    job_type = JOB_TYPES[record.stage]
+    since = (record.submitted_at or ctx.now()) - _RECONCILE_SKEW
+    async for job in ctx.api.recent_jobs(_RECONCILE_SCAN):
+        if job.created_at is not None and job.created_at < since:
+            return None
+        if job.type != job_type or job.model_id != model.spec.id:
+            continue
+        if trained_model_id is None or job.trained_model_id == trained_model_id:
+            return job
+    return None
+
+
+def _trained_model(records: dict[Stage, StageRecord]) -> str:
+    trained_model_id = records[Stage.TRAIN].trained_model_id
+    if trained_model_id is None:
+        raise _StageFailed("no trained model id recorded for this model")
+    return trained_model_id
+
+
+async def _call(awaitable: Awaitable[_T]) -> _T:
+    """Await an API call; a model-level refusal fails the stage, a run-level one aborts."""
+    try:
+        return await awaitable
+    except AuthError as exc:
+        raise RunAborted(str(exc)) from exc
+    except (PermanentApiError, ProtocolError) as exc:
+        raise _StageFailed(str(exc)) from exc

@@ -1,0 +1,75 @@
+"""The lifecycle as data: the stages, the states a stage moves through, and the allowed moves.
+
+    pending ──► submitting ──► submitted ──► running ──► succeeded
+       │            │              │            └──────► failed
+       │            │              └──► succeeded | failed
+       │            └──► succeeded (approve is synchronous) | failed
+       └──► skipped | failed
+
+`submitting` is written to the store *before* a request goes out, so a restart knows that a
+submission may exist on the server and looks for it before sending another.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Stage(StrEnum):
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+    APPROVE = "approve"
+    DEPLOY = "deploy"
+    RETIRE = "retire"
+
+
+STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)
+
+# The job type ModelOps gives the remote job of each stage. EVALUATION and DEPLOYMENT are
+# recorded from a live server; TRAINING and RETIREMENT are fleet's reading of the pattern.
+JOB_TYPES: dict[Stage, str] = {
+    Stage.TRAIN: "TRAINING",
+    Stage.EVALUATE: "EVALUATION",
+    Stage.DEPLOY: "DEPLOYMENT",
+    Stage.RETIRE: "RETIREMENT",
+}
+
+
+class StageState(StrEnum):
+    PENDING = "pending"
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+S = StageState
+ALLOWED: frozenset[tuple[StageState, StageState]] = frozenset(
+    {
+        (S.PENDING, S.SUBMITTING),
+        (S.PENDING, S.SKIPPED),
+        (S.PENDING, S.FAILED),
+        (S.SUBMITTING, S.SUBMITTED),
+        (S.SUBMITTING, S.SUCCEEDED),
+        (S.SUBMITTING, S.FAILED),
+        (S.SUBMITTED, S.RUNNING),
+        (S.SUBMITTED, S.SUCCEEDED),
+        (S.SUBMITTED, S.FAILED),
+        (S.RUNNING, S.SUCCEEDED),
+        (S.RUNNING, S.FAILED),
+    }
+)
+DONE: frozenset[StageState] = frozenset({S.SUCCEEDED, S.SKIPPED})
+FINISHED: frozenset[StageState] = frozenset({S.SUCCEEDED, S.SKIPPED, S.FAILED})
+IN_FLIGHT: frozenset[StageState] = frozenset({S.SUBMITTING, S.SUBMITTED, S.RUNNING})
+
+
+class Outcome(StrEnum):
+    """Where a model ended up in a run."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"

@@ -1,0 +1,441 @@
+"""Run state in SQLite: one owned aiosqlite connection, numbered migrations, batched commits.
+
+Every lifecycle step is one logical write (the stage row and its transition log entry, plus
+any metrics) that becomes durable before the step's caller goes on. Writes from many models
+that arrive together share one transaction: a commit costs ~125 µs, a row ~2 µs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+import aiosqlite
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from fleet.config import Lifecycle, ModelSpec
+from fleet.errors import RunNotFound, StoreError
+from fleet.stages import STAGE_ORDER, Stage, StageState
+
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        id          TEXT PRIMARY KEY,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        finished_at TEXT,
+        status      TEXT NOT NULL,
+        stages      TEXT NOT NULL,
+        settings    TEXT NOT NULL
+    );
+    CREATE TABLE run_models (
+        run_id    TEXT NOT NULL REFERENCES runs(id),
+        model_id  TEXT NOT NULL,
+        position  INTEGER NOT NULL,
+        name      TEXT NOT NULL,
+        lifecycle TEXT NOT NULL,
+        PRIMARY KEY (run_id, model_id)
+    );
+    CREATE TABLE stages (
+        run_id           TEXT NOT NULL,
+        model_id         TEXT NOT NULL,
+        stage            TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        attempt          INTEGER NOT NULL DEFAULT 0,
+        job_id           TEXT,
+        trained_model_id TEXT,
+        deployment_id    TEXT,
+        error            TEXT,
+        data             TEXT NOT NULL DEFAULT '{}',
+        submitted_at     TEXT,
+        finished_at      TEXT,
+        updated_at       TEXT NOT NULL,
+        PRIMARY KEY (run_id, model_id, stage),
+        FOREIGN KEY (run_id, model_id) REFERENCES run_models(run_id, model_id)
+    );
+    CREATE TABLE metrics (
+        run_id           TEXT NOT NULL,
+        model_id         TEXT NOT NULL,
+        trained_model_id TEXT NOT NULL,
+        name             TEXT NOT NULL,
+        value            TEXT NOT NULL,
+        PRIMARY KEY (run_id, model_id, trained_model_id, name)
+    );
+    CREATE TABLE transitions (
+        id         INTEGER PRIMARY KEY,
+        run_id     TEXT NOT NULL,
+        model_id   TEXT NOT NULL,
+        stage      TEXT NOT NULL,
+        from_state TEXT NOT NULL,
+        to_state   TEXT NOT NULL,
+        at         TEXT NOT NULL,
+        detail     TEXT
+    );
+    CREATE INDEX transitions_by_model ON transitions (run_id, model_id);
+    """,
+)
+
+_STAGE_COLUMNS = (
+    "state, attempt, job_id, trained_model_id, deployment_id, error, data, "
+    "submitted_at, finished_at, updated_at"
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StageRecord:
+    """What the store knows about one stage of one model in one run."""
+
+    run_id: str
+    model_id: str
+    stage: Stage
+    state: StageState = StageState.PENDING
+    attempt: int = 0
+    job_id: str | None = None
+    trained_model_id: str | None = None
+    deployment_id: str | None = None
+    error: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    submitted_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    status: str
+    stages: tuple[Stage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """A model of a run: its spec as the run started with it, and its stages now."""
+
+    spec: ModelSpec
+    position: int
+    stages: Mapping[Stage, StageRecord]
+    metrics: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Write:
+    statements: Sequence[tuple[str, Sequence[Any]]]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: BaseException | None = None
+
+
+class Store:
+    """The state file. Open with `async with Store.open(path) as store:`."""
+
+    def __init__(self, conn: aiosqlite.Connection, now: Callable[[], datetime]) -> None:
+        self._conn = conn
+        self._now = now
+        send, receive = anyio.create_memory_object_stream[_Write](max_buffer_size=math.inf)
+        self._send: MemoryObjectSendStream[_Write] = send
+        self._receive: MemoryObjectReceiveStream[_Write] = receive
+        self.commits = 0
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, path: Path | str, *, now: Callable[[], datetime] = utc_now
+    ) -> AsyncIterator[Self]:
+        try:
+            conn = await aiosqlite.connect(str(path), isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open state file {path}: {exc}") from exc
+        try:
+            store = cls(conn, now)
+            await store._prepare(path)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store._writer)
+                try:
+                    yield store
+                finally:
+                    store._send.close()
+        finally:
+            await conn.close()
+
+    async def _prepare(self, path: Path | str) -> None:
+        try:
+            await self._conn.execute("PRAGMA journal_mode=WAL")
+            await self._conn.execute("PRAGMA synchronous=NORMAL")
+            await self._conn.execute("PRAGMA foreign_keys=ON")
+            await self._conn.execute("PRAGMA busy_timeout=5000")
+            async with self._conn.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+            version = int(row[0]) if row else 0
+            if version > len(_MIGRATIONS):
+                raise StoreError(
+                    f"state file {path} is from a newer fleet (schema {version}); upgrade fleet"
+                )
+            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                await self._conn.executescript(
+                    f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;"
+                )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot use state file {path}: {exc}") from exc
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        write = _Write(statements)
+        await self._send.send(write)
+        # The write must reach the disk even if this step is being cancelled.
+        with anyio.CancelScope(shield=True):
+            await write.done.wait()
+        if write.error is not None:
+            raise StoreError(f"cannot write state: {write.error}") from write.error
+
+    async def _writer(self) -> None:
+        async with self._receive:
+            async for first in self._receive:
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_Write]) -> None:
+        try:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            grouped: dict[str, list[Sequence[Any]]] = {}
+            for write in batch:
+                for sql, params in write.statements:
+                    grouped.setdefault(sql, []).append(params)
+            for sql, rows in grouped.items():
+                await self._conn.executemany(sql, rows)
+            await self._conn.commit()
+            self.commits += 1
+        except sqlite3.Error as exc:
+            await _rollback(self._conn)
+            for write in batch:
+                write.error = exc
+        for write in batch:
+            write.done.set()
+
+    async def create_run(
+        self, run_id: str, stages: Sequence[Stage], specs: Sequence[ModelSpec], settings: str
+    ) -> None:
+        now = self._iso()
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (
+                "INSERT INTO runs (id, created_at, updated_at, status, stages, settings)"
+                " VALUES (?, ?, ?, 'running', ?, ?)",
+                (run_id, now, now, ",".join(stages), settings),
+            )
+        ]
+        for position, spec in enumerate(specs):
+            statements.append(
+                (
+                    "INSERT INTO run_models (run_id, model_id, position, name, lifecycle)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (run_id, spec.id, position, spec.name, spec.lifecycle.model_dump_json()),
+                )
+            )
+            statements.extend(
+                (
+                    "INSERT INTO stages (run_id, model_id, stage, state, updated_at)"
+                    " VALUES (?, ?, ?, 'pending', ?)",
+                    (run_id, spec.id, stage.value, now),
+                )
+                for stage in stages
+            )
+        await self._write(statements)
+
+    async def set_run_status(self, run_id: str, status: str, *, finished: bool) -> None:
+        now = self._iso()
+        await self._write(
+            [
+                (
+                    "UPDATE runs SET status = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                    (status, now, now if finished else None, run_id),
+                )
+            ]
+        )
+
+    async def save_stage(
+        self,
+        record: StageRecord,
+        previous: StageState,
+        detail: str | None = None,
+        metrics: Mapping[str, str] | None = None,
+    ) -> StageRecord:
+        """Write a stage's new state with its transition log entry (and metrics) in one step."""
+        now = self._now()
+        record = replace(record, updated_at=now)
+        at = now.isoformat(timespec="milliseconds")
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (
+                f"UPDATE stages SET ({_STAGE_COLUMNS}) = (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " WHERE run_id = ? AND model_id = ? AND stage = ?",
+                (
+                    record.state.value,
+                    record.attempt,
+                    record.job_id,
+                    record.trained_model_id,
+                    record.deployment_id,
+                    record.error,
+                    json.dumps(dict(record.data), sort_keys=True),
+                    _iso(record.submitted_at),
+                    _iso(record.finished_at),
+                    at,
+                    record.run_id,
+                    record.model_id,
+                    record.stage.value,
+                ),
+            ),
+            (
+                "INSERT INTO transitions (run_id, model_id, stage, from_state, to_state, at,"
+                " detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.run_id,
+                    record.model_id,
+                    record.stage.value,
+                    previous.value,
+                    record.state.value,
+                    at,
+                    detail,
+                ),
+            ),
+        ]
+        for name, value in (metrics or {}).items():
+            statements.append(
+                (
+                    "INSERT OR REPLACE INTO metrics (run_id, model_id, trained_model_id, name,"
+                    " value) VALUES (?, ?, ?, ?, ?)",
+                    (record.run_id, record.model_id, record.trained_model_id, name, value),
+                )
+            )
+        await self._write(statements)
+        return record
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def run(self, run_id: str) -> RunRecord:
+        rows = await self._fetch("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise RunNotFound(f"run {run_id!r} is not in the state file")
+        return _run(rows[0])
+
+    async def find_run(self, run_id: str) -> RunRecord | None:
+        rows = await self._fetch("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return _run(rows[0]) if rows else None
+
+    async def latest_run(self) -> RunRecord | None:
+        rows = await self._fetch("SELECT * FROM runs ORDER BY created_at DESC, rowid DESC LIMIT 1")
+        return _run(rows[0]) if rows else None
+
+    async def models(self, run_id: str) -> list[ModelRecord]:
+        """Every model of a run in admission order, with its stages and latest metrics."""
+        stage_rows = await self._fetch("SELECT * FROM stages WHERE run_id = ?", (run_id,))
+        by_model: dict[str, dict[Stage, StageRecord]] = {}
+        for row in stage_rows:
+            record = _stage(row)
+            by_model.setdefault(record.model_id, {})[record.stage] = record
+        metric_rows = await self._fetch(
+            "SELECT model_id, name, value FROM metrics WHERE run_id = ?", (run_id,)
+        )
+        metrics: dict[str, dict[str, str]] = {}
+        for row in metric_rows:
+            metrics.setdefault(row["model_id"], {})[row["name"]] = row["value"]
+        model_rows = await self._fetch(
+            "SELECT * FROM run_models WHERE run_id = ? ORDER BY position", (run_id,)
+        )
+        return [
+            ModelRecord(
+                spec=ModelSpec(
+                    id=row["model_id"],
+                    name=row["name"],
+                    lifecycle=Lifecycle.model_validate_json(row["lifecycle"]),
+                ),
+                position=row["position"],
+                stages=dict(sorted(by_model.get(row["model_id"], {}).items(), key=_stage_key)),
+                metrics=metrics.get(row["model_id"], {}),
+            )
+            for row in model_rows
+        ]
+
+    async def transitions(self, run_id: str, model_id: str) -> list[dict[str, Any]]:
+        rows = await self._fetch(
+            "SELECT stage, from_state, to_state, at, detail FROM transitions"
+            " WHERE run_id = ? AND model_id = ? ORDER BY id",
+            (run_id, model_id),
+        )
+        return [dict(row) for row in rows]
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            self._conn.row_factory = sqlite3.Row
+            async with self._conn.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read state: {exc}") from exc
+
+    def _iso(self) -> str:
+        return self._now().isoformat(timespec="milliseconds")
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    try:
+        await conn.rollback()
+    except sqlite3.Error:
+        return
+
+
+def _stage_key(item: tuple[Stage, StageRecord]) -> int:
+    return STAGE_ORDER.index(item[0])
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="milliseconds")
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+        finished_at=_dt(row["finished_at"]),
+        status=row["status"],
+        stages=tuple(Stage(s) for s in row["stages"].split(",") if s),
+    )
+
+
+def _stage(row: sqlite3.Row) -> StageRecord:
+    return StageRecord(
+        run_id=row["run_id"],
+        model_id=row["model_id"],
+        stage=Stage(row["stage"]),
+        state=StageState(row["state"]),
+        attempt=row["attempt"],
+        job_id=row["job_id"],
+        trained_model_id=row["trained_model_id"],
+        deployment_id=row["deployment_id"],
+        error=row["error"],
+        data=json.loads(row["data"]),
+        submitted_at=_dt(row["submitted_at"]),
+        finished_at=_dt(row["finished_at"]),
+        updated_at=_dt(row["updated_at"]),
+    )
