@@ -104,7 +104,13 @@ async def transition(
         replace(record, state=to, **changes), record.state, detail, metrics
     )
     ctx.progress.moved(record.stage, record.state, to)
-    fields: dict[str, Any] = {"attempt": saved.attempt}
+    # Named explicitly (not only through contextvars) so the line stands alone wherever it goes.
+    fields: dict[str, Any] = {
+        "run_id": saved.run_id,
+        "model_id": saved.model_id,
+        "stage": saved.stage.value,
+        "attempt": saved.attempt,
+    }
     if saved.job_id:
         fields["job_id"] = saved.job_id
     if to is S.FAILED:

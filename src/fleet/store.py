@@ -159,8 +159,8 @@ class Store:
             conn = await aiosqlite.connect(str(path), isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open state file {path}: {exc}") from exc
+        store = cls(conn, now)
         try:
-            store = cls(conn, now)
             await store._prepare(path)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(store._writer)
@@ -169,6 +169,8 @@ class Store:
                 finally:
                     store._send.close()
         finally:
+            store._send.close()
+            store._receive.close()
             await conn.close()
 
     async def _prepare(self, path: Path | str) -> None:

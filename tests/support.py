@@ -1,0 +1,81 @@
+"""Shared test wiring: the emulator in-process on a manual clock, and virtual sleeping.
+
+`VirtualTime.sleep` is what the engine calls between polls: it moves the emulator's clock on
+instead of waiting, so a lifecycle of "ten minutes of training" runs in milliseconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from fleet import sim
+from fleet.client import ModelOpsClient, RetryPolicy
+from fleet.config import ModelEntry, Settings, load_settings
+from fleet.store import Store
+
+BASE_URL = "http://sim.test/modelops/core"
+
+
+@dataclass
+class VirtualTime:
+    clock: sim.ManualClock
+    sim_seconds_per_sleep: float = 20.0
+
+    async def sleep(self, _seconds: float) -> None:
+        self.clock.advance(self.sim_seconds_per_sleep)
+        await anyio.sleep(0)
+
+
+@dataclass
+class Emulated:
+    world: sim.World
+    api: ModelOpsClient
+    time: VirtualTime
+    settings: sim.SimSettings
+
+    def entries(self) -> tuple[ModelEntry, ...]:
+        return tuple(ModelEntry(id=m.id, name=m.name) for m in self.world.models())
+
+
+@asynccontextmanager
+async def emulated(**overrides: Any) -> AsyncIterator[Emulated]:
+    """The emulator behind an httpx ASGI transport (no sockets) and a client speaking to it."""
+    settings = sim.SimSettings(**{"models": 10, **overrides})
+    # Simulated time starts now, so jobs are never "older" than fleet's own timestamps.
+    clock = sim.ManualClock(start=time.time())
+    world, app = sim.build(settings, clock)
+    transport = httpx.ASGITransport(app=app)
+    async with ModelOpsClient(
+        BASE_URL,
+        settings.project_id,
+        settings.token,
+        transport=transport,
+        retry=RetryPolicy(initial_s=0.0, max_s=0.0, jitter_s=0.0),
+    ) as api:
+        yield Emulated(world=world, api=api, time=VirtualTime(clock), settings=settings)
+
+
+def settings_for(env: Emulated, db: Path, **flags: Any) -> Settings:
+    """Settings for a run against `env` (no config file, no environment)."""
+    base = {
+        "api.url": BASE_URL,
+        "api.project_id": env.settings.project_id,
+        "db": str(db),
+        "poll_interval": 1.0,
+    }
+    settings = load_settings(None, {**base, **flags}, env={}, use_default_file=False)
+    return settings.model_copy(update={"models": env.entries()})
+
+
+@asynccontextmanager
+async def store_at(path: Path) -> AsyncIterator[Store]:
+    async with Store.open(path) as store:
+        yield store

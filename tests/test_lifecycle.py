@@ -1,0 +1,171 @@
+"""One model's state machine: the transition table, stage outcomes, and resuming mid-stage."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from fleet import lifecycle, scheduler
+from fleet.client import Job, TrainRequest
+from fleet.config import Lifecycle
+from fleet.errors import InvalidTransition, OutcomeUnknown
+from fleet.stages import ALLOWED, STAGE_ORDER, Stage, StageState
+from fleet.store import ModelRecord, Store
+from support import Emulated, emulated, settings_for
+
+S = StageState
+
+
+def _context(env: Emulated, store: Store, run_id: str = "r1") -> lifecycle.Context:
+    progress = scheduler.Progress()
+    return lifecycle.Context(
+        run_id=run_id,
+        api=env.api,
+        store=store,
+        limiters={stage: anyio.CapacityLimiter(5) for stage in Stage},
+        poll_interval=1.0,
+        progress=progress,
+        sleep=env.time.sleep,
+        rng=random.Random(1),
+    )
+
+
+async def _one_model(env: Emulated, store: Store, run_id: str = "r1") -> ModelRecord:
+    settings = settings_for(env, Path("unused.db"))
+    spec = settings.model_specs()[0]
+    await store.create_run(run_id, STAGE_ORDER, [spec], "{}")
+    return (await store.models(run_id))[0]
+
+
+def test_the_transition_table_only_moves_forward() -> None:
+    """No state can go back to pending, and finished states are final."""
+    assert all(to is not S.PENDING for _, to in ALLOWED)
+    assert not [pair for pair in ALLOWED if pair[0] in {S.SUCCEEDED, S.FAILED, S.SKIPPED}]
+
+
+async def test_an_illegal_transition_is_refused_and_not_recorded(tmp_path: Path) -> None:
+    """pending → running raises InvalidTransition and leaves the store unchanged."""
+    async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
+        model = await _one_model(env, store)
+        ctx = _context(env, store)
+        with pytest.raises(InvalidTransition):
+            await lifecycle.transition(ctx, model.stages[Stage.TRAIN], S.RUNNING)
+        again = (await store.models("r1"))[0]
+        assert again.stages[Stage.TRAIN].state is S.PENDING
+        assert await store.transitions("r1", model.spec.id) == []
+
+
+async def test_a_model_runs_every_stage_and_logs_each_step(tmp_path: Path) -> None:
+    """Every stage succeeds; metrics are stored as strings; events carry model and stage."""
+    async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
+        model = await _one_model(env, store)
+        with capture_logs() as logs:
+            outcome = await lifecycle.run_model(_context(env, store), model, STAGE_ORDER)
+        done = (await store.models("r1"))[0]
+    assert outcome.value == "succeeded"
+    assert {r.state for r in done.stages.values()} == {S.SUCCEEDED}
+    assert set(done.metrics) == {"Accuracy", "Recall", "Precision", "f1-score"}
+    assert all(isinstance(v, str) for v in done.metrics.values())
+    assert done.stages[Stage.DEPLOY].deployment_id is not None
+    submitted = [e for e in logs if e["event"] == "fleet.stage.submitted"]
+    assert [e["stage"] for e in submitted] == ["train", "evaluate", "deploy", "retire"]
+    assert all(e["model_id"] == model.spec.id and e["run_id"] == "r1" for e in submitted)
+
+
+async def test_resume_adopts_a_job_submitted_before_the_crash(tmp_path: Path) -> None:
+    """A stage left in `submitting` finds its job on the server instead of training again."""
+    async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
+        model = await _one_model(env, store)
+        ctx = _context(env, store)
+        record = await lifecycle.transition(
+            ctx,
+            model.stages[Stage.TRAIN],
+            S.SUBMITTING,
+            attempt=1,
+            submitted_at=ctx.now(),
+        )
+        # The POST reached the server, then the process died before recording the job id.
+        job = await env.api.train(model.spec.id, _train_request(model.spec.lifecycle))
+        resumed = replace(model, stages={**model.stages, Stage.TRAIN: record})
+        outcome = await lifecycle.run_model(ctx, resumed, STAGE_ORDER)
+        done = (await store.models("r1"))[0]
+        log = await store.transitions("r1", model.spec.id)
+    assert outcome.value == "succeeded"
+    assert done.stages[Stage.TRAIN].job_id == job.id
+    assert env.world.stats()["jobs_by_type"]["TRAINING"] == 1
+    assert any(t["detail"] == "found on the server after restart" for t in log)
+
+
+async def test_a_lost_post_response_is_reconciled_not_resent(tmp_path: Path) -> None:
+    """When the train POST's answer is lost, fleet adopts the job the server did create."""
+
+    class LosesFirstAnswer:
+        def __init__(self, env: Emulated) -> None:
+            self._env = env
+            self.lost = False
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._env.api, name)
+
+        async def train(self, model_id: str, request: TrainRequest) -> Job:
+            await self._env.api.train(model_id, request)
+            if not self.lost:
+                self.lost = True
+                raise OutcomeUnknown("POST /train: no response (ReadTimeout)", method="POST")
+            raise AssertionError("fleet sent the training twice")
+
+    async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
+        model = await _one_model(env, store)
+        ctx = replace(_context(env, store), api=LosesFirstAnswer(env))
+        outcome = await lifecycle.run_model(ctx, model, STAGE_ORDER)
+        stats = env.world.stats()
+    assert outcome.value == "succeeded"
+    assert stats["jobs_by_type"]["TRAINING"] == 1
+
+
+async def test_a_failed_stage_leaves_later_stages_pending(tmp_path: Path) -> None:
+    """An evaluation job ending in ERROR fails the model there; approve..retire stay pending."""
+    async with emulated(models=1, job_error_rate=1.0) as env:
+        async with Store.open(tmp_path / "f.db") as store:
+            model = await _one_model(env, store)
+            outcome = await lifecycle.run_model(_context(env, store), model, STAGE_ORDER)
+            done = (await store.models("r1"))[0]
+    assert outcome.value == "failed"
+    train = done.stages[Stage.TRAIN]
+    assert train.state is S.FAILED
+    assert train.error is not None
+    assert "ended ERROR" in train.error
+    assert [done.stages[s].state for s in STAGE_ORDER[1:]] == [S.PENDING] * 4
+
+
+async def test_resume_of_an_approval_in_flight_does_not_approve_twice(tmp_path: Path) -> None:
+    """An approve left in `submitting` that the server already applied is adopted."""
+    async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
+        model = await _one_model(env, store)
+        ctx = _context(env, store)
+        await lifecycle.run_model(ctx, model, STAGE_ORDER[:2])
+        model = (await store.models("r1"))[0]
+        trained_model_id = model.stages[Stage.TRAIN].trained_model_id
+        assert trained_model_id is not None
+        record = await lifecycle.transition(
+            ctx, model.stages[Stage.APPROVE], S.SUBMITTING, attempt=1, submitted_at=ctx.now()
+        )
+        await env.api.approve(trained_model_id, "LGTM")
+        resumed = replace(model, stages={**model.stages, Stage.APPROVE: record})
+        outcome = await lifecycle.run_model(ctx, resumed, STAGE_ORDER[:3])
+    assert outcome.value == "succeeded"
+
+
+def _train_request(spec: Lifecycle) -> TrainRequest:
+    return TrainRequest(
+        dataset_id=spec.train_dataset_id,
+        dataset_connection_id=spec.dataset_connection_id,
+        hyperparameters=spec.hyperparameters,
+        resources=spec.resources.model_dump(),
+        docker_image=spec.docker_image,
+    )

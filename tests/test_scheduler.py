@@ -1,0 +1,187 @@
+"""The scheduler against the in-process emulator on virtual time."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import anyio
+import pytest
+
+from fleet import scheduler
+from fleet.errors import AuthError
+from fleet.client import ModelOpsClient
+from fleet.stages import Stage, StageState
+from fleet.store import Store
+from support import BASE_URL, Emulated, emulated, settings_for
+
+
+async def _run(env: Emulated, db: Path, **flags: object) -> scheduler.RunResult:
+    settings = settings_for(env, db, **flags)
+    async with Store.open(db) as store:
+        return await scheduler.run(
+            settings, env.api, store, run_id="night-1", sleep=env.time.sleep, rng=random.Random(7)
+        )
+
+
+def _peak_overlap(intervals: list[tuple[float, float]]) -> int:
+    points = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    peak = current = 0
+    for _, delta in points:
+        current += delta
+        peak = max(peak, current)
+    return peak
+
+
+async def test_every_model_goes_through_every_stage(tmp_path: Path) -> None:
+    """Thirty models end deployed, the previous versions retired, one job of each type each."""
+    async with emulated(models=30) as env:
+        result = await _run(env, tmp_path / "fleet.db")
+        stats = env.world.stats()
+    assert result.status == "succeeded"
+    assert (result.succeeded, result.failed, result.pending) == (30, (), 0)
+    assert stats["jobs_by_type"] == {
+        "TRAINING": 30,
+        "EVALUATION": 30,
+        "DEPLOYMENT": 30,
+        "RETIREMENT": 30,
+    }
+    assert stats["max_jobs_per_model_and_type"] == 1
+    assert stats["active_deployments"] == 30
+
+
+async def test_stage_limits_bound_remote_jobs_of_each_type(tmp_path: Path) -> None:
+    """No more training (or deployment) jobs overlap on the server than the stage's limit."""
+    async with emulated(models=24) as env:
+        result = await _run(env, tmp_path / "fleet.db", **{"limits.train": 3, "limits.deploy": 2})
+        jobs = env.world.jobs()
+    assert result.status == "succeeded"
+    by_type: dict[str, list[tuple[float, float]]] = {}
+    for job in jobs:
+        by_type.setdefault(job.type, []).append((job.created_at, job.ends_at))
+    assert _peak_overlap(by_type["TRAINING"]) == 3
+    assert _peak_overlap(by_type["DEPLOYMENT"]) <= 2
+
+
+async def test_global_concurrency_bounds_models_in_flight(tmp_path: Path) -> None:
+    """With concurrency 4, at most four models have a remote job at any moment."""
+    async with emulated(models=16) as env:
+        await _run(env, tmp_path / "fleet.db", concurrency=4)
+        jobs = env.world.jobs()
+    spans: dict[str, tuple[float, float]] = {}
+    for job in jobs:
+        start, end = spans.get(job.model_id, (job.created_at, job.ends_at))
+        spans[job.model_id] = (min(start, job.created_at), max(end, job.ends_at))
+    assert _peak_overlap(list(spans.values())) <= 4
+
+
+async def test_models_are_admitted_in_configured_order(tmp_path: Path) -> None:
+    """Training jobs are created in the order of the model list when one runs at a time."""
+    async with emulated(models=6) as env:
+        await _run(env, tmp_path / "fleet.db", concurrency=1)
+        order = [j.model_id for j in env.world.jobs() if j.type == "TRAINING"]
+        assert order == [m.id for m in env.world.models()]
+
+
+async def test_failed_jobs_fail_only_their_models(tmp_path: Path) -> None:
+    """Models whose job ends in ERROR fail at that stage with a reason; the others succeed."""
+    async with emulated(models=40, job_error_rate=0.15, seed=3) as env:
+        expected = {
+            m.id
+            for m in env.world.models()
+            if env.world.job_will_fail(m.id, "TRAINING", 1)
+            or env.world.job_will_fail(m.id, "EVALUATION", 1)
+            or env.world.job_will_fail(m.id, "DEPLOYMENT", 1)
+            or env.world.job_will_fail(m.id, "RETIREMENT", 1)
+        }
+        result = await _run(env, tmp_path / "fleet.db")
+    assert expected, "the seed must make some jobs fail"
+    assert result.status == "failed"
+    assert {f.model_id for f in result.failed} == expected
+    assert result.succeeded == 40 - len(expected)
+    assert all("ended ERROR" in f.reason for f in result.failed)
+
+
+async def test_a_finished_run_id_does_nothing_again(tmp_path: Path) -> None:
+    """Starting a finished run again submits nothing and reports the same result."""
+    async with emulated(models=5) as env:
+        first = await _run(env, tmp_path / "fleet.db")
+        jobs_before = env.world.stats()["jobs_total"]
+        second = await _run(env, tmp_path / "fleet.db")
+        assert env.world.stats()["jobs_total"] == jobs_before
+    assert second.resumed
+    assert (second.status, second.succeeded) == (first.status, first.succeeded)
+
+
+async def test_a_cancelled_run_resumes_without_submitting_twice(tmp_path: Path) -> None:
+    """Cancel mid-run, resume with the same id: all models finish, one job per model and type."""
+    db = tmp_path / "fleet.db"
+    async with emulated(models=20) as env:
+        settings = settings_for(env, db)
+        submitted = 0
+        async with Store.open(db) as store:
+            with anyio.CancelScope() as scope:
+
+                class CancelAfterSubmissions(scheduler.Progress):
+                    def moved(self, stage: Stage, before: StageState, after: StageState) -> None:
+                        nonlocal submitted
+                        super().moved(stage, before, after)
+                        if after is StageState.SUBMITTED:
+                            submitted += 1
+                            if submitted == 30:
+                                scope.cancel()
+
+                progress = CancelAfterSubmissions()
+                await scheduler.run(
+                    settings, env.api, store, run_id="night-1", progress=progress,
+                    sleep=env.time.sleep,
+                )
+            interrupted = await store.run("night-1")
+        assert interrupted.status == "interrupted"
+        result = await _run(env, db)
+        stats = env.world.stats()
+    assert result.resumed
+    assert result.status == "succeeded"
+    assert result.succeeded == 20
+    assert stats["max_jobs_per_model_and_type"] == 1
+
+
+async def test_a_rejected_token_aborts_the_run(tmp_path: Path) -> None:
+    """A wrong token stops the run before anything is submitted, with an AuthError."""
+    async with emulated(models=3) as env:
+        settings = settings_for(env, tmp_path / "fleet.db")
+        async with (
+            ModelOpsClient(
+                BASE_URL, env.settings.project_id, "wrong", transport=env.api._http._transport
+            ) as bad,
+            Store.open(tmp_path / "fleet.db") as store,
+        ):
+            result = await scheduler.run(settings, bad, store, run_id="r", sleep=env.time.sleep)
+        assert env.world.stats()["jobs_total"] == 0
+    assert isinstance(result.aborted, AuthError)
+    assert result.status == "aborted"
+
+
+@pytest.mark.parametrize("mode", ["deployed", "none"])
+async def test_retire_modes(tmp_path: Path, mode: str) -> None:
+    """`deployed` retires the new version (the tutorial's way); `none` retires nothing."""
+    async with emulated(models=4) as env:
+        result = await _run(env, tmp_path / "fleet.db", **{"defaults.retire_mode": mode})
+        stats = env.world.stats()
+    assert result.status == "succeeded"
+    if mode == "deployed":
+        assert stats["jobs_by_type"]["RETIREMENT"] == 4
+        assert stats["active_deployments"] == 4  # last night's versions are still in production
+    else:
+        assert stats["jobs_by_type"]["RETIREMENT"] == 0
+        assert stats["active_deployments"] == 8
+
+
+async def test_only_the_configured_stages_run(tmp_path: Path) -> None:
+    """`stages = train,evaluate` trains and evaluates, and deploys nothing."""
+    async with emulated(models=4) as env:
+        result = await _run(env, tmp_path / "fleet.db", stages="train,evaluate")
+        stats = env.world.stats()
+    assert result.status == "succeeded"
+    assert stats["jobs_by_type"]["DEPLOYMENT"] == 0
+    assert stats["jobs_by_type"]["EVALUATION"] == 4

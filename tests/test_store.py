@@ -1,0 +1,128 @@
+"""The SQLite state file: schema, round trips, the transition log, batching, and safety."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import anyio
+import pytest
+
+from fleet.config import Lifecycle, ModelSpec
+from fleet.errors import RunNotFound, StoreError
+from fleet.stages import STAGE_ORDER, Stage, StageState
+from fleet.store import Store
+
+MODEL_IDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 41)]
+
+
+def _specs(n: int) -> list[ModelSpec]:
+    return [
+        ModelSpec(id=MODEL_IDS[i], name=f"store-{i:04d}", lifecycle=Lifecycle())
+        for i in range(n)
+    ]
+
+
+async def test_a_new_file_is_migrated_to_wal_mode(tmp_path: Path) -> None:
+    """Opening a new file creates the schema at the latest version, in WAL mode."""
+    path = tmp_path / "fleet.db"
+    async with Store.open(path):
+        pass
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"runs", "run_models", "stages", "metrics", "transitions"} <= tables
+
+
+async def test_a_run_round_trips_with_models_in_order(tmp_path: Path) -> None:
+    """Models come back in admission order with every stage pending and their settings."""
+    async with Store.open(tmp_path / "fleet.db") as store:
+        await store.create_run("r1", STAGE_ORDER, _specs(3), "{}")
+        run = await store.run("r1")
+        models = await store.models("r1")
+    assert run.status == "running"
+    assert run.stages == STAGE_ORDER
+    assert [m.spec.name for m in models] == ["store-0000", "store-0001", "store-0002"]
+    assert all(r.state is StageState.PENDING for m in models for r in m.stages.values())
+    assert models[0].spec.lifecycle == Lifecycle()
+
+
+async def test_a_stage_write_is_logged_as_a_transition(tmp_path: Path) -> None:
+    """Saving a stage updates its row, appends a transition, and stores metrics."""
+    async with Store.open(tmp_path / "fleet.db") as store:
+        await store.create_run("r1", STAGE_ORDER, _specs(1), "{}")
+        record = (await store.models("r1"))[0].stages[Stage.EVALUATE]
+        moved = replace(record, state=StageState.SUBMITTING, attempt=1, trained_model_id="tm")
+        await store.save_stage(moved, StageState.PENDING, "why", {"Accuracy": "0.91"})
+        model = (await store.models("r1"))[0]
+        log = await store.transitions("r1", MODEL_IDS[0])
+    assert model.stages[Stage.EVALUATE].state is StageState.SUBMITTING
+    assert model.stages[Stage.EVALUATE].attempt == 1
+    assert model.metrics == {"Accuracy": "0.91"}
+    assert [(t["from_state"], t["to_state"], t["detail"]) for t in log] == [
+        ("pending", "submitting", "why")
+    ]
+
+
+async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
+    """Forty models writing at once need far fewer commits than writes."""
+    async with Store.open(tmp_path / "fleet.db") as store:
+        await store.create_run("r1", STAGE_ORDER, _specs(40), "{}")
+        models = await store.models("r1")
+        before = store.commits
+
+        async def write(model_index: int) -> None:
+            record = models[model_index].stages[Stage.TRAIN]
+            await store.save_stage(
+                replace(record, state=StageState.SUBMITTING), StageState.PENDING
+            )
+
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(write, i)
+        commits = store.commits - before
+        states = {m.stages[Stage.TRAIN].state for m in await store.models("r1")}
+    assert states == {StageState.SUBMITTING}
+    assert commits < 10
+
+
+async def test_state_survives_reopening(tmp_path: Path) -> None:
+    """What one process wrote, the next one reads: the basis of resume."""
+    path = tmp_path / "fleet.db"
+    async with Store.open(path) as store:
+        await store.create_run("r1", STAGE_ORDER, _specs(2), "{}")
+        record = (await store.models("r1"))[1].stages[Stage.TRAIN]
+        await store.save_stage(
+            replace(record, state=StageState.SUBMITTING, job_id="j1"), StageState.PENDING
+        )
+    async with Store.open(path) as store:
+        model = (await store.models("r1"))[1]
+        latest = await store.latest_run()
+    assert model.stages[Stage.TRAIN].job_id == "j1"
+    assert latest is not None
+    assert latest.id == "r1"
+
+
+async def test_unknown_run_and_unusable_file_are_clear_errors(tmp_path: Path) -> None:
+    """An unknown run id is RunNotFound; a file that is not SQLite is a StoreError."""
+    async with Store.open(tmp_path / "fleet.db") as store:
+        with pytest.raises(RunNotFound):
+            await store.run("nope")
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError):
+        async with Store.open(junk):
+            pass
+
+
+async def test_a_file_from_a_newer_fleet_is_refused(tmp_path: Path) -> None:
+    """A schema newer than this fleet knows is never touched."""
+    path = tmp_path / "fleet.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreError, match="newer fleet"):
+        async with Store.open(path):
+            pass
