@@ -9,6 +9,8 @@ failed and the rest finished; 2 usage or configuration error; 3 the run could no
 from __future__ import annotations
 
 import argparse
+import csv
+import functools
 import json
 import signal
 import sys
@@ -99,9 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     sim_p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sim_p.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
     _add_sim_flags(sim_p)
-    sim_p.add_argument("--token", default=sim.SimSettings.token, help="bearer token to accept")
+    sim_defaults = sim.SimSettings()
+    sim_p.add_argument("--token", default=sim_defaults.token, help="bearer token to accept")
+    sim_p.add_argument("--project-id", default=sim_defaults.project_id, help="the project's id")
     sim_p.add_argument(
-        "--project-id", default=sim.SimSettings.project_id, help="the project's id"
+        "--models-csv", type=Path, help="also write the models as a CSV for --models-file"
     )
     sim_p.set_defaults(command=_cmd_sim)
 
@@ -200,6 +204,7 @@ async def _run_with_client(settings: Settings, run_id: str | None) -> int:
         verify=verify,
         timeout_s=settings.api.timeout,
         max_connections=settings.max_connections,
+        retry=RetryPolicy(attempts=settings.api.retry_attempts, budget_s=settings.api.retry_budget),
     ) as api:
         return await _drive(settings, api, run_id)
 
@@ -242,19 +247,35 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:  # noqa: PLR2004
         raise ConfigError("--port: must be between 0 and 65535")
     fleet_logging.configure(level="warning")
-    _, app = sim.build(settings)
-    _say(
-        f"ModelOps emulator: http://{args.host}:{args.port}/modelops/core "
-        f"project {settings.project_id}, {settings.models} models, time x{settings.time_scale}"
-    )
+    world, app = sim.build(settings)
+    if args.models_csv is not None:
+        _write_models_csv(args.models_csv, world)
+
+    def ready(url: str) -> None:
+        _say(
+            f"ModelOps emulator on {url} (project {settings.project_id}, "
+            f"{settings.models} models, time x{settings.time_scale}); Ctrl-C stops it"
+        )
+
     try:
-        anyio.run(sim.serve_forever, app, args.host, args.port)
+        anyio.run(functools.partial(sim.serve_forever, app, args.host, args.port, on_ready=ready))
     except KeyboardInterrupt:
         return EXIT_OK
     except OSError as exc:
         _error(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
         return EXIT_CANNOT_PROCEED
     return EXIT_OK
+
+
+def _write_models_csv(path: Path, world: sim.World) -> None:
+    try:
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "name"])
+            writer.writerows((model.id, model.name) for model in world.models())
+    except OSError as exc:
+        raise ConfigError(f"--models-csv: cannot write {path} ({exc.strerror})") from None
+    _say(f"wrote {len(world.models())} models to {path}")
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -64,6 +65,8 @@ class ApiSettings(_Section):
     verify_tls: bool = Field(True, description="verify the server's TLS certificate")
     ca_bundle: Path | None = Field(None, description="PEM file of CAs to trust instead of certifi")
     timeout: PositiveFloat = Field(30.0, description="seconds for one HTTP request")
+    retry_attempts: PositiveInt = Field(6, description="tries of a request that failed transiently")
+    retry_budget: PositiveFloat = Field(60.0, description="seconds all tries of a request may take")
 
     @field_validator("url")
     @classmethod
@@ -217,6 +220,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
         file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        environ = _environ.get()
+        if environ is not None:
+            env_settings = _MappingEnvSource(settings_cls, environ)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         toml_path = _toml_path.get()
         if toml_path is not None:
@@ -260,6 +266,18 @@ class Settings(BaseSettings):
 
 
 _toml_path: ContextVar[Path | None] = ContextVar("fleet_toml_path", default=None)
+_environ: ContextVar[Mapping[str, str] | None] = ContextVar("fleet_environ", default=None)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """FLEET_* variables from the mapping given to `load_settings`, not from `os.environ`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k if self.case_sensitive else k.lower(): v for k, v in self._environ.items()}
 
 
 def load_settings(
@@ -282,6 +300,7 @@ def load_settings(
     _reject_unknown_env(env)
     sources = _Sources(flags=flags, env=env, toml=toml, config=config)
     token = _toml_path.set(config)
+    env_token = _environ.set(env)
     try:
         settings = Settings(**_nest(flags))
     except ValidationError as exc:
@@ -289,6 +308,7 @@ def load_settings(
     except SettingsError as exc:
         raise ConfigError(f"environment: {exc}") from None
     finally:
+        _environ.reset(env_token)
         _toml_path.reset(token)
     if settings.api.token_file is not None and settings.api.token is None:
         _read_token(settings.api.token_file)
