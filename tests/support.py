@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 
 from fleet import sim
@@ -31,7 +32,7 @@ class VirtualTime:
 
     async def sleep(self, _seconds: float) -> None:
         self.clock.advance(self.sim_seconds_per_sleep)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
 
 @dataclass

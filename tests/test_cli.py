@@ -20,13 +20,13 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "e2e-secret-token-3f9a"  # noqa: S105 - the emulator's test credential
+TOKEN = "e2e-secret-token-3f9a"
 FAST = ["--poll-interval", "0.05", "--progress-interval", "0.5"]
 
 
-def fleet(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> (
-    subprocess.CompletedProcess[str]
-):
+def fleet(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fleet", *args],
         cwd=cwd,
@@ -51,10 +51,19 @@ def _json_lines(text: str) -> list[dict[str, object]]:
 @contextmanager
 def emulator(tmp_path: Path, *args: str) -> Iterator[str]:
     """`fleet sim` on a free loopback port; yields its base URL once it listens."""
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         [
-            sys.executable, "-m", "fleet", "sim", "--port", "0", "--token", TOKEN,
-            "--models-csv", str(tmp_path / "models.csv"), *args,
+            sys.executable,
+            "-m",
+            "fleet",
+            "sim",
+            "--port",
+            "0",
+            "--token",
+            TOKEN,
+            "--models-csv",
+            str(tmp_path / "models.csv"),
+            *args,
         ],
         cwd=tmp_path,
         env=_env(),
@@ -105,8 +114,17 @@ def test_demo_takes_every_model_through_every_stage(tmp_path: Path) -> None:
 def test_demo_with_job_errors_exits_1_and_lists_the_failures(tmp_path: Path) -> None:
     """Injected job errors fail some models: exit 1, each failed model named with its reason."""
     done = fleet(
-        "demo", "--models", "30", "--time-scale", "5000", "--job-error-rate", "0.1",
-        "--seed", "4", *FAST, cwd=tmp_path,
+        "demo",
+        "--models",
+        "30",
+        "--time-scale",
+        "5000",
+        "--job-error-rate",
+        "0.1",
+        "--seed",
+        "4",
+        *FAST,
+        cwd=tmp_path,
     )
     assert done.returncode == 1, done.stderr
     failed = [line for line in done.stderr.splitlines() if line.startswith("  failed ")]
@@ -118,8 +136,16 @@ def test_run_against_fleet_sim_then_status(tmp_path: Path) -> None:
     """`fleet run` drives the models of a CSV against `fleet sim`; `fleet status` shows them."""
     with emulator(tmp_path, "--models", "12", "--time-scale", "5000") as url:
         done = fleet(
-            "run", "--run-id", "night-1", "--models-file", "models.csv", "--config",
-            str(_empty_config(tmp_path)), *FAST, cwd=tmp_path, env=_run_env(url),
+            "run",
+            "--run-id",
+            "night-1",
+            "--models-file",
+            "models.csv",
+            "--config",
+            str(_empty_config(tmp_path)),
+            *FAST,
+            cwd=tmp_path,
+            env=_run_env(url),
         )
         assert done.returncode == 0, done.stderr
         assert _stats(url)["max_jobs_per_model_and_type"] == 1
@@ -137,12 +163,25 @@ def test_a_killed_run_resumes_without_a_second_job(tmp_path: Path) -> None:
     """SIGKILL midway, start again with the same run id: all finish, one job per model/type."""
     with emulator(tmp_path, "--models", "40", "--time-scale", "600") as url:
         args = [
-            sys.executable, "-m", "fleet", "run", "--run-id", "night-1", "--models-file",
-            "models.csv", "--config", str(_empty_config(tmp_path)), *FAST,
+            sys.executable,
+            "-m",
+            "fleet",
+            "run",
+            "--run-id",
+            "night-1",
+            "--models-file",
+            "models.csv",
+            "--config",
+            str(_empty_config(tmp_path)),
+            *FAST,
         ]
-        proc = subprocess.Popen(  # noqa: S603
-            args, cwd=tmp_path, env=_env(_run_env(url)), stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True,
+        proc = subprocess.Popen(
+            args,
+            cwd=tmp_path,
+            env=_env(_run_env(url)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         assert proc.stdout is not None
         submitted = 0
@@ -156,8 +195,16 @@ def test_a_killed_run_resumes_without_a_second_job(tmp_path: Path) -> None:
         proc.stdout.close()
         assert submitted == 45
         again = fleet(
-            "run", "--run-id", "night-1", "--models-file", "models.csv", "--config",
-            str(_empty_config(tmp_path)), *FAST, cwd=tmp_path, env=_run_env(url),
+            "run",
+            "--run-id",
+            "night-1",
+            "--models-file",
+            "models.csv",
+            "--config",
+            str(_empty_config(tmp_path)),
+            *FAST,
+            cwd=tmp_path,
+            env=_run_env(url),
         )
         assert again.returncode == 0, again.stderr
         assert "40 of 40 models succeeded" in again.stderr
@@ -168,12 +215,25 @@ def test_sigterm_stops_the_run_with_143_and_it_resumes(tmp_path: Path) -> None:
     """SIGTERM records the run as interrupted and exits 143; the same id then finishes it."""
     with emulator(tmp_path, "--models", "10", "--time-scale", "300") as url:
         args = [
-            sys.executable, "-m", "fleet", "run", "--run-id", "n", "--models-file",
-            "models.csv", "--config", str(_empty_config(tmp_path)), *FAST,
+            sys.executable,
+            "-m",
+            "fleet",
+            "run",
+            "--run-id",
+            "n",
+            "--models-file",
+            "models.csv",
+            "--config",
+            str(_empty_config(tmp_path)),
+            *FAST,
         ]
-        proc = subprocess.Popen(  # noqa: S603
-            args, cwd=tmp_path, env=_env(_run_env(url)), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+        proc = subprocess.Popen(
+            args,
+            cwd=tmp_path,
+            env=_env(_run_env(url)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -186,8 +246,16 @@ def test_sigterm_stops_the_run_with_143_and_it_resumes(tmp_path: Path) -> None:
         status = json.loads(fleet("status", "n", "--json", cwd=tmp_path).stdout)
         assert status["status"] == "interrupted"
         again = fleet(
-            "run", "--run-id", "n", "--models-file", "models.csv", "--config",
-            str(_empty_config(tmp_path)), *FAST, cwd=tmp_path, env=_run_env(url),
+            "run",
+            "--run-id",
+            "n",
+            "--models-file",
+            "models.csv",
+            "--config",
+            str(_empty_config(tmp_path)),
+            *FAST,
+            cwd=tmp_path,
+            env=_run_env(url),
         )
         assert again.returncode == 0, again.stderr
 
@@ -217,13 +285,18 @@ def test_an_unreachable_server_exits_3_and_the_token_stays_secret(tmp_path: Path
     """No server at the URL: exit 3 with one clear reason; the token appears nowhere."""
     config = _empty_config(tmp_path)
     config.write_text(
-        config.read_text()
-        + '\n[[models]]\nid = "088d1992-06bc-46cc-9f92-c2a1c2b03ca9"\n'
+        config.read_text() + '\n[[models]]\nid = "088d1992-06bc-46cc-9f92-c2a1c2b03ca9"\n'
     )
     done = fleet(
-        "run", "--config", str(config), "--api.retry-budget", "1", "--api.retry-attempts", "2",
-        cwd=tmp_path, env={"FLEET_API__URL": "http://127.0.0.1:9/modelops/core",
-                           "FLEET_API__TOKEN": TOKEN},
+        "run",
+        "--config",
+        str(config),
+        "--api.retry-budget",
+        "1",
+        "--api.retry-attempts",
+        "2",
+        cwd=tmp_path,
+        env={"FLEET_API__URL": "http://127.0.0.1:9/modelops/core", "FLEET_API__TOKEN": TOKEN},
     )
     assert done.returncode == 3, done.stderr
     assert "cannot reach ModelOps" in done.stderr
@@ -236,8 +309,13 @@ def test_a_wrong_token_exits_3(tmp_path: Path) -> None:
     """A token the server rejects stops the run with exit 3 and says so."""
     with emulator(tmp_path, "--models", "2") as url:
         done = fleet(
-            "run", "--models-file", "models.csv", "--config", str(_empty_config(tmp_path)),
-            cwd=tmp_path, env={"FLEET_API__URL": url, "FLEET_API__TOKEN": "not-the-token"},
+            "run",
+            "--models-file",
+            "models.csv",
+            "--config",
+            str(_empty_config(tmp_path)),
+            cwd=tmp_path,
+            env={"FLEET_API__URL": url, "FLEET_API__TOKEN": "not-the-token"},
         )
     assert done.returncode == 3, done.stderr
     assert "token rejected" in done.stderr

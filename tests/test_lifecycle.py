@@ -130,11 +130,13 @@ async def test_a_lost_post_response_is_reconciled_not_resent(tmp_path: Path) -> 
 
 async def test_a_failed_stage_leaves_later_stages_pending(tmp_path: Path) -> None:
     """An evaluation job ending in ERROR fails the model there; approve..retire stay pending."""
-    async with emulated(models=1, job_error_rate=1.0) as env:
-        async with Store.open(tmp_path / "f.db") as store:
-            model = await _one_model(env, store)
-            outcome = await lifecycle.run_model(_context(env, store), model, STAGE_ORDER)
-            done = (await store.models("r1"))[0]
+    async with (
+        emulated(models=1, job_error_rate=1.0) as env,
+        Store.open(tmp_path / "f.db") as store,
+    ):
+        model = await _one_model(env, store)
+        outcome = await lifecycle.run_model(_context(env, store), model, STAGE_ORDER)
+        done = (await store.models("r1"))[0]
     assert outcome.value == "failed"
     train = done.stages[Stage.TRAIN]
     assert train.state is S.FAILED

@@ -9,8 +9,8 @@ import anyio
 import pytest
 
 from fleet import scheduler
-from fleet.errors import AuthError
 from fleet.client import ModelOpsClient
+from fleet.errors import AuthError
 from fleet.stages import Stage, StageState
 from fleet.store import Store
 from support import BASE_URL, Emulated, emulated, settings_for
@@ -133,7 +133,11 @@ async def test_a_cancelled_run_resumes_without_submitting_twice(tmp_path: Path) 
 
                 progress = CancelAfterSubmissions()
                 await scheduler.run(
-                    settings, env.api, store, run_id="night-1", progress=progress,
+                    settings,
+                    env.api,
+                    store,
+                    run_id="night-1",
+                    progress=progress,
                     sleep=env.time.sleep,
                 )
             interrupted = await store.run("night-1")

@@ -19,8 +19,7 @@ MODEL_IDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 41)]
 
 def _specs(n: int) -> list[ModelSpec]:
     return [
-        ModelSpec(id=MODEL_IDS[i], name=f"store-{i:04d}", lifecycle=Lifecycle())
-        for i in range(n)
+        ModelSpec(id=MODEL_IDS[i], name=f"store-{i:04d}", lifecycle=Lifecycle()) for i in range(n)
     ]
 
 
@@ -75,9 +74,7 @@ async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
 
         async def write(model_index: int) -> None:
             record = models[model_index].stages[Stage.TRAIN]
-            await store.save_stage(
-                replace(record, state=StageState.SUBMITTING), StageState.PENDING
-            )
+            await store.save_stage(replace(record, state=StageState.SUBMITTING), StageState.PENDING)
 
         async with anyio.create_task_group() as tg:
             for i in range(40):

@@ -42,7 +42,8 @@ EXIT_SIGTERM = 143
 
 log = structlog.get_logger("fleet.cli")
 
-# The demo's emulator runs an hour of training in a minute; fleet polls to match.
+# The demo's emulator runs the longest training (an hour) in 36 s; fleet polls to match.
+_DEMO_TIME_SCALE = 100.0
 _DEMO_SETTINGS = {
     "concurrency": 200,
     "limits.train": 50,
@@ -110,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     sim_p.set_defaults(command=_cmd_sim)
 
     demo_p = commands.add_parser("demo", help="run fleet against a built-in emulator")
-    _add_sim_flags(demo_p)
+    _add_sim_flags(demo_p, time_scale=_DEMO_TIME_SCALE)
     demo_p.add_argument("--db", type=Path, default=Path("fleet-demo.db"), help="state file")
     demo_p.add_argument("--run-id", help="name of the run; the same id resumes it")
     _add_setting_flags(demo_p, skip=("api.", "db"))
@@ -133,14 +134,14 @@ def _add_setting_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
         )
 
 
-def _add_sim_flags(parser: argparse.ArgumentParser) -> None:
+def _add_sim_flags(parser: argparse.ArgumentParser, time_scale: float | None = None) -> None:
     defaults = sim.SimSettings()
     parser.add_argument("--models", type=int, default=defaults.models, help="models to serve")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     parser.add_argument(
         "--time-scale",
         type=float,
-        default=defaults.time_scale,
+        default=time_scale or defaults.time_scale,
         help="simulated seconds per real second",
     )
     parser.add_argument("--job-error-rate", type=float, default=0.0, help="jobs ending in ERROR")
@@ -390,8 +391,9 @@ def _report(result: RunResult) -> int:
         f"{result.pending} not finished, in {result.elapsed_s:.1f}s\n"
     )
     for failure in result.failed:
-        out.write(f"  failed {failure.name} ({failure.model_id}) at {failure.stage}: "
-                  f"{failure.reason}\n")
+        out.write(
+            f"  failed {failure.name} ({failure.model_id}) at {failure.stage}: {failure.reason}\n"
+        )
     if result.aborted is not None:
         _error(f"the run could not proceed: {result.aborted}")
         _error(f"its state is saved; run again with --run-id {result.run_id} to resume")
@@ -454,7 +456,9 @@ def _current_stage(stages: Any, order: tuple[Stage, ...]) -> tuple[Stage, Any]:
 
 def _print_status(document: dict[str, Any]) -> None:
     console = Console()
-    console.print(f"run {document['run_id']}: {document['status']} (started {document['created_at']})")
+    console.print(
+        f"run {document['run_id']}: {document['status']} (started {document['created_at']})"
+    )
     counts = Table(title="stages", title_justify="left")
     counts.add_column("stage")
     states = [s.value for s in StageState]

@@ -227,10 +227,10 @@ class ModelOpsClient:
         await self._get(f"/api/projects/{_uuid(self._project_id)}")
 
     async def list_models(self) -> list[RemoteModel]:
-        models: list[RemoteModel] = []
-        async for item in self._pages("/api/models", "models", {}):
-            models.append(RemoteModel(id=_req_str(item, "id"), name=str(item.get("name") or "")))
-        return models
+        return [
+            RemoteModel(id=_req_str(item, "id"), name=str(item.get("name") or ""))
+            async for item in self._pages("/api/models", "models", {})
+        ]
 
     async def get_job(self, job_id: str) -> Job:
         data = await self._get(f"/api/jobs/{_uuid(job_id)}", {"projection": "expandJob"})

@@ -29,7 +29,6 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -62,7 +61,7 @@ class ApiSettings(_Section):
     project_id: str | None = Field(None, description="ModelOps project id (UUID)")
     token: SecretStr | None = Field(None, description="bearer token: set FLEET_API__TOKEN")
     token_file: Path | None = Field(None, description="file holding the bearer token")
-    verify_tls: bool = Field(True, description="verify the server's TLS certificate")
+    verify_tls: bool = Field(default=True, description="verify the server's TLS certificate")
     ca_bundle: Path | None = Field(None, description="PEM file of CAs to trust instead of certifi")
     timeout: PositiveFloat = Field(30.0, description="seconds for one HTTP request")
     retry_attempts: PositiveInt = Field(6, description="tries of a request that failed transiently")
@@ -125,7 +124,7 @@ class Lifecycle(_Section):
     engine: str = Field("python-batch", description="python-batch, byom, ...")
     language: str | None = Field(None, description="model language sent on deploy")
     cron: str = Field("@once", description="@once, @manual or a cron expression")
-    publish_only: bool = Field(False, description="publish without scheduling")
+    publish_only: bool = Field(default=False, description="publish without scheduling")
     approval_comments: str = Field("Approved by fleet", description="comment on approval")
     retire_mode: RetireMode = Field("previous", description="previous, deployed or none")
 
@@ -202,14 +201,15 @@ class Settings(BaseSettings):
             raise ValueError(f"must be the first stages of {order}, in that order")
         return value
 
-    @model_validator(mode="after")
-    def _unique_models(self) -> Settings:
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, value: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
         seen: set[str] = set()
-        for entry in self.models:
+        for entry in value:
             if entry.id in seen:
                 raise ValueError(f"model {entry.id} is listed twice")
             seen.add(entry.id)
-        return self
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -408,6 +408,8 @@ class _Sources:
                 return f"environment {name}"
         node: Any = self.toml
         for part in parts:
+            if isinstance(node, list):
+                break  # inside an array of tables ([[models]]): the file set it
             if not isinstance(node, dict) or part not in node:
                 return "default"
             node = node[part]
@@ -459,22 +461,11 @@ def load_models_file(path: Path) -> list[ModelEntry]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"models_file: cannot read {path} ({exc.strerror})") from None
-    rows: list[tuple[int, dict[str, Any]]] = []
-    if path.suffix.lower() in {".jsonl", ".ndjson"}:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"models_file {path}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"models_file {path}:{number}: expected a JSON object")
-            rows.append((number, row))
-    elif path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        for number, raw in enumerate(reader, start=2):
-            rows.append((number, _csv_row(raw)))
+    suffix = path.suffix.lower()
+    if suffix in {".jsonl", ".ndjson"}:
+        rows = _jsonl_rows(path, text)
+    elif suffix == ".csv":
+        rows = [(n, _csv_row(raw)) for n, raw in enumerate(csv.DictReader(text.splitlines()), 2)]
     else:
         raise ConfigError(f"models_file {path}: use a .csv or .jsonl file")
     entries = []
@@ -486,6 +477,21 @@ def load_models_file(path: Path) -> list[ModelEntry]:
                 _first_error_line(exc, prefix=f"models_file {path}:{number}", sources=None)
             ) from None
     return entries
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"models_file {path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"models_file {path}:{number}: expected a JSON object")
+        rows.append((number, row))
+    return rows
 
 
 def _csv_row(raw: Mapping[str | None, str | None]) -> dict[str, Any]:
@@ -534,4 +540,3 @@ def _check_uuid(value: str) -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise ValueError(f"{value!r} is not a UUID") from None
-

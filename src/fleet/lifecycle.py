@@ -74,11 +74,11 @@ class Context:
     rng: random.Random = field(default_factory=random.Random)
 
 
-class RunAborted(Exception):  # noqa: N818 - it is a signal to the scheduler, not a failure
+class RunAborted(Exception):
     """The run cannot go on (token rejected, server gone); carries the fleet error."""
 
 
-class _StageFailed(Exception):  # noqa: N818
+class _StageFailed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -146,7 +146,9 @@ async def run_model(ctx: Context, model: ModelRecord, stages: tuple[Stage, ...])
 
 # -- stage runners ---------------------------------------------------------------------------
 
-Runner = Callable[[Context, ModelRecord, dict[Stage, StageRecord], StageRecord], Awaitable[StageRecord]]
+Runner = Callable[
+    [Context, ModelRecord, dict[Stage, StageRecord], StageRecord], Awaitable[StageRecord]
+]
 
 
 async def _train(
@@ -271,7 +273,10 @@ async def _retire(
     if mode == "none":
         return await transition(ctx, record, S.SKIPPED, detail="retire_mode is none")
     if mode == "deployed":
-        target = {"trained_model_id": deployed.trained_model_id, "deployment_id": deployed.deployment_id}
+        target = {
+            "trained_model_id": deployed.trained_model_id,
+            "deployment_id": deployed.deployment_id,
+        }
     else:
         previous = list(deployed.data.get("previous", []))
         if not previous:

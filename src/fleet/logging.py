@@ -82,4 +82,3 @@ def configure(*, level: str = "info", json: bool | None = None) -> None:
         logger_factory=lambda *_: _CurrentStdout(),
         cache_logger_on_first_use=True,
     )
-

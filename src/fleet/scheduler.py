@@ -174,7 +174,7 @@ async def run(
     aborted: FleetError | None = None
     try:
         await api.check_project()
-        await _drive(ctx, models, stages, settings.concurrency, progress)
+        await _drive(ctx, models, stages, settings.concurrency)
     except RunAborted as exc:
         aborted = _fleet_error(exc)
     except (AuthError, TransientApiError) as exc:
@@ -210,7 +210,6 @@ async def _drive(
     models: list[ModelRecord],
     stages: tuple[Stage, ...],
     concurrency: int,
-    progress: Progress,
 ) -> None:
     queue: Iterator[ModelRecord] = iter(models)
 
@@ -243,10 +242,7 @@ async def summarize(
             failed.append(Failure(model.spec.id, model.spec.name, stage, reason))
         else:
             pending += 1
-    if pending:
-        status = RUN_INCOMPLETE
-    else:
-        status = RUN_FAILED if failed else RUN_SUCCEEDED
+    status = RUN_INCOMPLETE if pending else (RUN_FAILED if failed else RUN_SUCCEEDED)
     return RunResult(
         run_id=record.id,
         status=status,
@@ -279,4 +275,3 @@ def _settings_summary(settings: Settings) -> str:
     """What the run was started with, for reports; the token is excluded, never stored."""
     data = settings.model_dump(mode="json", exclude={"models": True, "api": {"token"}})
     return json.dumps(data, sort_keys=True)
-

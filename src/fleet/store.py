@@ -83,9 +83,29 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-_STAGE_COLUMNS = (
-    "state, attempt, job_id, trained_model_id, deployment_id, error, data, "
-    "submitted_at, finished_at, updated_at"
+_INSERT_RUN = (
+    "INSERT INTO runs (id, created_at, updated_at, status, stages, settings)"
+    " VALUES (?, ?, ?, 'running', ?, ?)"
+)
+_INSERT_MODEL = (
+    "INSERT INTO run_models (run_id, model_id, position, name, lifecycle) VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_STAGE = (
+    "INSERT INTO stages (run_id, model_id, stage, state, updated_at) VALUES (?, ?, ?, 'pending', ?)"
+)
+_UPDATE_RUN = "UPDATE runs SET status = ?, updated_at = ?, finished_at = ? WHERE id = ?"
+_UPDATE_STAGE = (
+    "UPDATE stages SET (state, attempt, job_id, trained_model_id, deployment_id, error, data,"
+    " submitted_at, finished_at, updated_at) = (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " WHERE run_id = ? AND model_id = ? AND stage = ?"
+)
+_INSERT_TRANSITION = (
+    "INSERT INTO transitions (run_id, model_id, stage, from_state, to_state, at, detail)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_METRIC = (
+    "INSERT OR REPLACE INTO metrics (run_id, model_id, trained_model_id, name, value)"
+    " VALUES (?, ?, ?, ?, ?)"
 )
 
 
@@ -239,23 +259,20 @@ class Store:
         now = self._iso()
         statements: list[tuple[str, Sequence[Any]]] = [
             (
-                "INSERT INTO runs (id, created_at, updated_at, status, stages, settings)"
-                " VALUES (?, ?, ?, 'running', ?, ?)",
+                _INSERT_RUN,
                 (run_id, now, now, ",".join(stages), settings),
             )
         ]
         for position, spec in enumerate(specs):
             statements.append(
                 (
-                    "INSERT INTO run_models (run_id, model_id, position, name, lifecycle)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    _INSERT_MODEL,
                     (run_id, spec.id, position, spec.name, spec.lifecycle.model_dump_json()),
                 )
             )
             statements.extend(
                 (
-                    "INSERT INTO stages (run_id, model_id, stage, state, updated_at)"
-                    " VALUES (?, ?, ?, 'pending', ?)",
+                    _INSERT_STAGE,
                     (run_id, spec.id, stage.value, now),
                 )
                 for stage in stages
@@ -267,7 +284,7 @@ class Store:
         await self._write(
             [
                 (
-                    "UPDATE runs SET status = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                    _UPDATE_RUN,
                     (status, now, now if finished else None, run_id),
                 )
             ]
@@ -286,8 +303,7 @@ class Store:
         at = now.isoformat(timespec="milliseconds")
         statements: list[tuple[str, Sequence[Any]]] = [
             (
-                f"UPDATE stages SET ({_STAGE_COLUMNS}) = (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " WHERE run_id = ? AND model_id = ? AND stage = ?",
+                _UPDATE_STAGE,
                 (
                     record.state.value,
                     record.attempt,
@@ -305,8 +321,7 @@ class Store:
                 ),
             ),
             (
-                "INSERT INTO transitions (run_id, model_id, stage, from_state, to_state, at,"
-                " detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                _INSERT_TRANSITION,
                 (
                     record.run_id,
                     record.model_id,
@@ -321,8 +336,7 @@ class Store:
         for name, value in (metrics or {}).items():
             statements.append(
                 (
-                    "INSERT OR REPLACE INTO metrics (run_id, model_id, trained_model_id, name,"
-                    " value) VALUES (?, ?, ?, ?, ?)",
+                    _UPSERT_METRIC,
                     (record.run_id, record.model_id, record.trained_model_id, name, value),
                 )
             )

@@ -1,0 +1,318 @@
+"""The emulator's HTTP face: ModelOps' REST routes over a `World`, as a Starlette app.
+
+Every API request goes through the same gate, in the order a real deployment applies it:
+authentication, project membership, gateway faults, then the world catches up with the clock
+and the route runs. A fault answers before the route runs, so a faulted POST creates nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from typing import TYPE_CHECKING
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from fleet.sim import views
+from fleet.sim.faults import FaultInjector
+from fleet.sim.paging import hal_page, page_request
+from fleet.sim.world import InvalidRequestError, NotFoundError, SimError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from fleet.sim.records import Job, JsonObject
+    from fleet.sim.world import World
+
+    Handler = Callable[[Request], Awaitable[Response]]
+
+PREFIX = "/modelops/core"
+_HAL = "application/hal+json"
+_PROJECT_HEADERS = ("aoa-project-id", "vmo-project-id")
+
+
+def create_app(world: World) -> Starlette:
+    """The ModelOps API under `/modelops/core`, plus `GET /_sim/stats`."""
+    api = _Api(world)
+    routes = [
+        Route(PREFIX + path, api.gate(method, path, handler), methods=[method])
+        for method, path, handler in api.routes()
+    ]
+    routes.append(Route("/_sim/stats", api.stats, methods=["GET"]))
+    return Starlette(routes=routes, exception_handlers={HTTPException: api.unrouted})
+
+
+def _hal(payload: JsonObject) -> JSONResponse:
+    return JSONResponse(payload, media_type=_HAL)
+
+
+class _Api:
+    def __init__(self, world: World) -> None:
+        self._world = world
+        self._faults = FaultInjector(world.settings)
+        self._token = world.settings.token.encode()
+        self._project_id = world.project.id.lower()
+
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        return [
+            ("GET", "/api/projects/{project_id}", self.get_project),
+            ("GET", "/api/models", self.list_models),
+            ("GET", "/api/models/{model_id}", self.get_model),
+            ("POST", "/api/models/{model_id}/train", self.train),
+            ("GET", "/api/jobs", self.list_jobs),
+            ("GET", "/api/jobs/{job_id}", self.get_job),
+            ("GET", "/api/trainedModels/search/findByModelId", self.find_versions),
+            ("GET", "/api/trainedModels/search/findByModelIdAndStatus", self.find_versions),
+            ("GET", "/api/trainedModels/{trained_model_id}", self.get_trained_model),
+            ("GET", "/api/trainedModels/{trained_model_id}/events", self.list_events),
+            ("GET", "/api/trainedModelEvents/search/findByTrainedModelId", self.find_events),
+            ("POST", "/api/trainedModels/{trained_model_id}/evaluate", self.evaluate),
+            ("POST", "/api/trainedModels/{trained_model_id}/approve", self.approve),
+            ("POST", "/api/trainedModels/{trained_model_id}/reject", self.reject),
+            ("POST", "/api/trainedModels/{trained_model_id}/deploy", self.deploy),
+            ("POST", "/api/trainedModels/{trained_model_id}/retire", self.retire),
+            ("GET", "/api/deployments/search/findByJobId", self.find_deployment_by_job),
+            (
+                "GET",
+                "/api/deployments/search/findByStatusAndTrainedModelId",
+                self.find_deployments,
+            ),
+            ("GET", "/api/deployments/search/findActive", self.find_active),
+        ]
+
+    # -- the gate ---------------------------------------------------------------------------
+
+    def gate(self, method: str, path: str, handler: Handler) -> Handler:
+        route = f"{method} {PREFIX}{path}"
+
+        async def endpoint(request: Request) -> Response:
+            self._world.count_request(route)
+            refusal = self._admit(request)
+            if refusal is not None:
+                return refusal
+            fault = self._faults.draw()
+            if fault is not None:
+                self._world.count_fault(fault.kind)
+                headers = (
+                    {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+                )
+                return self._error(request, fault.status, fault.message, headers)
+            if self._faults.slow():
+                self._world.count_fault("slow")
+                await anyio.sleep(self._world.settings.slow_s)
+            self._world.advance()
+            try:
+                return await handler(request)
+            except SimError as exc:
+                return self._error(request, exc.status, exc.message)
+
+        return endpoint
+
+    def _admit(self, request: Request) -> Response | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        # compare_digest: a token check should not leak, by timing, how much of it matched.
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), self._token):
+            message = "Full authentication is required to access this resource"
+            return self._error(request, 401, message, {"WWW-Authenticate": "Bearer"})
+        project = next((request.headers[h] for h in _PROJECT_HEADERS if h in request.headers), None)
+        if project is None:
+            return self._error(
+                request, 400, "Required request header 'AOA-Project-ID' is not present"
+            )
+        if project.strip().lower() != self._project_id:
+            return self._error(request, 403, f"User is not a member of project {project}")
+        return None
+
+    def _error(
+        self, request: Request, status: int, message: str, headers: Mapping[str, str] | None = None
+    ) -> Response:
+        body = views.error(status, message, request.url.path, self._world.now())
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    async def unrouted(self, request: Request, exc: Exception) -> Response:
+        """Unknown paths and methods get Spring's error body too."""
+        assert isinstance(exc, HTTPException)  # the only exception this handles
+        if request.url.path.startswith(PREFIX):
+            self._world.count_request(f"{request.method} <unrouted>")
+        message = f"{exc.detail}: {request.method} {request.url.path}"
+        return self._error(request, exc.status_code, message, exc.headers)
+
+    async def stats(self, _request: Request) -> Response:
+        return JSONResponse(self._world.stats())
+
+    # -- routes -----------------------------------------------------------------------------
+
+    async def get_project(self, request: Request) -> Response:
+        project_id = _path_id(request, "project_id")
+        if project_id != self._project_id:
+            raise NotFoundError(f"Project {project_id} not found")
+        return _hal(views.project(self._world.project))
+
+    async def list_models(self, request: Request) -> Response:
+        paging = page_request(
+            request.query_params, entity="Model", sortable=frozenset({"createdAt", "name"})
+        )
+        models = self._world.models()
+        items = [views.model(m, self._project_id) for m in paging.window(models)]
+        return _hal(hal_page("models", items, paging, len(models)))
+
+    async def get_model(self, request: Request) -> Response:
+        model = self._world.model(_path_id(request, "model_id"))
+        return _hal(views.model(model, self._project_id))
+
+    async def train(self, request: Request) -> Response:
+        model_id = _path_id(request, "model_id")
+        job = self._world.train(model_id, await _body(request))
+        return self._job(job, expand=False)
+
+    async def list_jobs(self, request: Request) -> Response:
+        paging = page_request(request.query_params, entity="Job")
+        jobs = self._world.jobs()
+        expand = request.query_params.get("projection") == "expandJob"
+        now = self._world.now()
+        items = [views.job(j, self._project_id, now, expand=expand) for j in paging.window(jobs)]
+        return _hal(hal_page("jobs", items, paging, len(jobs)))
+
+    async def get_job(self, request: Request) -> Response:
+        job = self._world.job(_path_id(request, "job_id"))
+        return self._job(job, expand=request.query_params.get("projection") == "expandJob")
+
+    async def get_trained_model(self, request: Request) -> Response:
+        tm = self._world.trained_model(_path_id(request, "trained_model_id"))
+        return _hal(views.trained_model(tm, self._project_id, with_status=True))
+
+    async def find_versions(self, request: Request) -> Response:
+        model_id = _query_id(request, "modelId")
+        status = request.query_params.get("status")
+        if request.url.path.endswith("AndStatus") and not status:
+            raise InvalidRequestError(_missing_parameter("status", "String"))
+        paging = page_request(request.query_params, entity="TrainedModel")
+        versions = self._world.trained_models_of(model_id, status)
+        items = [
+            views.trained_model(tm, self._project_id, with_status=True)
+            for tm in paging.window(versions)
+        ]
+        return _hal(hal_page("trainedModels", items, paging, len(versions)))
+
+    async def list_events(self, request: Request) -> Response:
+        tm = self._world.trained_model(_path_id(request, "trained_model_id"))
+        return self._events(request, tm.id)
+
+    async def find_events(self, request: Request) -> Response:
+        return self._events(request, _query_id(request, "trainedModelId"))
+
+    async def evaluate(self, request: Request) -> Response:
+        trained_model_id = _path_id(request, "trained_model_id")
+        job = self._world.evaluate(trained_model_id, await _body(request))
+        return self._job(job, expand=False)
+
+    async def approve(self, request: Request) -> Response:
+        trained_model_id = _path_id(request, "trained_model_id")
+        event = self._world.approve(trained_model_id, _comments(await _body(request)))
+        return _hal(views.event(event, self._project_id))
+
+    async def reject(self, request: Request) -> Response:
+        trained_model_id = _path_id(request, "trained_model_id")
+        event = self._world.reject(trained_model_id, _comments(await _body(request)))
+        return _hal(views.event(event, self._project_id))
+
+    async def deploy(self, request: Request) -> Response:
+        trained_model_id = _path_id(request, "trained_model_id")
+        job = self._world.deploy(trained_model_id, await _body(request))
+        return self._job(job, expand=False)
+
+    async def retire(self, request: Request) -> Response:
+        trained_model_id = _path_id(request, "trained_model_id")
+        body = await _body(request)
+        deployment_id = body.get("deploymentId")
+        if not isinstance(deployment_id, str):
+            raise InvalidRequestError("deploymentId is required")
+        job = self._world.retire(trained_model_id, _uuid(deployment_id))
+        return self._job(job, expand=False)
+
+    async def find_deployment_by_job(self, request: Request) -> Response:
+        deployment = self._world.deployment_by_job(_query_id(request, "jobId"))
+        return _hal(views.deployment(deployment, self._project_id))
+
+    async def find_deployments(self, request: Request) -> Response:
+        trained_model_id = _query_id(request, "trainedModelId")
+        status = request.query_params.get("status")
+        if not status:
+            raise InvalidRequestError(_missing_parameter("status", "String"))
+        paging = page_request(request.query_params, entity="Deployment")
+        deployments = self._world.deployments_of(trained_model_id, status)
+        items = [views.deployment(d, self._project_id) for d in paging.window(deployments)]
+        return _hal(hal_page("deployments", items, paging, len(deployments)))
+
+    async def find_active(self, request: Request) -> Response:
+        paging = page_request(request.query_params, entity="Deployment")
+        active = self._world.active_deployments()
+        items = [views.deployment(d, self._project_id) for d in paging.window(active)]
+        return _hal(hal_page("deployments", items, paging, len(active)))
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _job(self, job: Job, *, expand: bool) -> Response:
+        return _hal(views.job(job, self._project_id, self._world.now(), expand=expand))
+
+    def _events(self, request: Request, trained_model_id: str) -> Response:
+        paging = page_request(request.query_params, entity="TrainedModelEvent")
+        events = self._world.events_of(trained_model_id)
+        items = [views.event(e, self._project_id) for e in paging.window(events)]
+        return _hal(hal_page("trainedModelEvents", items, paging, len(events)))
+
+
+def _uuid(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidRequestError(
+            "Failed to convert value of type 'java.lang.String' to required type "
+            f"'java.util.UUID'; Invalid UUID string: {value}"
+        ) from None
+
+
+def _path_id(request: Request, name: str) -> str:
+    return _uuid(str(request.path_params[name]))
+
+
+def _missing_parameter(name: str, java_type: str) -> str:
+    return (
+        f"Required request parameter '{name}' for method parameter type {java_type} is not present"
+    )
+
+
+def _query_id(request: Request, name: str) -> str:
+    value = request.query_params.get(name)
+    if value is None:
+        raise InvalidRequestError(_missing_parameter(name, "UUID"))
+    return _uuid(value)
+
+
+async def _body(request: Request) -> JsonObject:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequestError(f"JSON parse error: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("JSON parse error: the request body must be a JSON object")
+    return body
+
+
+def _comments(body: JsonObject) -> str:
+    # Stored as given: plain text (the official client) or base64 (the Airflow tutorial).
+    comments = body.get("comments", "")
+    if not isinstance(comments, str):
+        raise InvalidRequestError("comments must be a string")
+    return comments

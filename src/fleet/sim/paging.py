@@ -1,0 +1,94 @@
+"""Spring Data paging: `page`/`size`/`sort` query parameters in, a HAL page out.
+
+Every collection the emulator lists is kept in creation order, so sorting by `createdAt` is
+reading it forwards or backwards, and a page costs O(size), not a sort of the whole collection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from fleet.sim.world import InvalidRequestError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+    from fleet.sim.records import JsonObject
+
+T_co = TypeVar("T_co", covariant=True)
+
+DEFAULT_SIZE = 20  # Spring Data's default page size
+MAX_SIZE = 1000  # Spring Data REST's default cap
+
+
+class Listing(Protocol[T_co]):
+    """What a page can be cut from: a list, or the values of an insertion-ordered dict."""
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[T_co]: ...
+    def __reversed__(self) -> Iterator[T_co]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    page: int
+    size: int
+    descending: bool
+
+    def window(self, items: Listing[T_co]) -> list[T_co]:
+        start = self.page * self.size
+        if isinstance(items, list):  # slicing a list skips the offset without iterating it
+            total = len(items)
+            if self.descending:
+                high = max(total - start, 0)
+                return items[max(high - self.size, 0) : high][::-1]
+            return items[start : start + self.size]
+        ordered = reversed(items) if self.descending else iter(items)
+        return list(islice(ordered, start, start + self.size))
+
+
+def page_request(
+    params: Mapping[str, str],
+    *,
+    entity: str,
+    sortable: frozenset[str] = frozenset({"createdAt"}),
+    newest_first: bool = False,
+) -> PageRequest:
+    """Read paging parameters the lenient way Spring does: bad numbers fall back to defaults."""
+    page = _int(params.get("page"), 0)
+    size = _int(params.get("size"), DEFAULT_SIZE)
+    descending = newest_first
+    sort = params.get("sort")
+    if sort:
+        field, _, direction = sort.partition(",")
+        if field not in sortable:
+            raise InvalidRequestError(f"No property '{field}' found for type '{entity}'")
+        descending = direction.strip().lower() == "desc"
+    return PageRequest(
+        page=max(page, 0),
+        size=min(size, MAX_SIZE) if size > 0 else DEFAULT_SIZE,
+        descending=descending,
+    )
+
+
+def hal_page(
+    collection: str, items: list[JsonObject], request: PageRequest, total: int
+) -> JsonObject:
+    return {
+        "_embedded": {collection: items},
+        "page": {
+            "size": request.size,
+            "totalElements": total,
+            "totalPages": -(-total // request.size),
+            "number": request.page,
+        },
+    }
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default

@@ -1,0 +1,108 @@
+"""The emulator's records: what ModelOps stores about models, versions, jobs and deployments.
+
+Models and events never change once written, so they are frozen values. Trained models, jobs
+and deployments move through a lifecycle, so they are mutable records; `World` is their only
+writer, through one transition method per record type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+JsonObject = dict[str, Any]
+
+# Queue phases as fractions of a job's duration, then RUNNING until the end.
+_QUEUE_PHASES = (("CREATED", 0.0), ("SCHEDULED", 0.015), ("ASSIGNED", 0.03), ("RUNNING", 0.045))
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: str
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    id: str
+    index: int
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    trained_model_id: str
+    created_at: float
+    status: str
+    job_id: str | None = None
+    dataset_id: str | None = None
+    metadata: JsonObject | None = None
+
+
+@dataclass(slots=True, eq=False)
+class TrainedModel:
+    id: str
+    model_id: str
+    version: int
+    created_at: float
+    job_id: str
+    external_id: str
+    status: str
+    events: list[Event] = field(default_factory=list)
+    deployments: list[Deployment] = field(default_factory=list)
+
+    def active_deployments(self) -> list[Deployment]:
+        return [d for d in self.deployments if d.status == "DEPLOYED"]
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    id: str
+    type: str
+    model_id: str
+    trained_model: TrainedModel
+    created_at: float
+    ends_at: float
+    will_fail: bool
+    # Request-derived part of `metadata`, fixed at creation.
+    metadata: JsonObject
+    # How many of the trained model's events existed at creation: the job shows that snapshot.
+    events_seen: int
+    deployment_id: str | None = None
+    outcome: str | None = None
+
+    def status_at(self, now: float) -> str:
+        if self.outcome is not None:
+            return self.outcome
+        return self._phase(now)[0]
+
+    def updated_at(self, now: float) -> float:
+        if self.outcome is not None:
+            return self.ends_at
+        return self._phase(now)[1]
+
+    def _phase(self, now: float) -> tuple[str, float]:
+        duration = self.ends_at - self.created_at
+        elapsed = now - self.created_at
+        status, started = _QUEUE_PHASES[0][0], self.created_at
+        for name, fraction in _QUEUE_PHASES:
+            if elapsed >= fraction * duration:
+                status, started = name, self.created_at + fraction * duration
+        return status, started
+
+
+@dataclass(slots=True, eq=False)
+class Deployment:
+    id: str
+    trained_model: TrainedModel
+    job_id: str
+    created_at: float
+    updated_at: float
+    status: str
+    engine_type: str
+    engine_type_config: JsonObject
+    cron: str
+    retirement_job_id: str | None = None

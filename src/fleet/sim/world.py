@@ -1,0 +1,515 @@
+"""The in-memory ModelOps: projects, models, versions, jobs and deployments, with no HTTP.
+
+Nothing runs in the background. Every call first `advance()`s the world to the clock's time,
+completing due jobs in completion order, so the emulator is as deterministic as its clock.
+Every lookup goes through a dict or an append-only list, so it stays fast with 10,000 models
+and tens of thousands of jobs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fleet.sim import draws
+from fleet.sim.records import Deployment, Event, Job, JsonObject, Model, Project, TrainedModel
+
+if TYPE_CHECKING:
+    from _collections_abc import dict_values
+    from collections.abc import Sequence
+
+    from fleet.sim.clock import Clock
+
+_DAY = 86_400.0
+_FAULT_KINDS = ("http_500", "http_503", "http_429", "slow", "job_error")
+# A version can be approved only from EVALUATED; evaluating again never demotes a decision.
+_EVALUATED_FROM = frozenset({"TRAINED", "EVALUATED"})
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    """How big the emulated project is and how badly it behaves.
+
+    Rates are probabilities in [0, 1]: `job_error_rate` per job (decided by a hash of the job,
+    see `World.job_will_fail`), the `http_*_rate`s and `slow_rate` per API request.
+    """
+
+    models: int = 200  # named store-0001 ... store-0200
+    seed: int = 0  # everything random (ids, durations, metrics, failures) derives from it
+    time_scale: float = 60.0  # simulated seconds per real second, for `SimClock`
+    token: str = "fleet-demo-token"  # noqa: S105 - the emulator's own demo credential
+    project_id: str = "5f1a3c9e-8d2b-4e7a-9c61-0f2d4b8a7e13"
+    job_error_rate: float = 0.0
+    http_500_rate: float = 0.0
+    http_503_rate: float = 0.0
+    http_429_rate: float = 0.0
+    retry_after_s: float = 1.0  # sent with 429 and 503, rounded up to whole seconds
+    slow_rate: float = 0.0
+    slow_s: float = 0.5  # real seconds a slow request waits before it is handled
+    initial_deployed: bool = True  # every model starts with a version deployed last night
+
+    def __post_init__(self) -> None:
+        if self.models < 0:
+            raise ValueError(f"models must be >= 0, got {self.models}")
+        if self.time_scale <= 0:
+            raise ValueError(f"time_scale must be positive, got {self.time_scale}")
+        rates = ("job_error_rate", "http_500_rate", "http_503_rate", "http_429_rate", "slow_rate")
+        for name in rates:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
+        if self.http_500_rate + self.http_503_rate + self.http_429_rate > 1.0:
+            raise ValueError("http_500_rate + http_503_rate + http_429_rate must not exceed 1")
+        if self.retry_after_s < 0 or self.slow_s < 0:
+            raise ValueError("retry_after_s and slow_s must be >= 0")
+
+
+class SimError(Exception):
+    """A request the emulated service refuses; `status` is the HTTP status it answers."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFoundError(SimError):
+    status = 404
+
+
+class InvalidRequestError(SimError):
+    status = 400
+
+
+class World:
+    """One emulated ModelOps project and everything in it."""
+
+    def __init__(self, settings: SimSettings, clock: Clock) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._ids = random.Random(f"{settings.seed}:ids")  # noqa: S311 - reproducible ids
+        self._seq = itertools.count()
+        start = clock.now()
+        self.project = Project(settings.project_id, "Store demand forecasting", start - 400 * _DAY)
+        self._models: dict[str, Model] = {}
+        self._model_list: list[Model] = []
+        self._trained: dict[str, TrainedModel] = {}
+        self._versions: dict[str, list[TrainedModel]] = {}
+        self._jobs: dict[str, Job] = {}
+        self._job_list: list[Job] = []
+        self._due: list[tuple[float, int, str]] = []  # heap of (ends_at, seq, job id)
+        self._jobs_per_key: Counter[tuple[str, str]] = Counter()
+        self._deployments: dict[str, Deployment] = {}
+        self._deployment_by_job: dict[str, Deployment] = {}
+        self._active: dict[str, Deployment] = {}  # insertion order = creation order
+        self._running = 0
+        self._peak_running = 0
+        self._max_per_key = 0
+        self._jobs_by_type: Counter[str] = Counter(dict.fromkeys(draws.JOB_TYPES, 0))
+        self._requests: Counter[str] = Counter()
+        self._faults: Counter[str] = Counter(dict.fromkeys(_FAULT_KINDS, 0))
+        self.train_dataset_id = draws.uuid_from(self._ids)
+        self.eval_dataset_id = draws.uuid_from(self._ids)
+        self._populate(start)
+
+    # -- time -------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock.now()
+
+    def advance(self) -> None:
+        """Complete, in completion order, every job whose end time has passed."""
+        now = self._clock.now()
+        while self._due and self._due[0][0] <= now:
+            _, _, job_id = heapq.heappop(self._due)
+            self._finish(self._jobs[job_id])
+
+    def duration(self, model_id: str, job_type: str, nth: int) -> float:
+        """Simulated seconds the `nth` (1-based) job of `job_type` for a model takes."""
+        return draws.job_duration(self.settings.seed, model_id, job_type, nth)
+
+    def job_will_fail(self, model_id: str, job_type: str, nth: int) -> bool:
+        """Whether the `nth` (1-based) job of `job_type` for a model ends in ERROR."""
+        return draws.job_fails(
+            self.settings.seed, model_id, job_type, nth, self.settings.job_error_rate
+        )
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def model(self, model_id: str) -> Model:
+        try:
+            return self._models[model_id]
+        except KeyError:
+            raise NotFoundError(f"Model {model_id} not found") from None
+
+    def models(self) -> Sequence[Model]:
+        return self._model_list
+
+    def job(self, job_id: str) -> Job:
+        self.advance()
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise NotFoundError(f"Job {job_id} not found") from None
+
+    def jobs(self) -> Sequence[Job]:
+        """All jobs, oldest first."""
+        self.advance()
+        return self._job_list
+
+    def trained_model(self, trained_model_id: str) -> TrainedModel:
+        self.advance()
+        try:
+            return self._trained[trained_model_id]
+        except KeyError:
+            raise NotFoundError(f"Trained model {trained_model_id} not found") from None
+
+    def trained_models_of(self, model_id: str, status: str | None = None) -> list[TrainedModel]:
+        """Versions of a model, oldest first; a finder, so an unknown model gives none."""
+        self.advance()
+        versions = self._versions.get(model_id, [])
+        return [tm for tm in versions if status is None or tm.status == status]
+
+    def events_of(self, trained_model_id: str) -> list[Event]:
+        """Events of a version, oldest first; a finder, so an unknown id gives none."""
+        self.advance()
+        tm = self._trained.get(trained_model_id)
+        return [] if tm is None else list(tm.events)
+
+    def deployment_by_job(self, job_id: str) -> Deployment:
+        self.advance()
+        try:
+            return self._deployment_by_job[job_id]
+        except KeyError:
+            # Until the deploy job completes there is no deployment to find.
+            raise NotFoundError(f"No deployment for job {job_id}") from None
+
+    def deployments_of(self, trained_model_id: str, status: str | None = None) -> list[Deployment]:
+        self.advance()
+        tm = self._trained.get(trained_model_id)
+        deployments = [] if tm is None else tm.deployments
+        return [d for d in deployments if status is None or d.status == status]
+
+    def active_deployments(self) -> dict_values[str, Deployment]:
+        self.advance()
+        return self._active.values()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def train(self, model_id: str, request: JsonObject) -> Job:
+        self.advance()
+        model = self.model(model_id)
+        now = self._clock.now()
+        job_id = draws.uuid_from(self._ids)
+        versions = self._versions.setdefault(model.id, [])
+        tm = TrainedModel(
+            id=draws.uuid_from(self._ids),
+            model_id=model.id,
+            version=len(versions) + 1,
+            created_at=now,
+            job_id=job_id,
+            external_id=draws.uuid_from(self._ids),
+            # Not a documented status: the version exists but has no TRAINED event yet.
+            status="TRAINING",
+        )
+        versions.append(tm)
+        self._trained[tm.id] = tm
+        automation = _automation("base", _dict(request, "automationOverrides"))
+        metadata = {"trainingRequest": request, **_job_context(request), "automation": automation}
+        return self._start_job("TRAINING", tm, metadata, job_id=job_id)
+
+    def evaluate(self, trained_model_id: str, request: JsonObject) -> Job:
+        tm = self.trained_model(trained_model_id)
+        if tm.status == "TRAINING":
+            raise InvalidRequestError(
+                f"Trained model {tm.id} cannot be evaluated: its training has not completed"
+            )
+        automation = _automation("base", _dict(request, "automationOverrides"))
+        metadata = {
+            "evaluationRequest": {**request, "automation": automation},
+            **_job_context(request),
+            "automation": automation,
+        }
+        return self._start_job("EVALUATION", tm, metadata)
+
+    def approve(self, trained_model_id: str, comments: str) -> Event:
+        return self._decide(trained_model_id, "APPROVED", comments)
+
+    def reject(self, trained_model_id: str, comments: str) -> Event:
+        return self._decide(trained_model_id, "REJECTED", comments)
+
+    def deploy(self, trained_model_id: str, request: JsonObject) -> Job:
+        tm = self.trained_model(trained_model_id)
+        if tm.status != "APPROVED":
+            raise InvalidRequestError(
+                f"Trained model {tm.id} cannot be deployed: its status is {tm.status}, "
+                "only an APPROVED version can be deployed"
+            )
+        engine_type = request.get("engineType")
+        if not isinstance(engine_type, str) or not engine_type:
+            raise InvalidRequestError("engineType is required")
+        engine_config = _automation("deploy", _dict(request, "engineTypeConfig"))
+        metadata = {
+            "deploymentRequest": {
+                **request,
+                "engineTypeConfig": engine_config,
+                "type": "MODEL_VERSION",
+            },
+            **_job_context(request),
+            "automation": engine_config,
+        }
+        return self._start_job("DEPLOYMENT", tm, metadata)
+
+    def retire(self, trained_model_id: str, deployment_id: str) -> Job:
+        tm = self.trained_model(trained_model_id)
+        deployment = self._deployments.get(deployment_id)
+        if deployment is None or deployment.trained_model is not tm:
+            raise InvalidRequestError(
+                f"Deployment {deployment_id} is not a deployment of trained model {tm.id}"
+            )
+        if deployment.status != "DEPLOYED":
+            raise InvalidRequestError(
+                f"Deployment {deployment_id} is not active (status {deployment.status})"
+            )
+        metadata = {"retirementRequest": {"deploymentId": deployment_id}}
+        return self._start_job("RETIREMENT", tm, metadata, deployment_id=deployment_id)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def count_request(self, route: str) -> None:
+        self._requests[route] += 1
+
+    def count_fault(self, kind: str) -> None:
+        self._faults[kind] += 1
+
+    def stats(self) -> dict[str, Any]:
+        self.advance()
+        return {
+            "requests_total": self._requests.total(),
+            "requests_by_route": dict(self._requests),
+            "jobs_by_type": dict(self._jobs_by_type),
+            "max_jobs_per_model_and_type": self._max_per_key,
+            "peak_running_jobs": self._peak_running,
+            "running_jobs": self._running,
+            "jobs_total": len(self._job_list),
+            "models": len(self._model_list),
+            "active_deployments": len(self._active),
+            "faults": dict(self._faults),
+        }
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _decide(self, trained_model_id: str, decision: str, comments: str) -> Event:
+        tm = self.trained_model(trained_model_id)
+        verb = "approved" if decision == "APPROVED" else "rejected"
+        if tm.status in {"APPROVED", "REJECTED"}:
+            raise InvalidRequestError(
+                f"Trained model {tm.id} cannot be {verb}: it is already {tm.status}"
+            )
+        if tm.status != "EVALUATED":
+            raise InvalidRequestError(
+                f"Trained model {tm.id} cannot be {verb}: its status is {tm.status}, "
+                "it must be EVALUATED first"
+            )
+        return self._transition(
+            tm, decision, self._clock.now(), metadata={"comments": comments}, set_status=True
+        )
+
+    def _start_job(
+        self,
+        job_type: str,
+        tm: TrainedModel,
+        metadata: JsonObject,
+        *,
+        job_id: str | None = None,
+        deployment_id: str | None = None,
+    ) -> Job:
+        now = self._clock.now()
+        key = (tm.model_id, job_type)
+        self._jobs_per_key[key] += 1
+        nth = self._jobs_per_key[key]
+        job = Job(
+            id=job_id or draws.uuid_from(self._ids),
+            type=job_type,
+            model_id=tm.model_id,
+            trained_model=tm,
+            created_at=now,
+            ends_at=now + self.duration(tm.model_id, job_type, nth),
+            will_fail=self.job_will_fail(tm.model_id, job_type, nth),
+            metadata=metadata,
+            events_seen=len(tm.events),
+            deployment_id=deployment_id,
+        )
+        self._jobs[job.id] = job
+        self._job_list.append(job)
+        heapq.heappush(self._due, (job.ends_at, next(self._seq), job.id))
+        self._jobs_by_type[job_type] += 1
+        self._max_per_key = max(self._max_per_key, nth)
+        self._running += 1
+        self._peak_running = max(self._peak_running, self._running)
+        return job
+
+    def _finish(self, job: Job) -> None:
+        self._running -= 1
+        if job.will_fail:
+            job.outcome = "ERROR"
+            self._faults["job_error"] += 1
+            return
+        job.outcome = "COMPLETED"
+        tm, at = job.trained_model, job.ends_at
+        if job.type == "TRAINING":
+            self._transition(tm, "TRAINED", at, job_id=job.id, set_status=True)
+        elif job.type == "EVALUATION":
+            self._transition(
+                tm,
+                "EVALUATED",
+                at,
+                job_id=job.id,
+                dataset_id=_str_or_none(job.metadata["evaluationRequest"].get("datasetId")),
+                metadata=draws.metrics(self.settings.seed, tm.model_id, tm.version),
+                set_status=tm.status in _EVALUATED_FROM,
+            )
+        elif job.type == "DEPLOYMENT":
+            self._open_deployment(tm, job.id, at, job.metadata["deploymentRequest"])
+        else:
+            self._close_deployment(self._deployments[job.deployment_id or ""], job.id, at)
+
+    def _open_deployment(
+        self, tm: TrainedModel, job_id: str, at: float, request: JsonObject
+    ) -> Deployment:
+        deployment = Deployment(
+            id=draws.uuid_from(self._ids),
+            trained_model=tm,
+            job_id=job_id,
+            created_at=at,
+            updated_at=at,
+            status="DEPLOYED",
+            engine_type=str(request.get("engineType", "DOCKER_BATCH")),
+            engine_type_config=_automation("deploy", _dict(request, "engineTypeConfig")),
+            cron=str(request.get("cron", "@once")),
+        )
+        self._deployments[deployment.id] = deployment
+        self._deployment_by_job[job_id] = deployment
+        self._active[deployment.id] = deployment
+        tm.deployments.append(deployment)
+        self._transition(tm, "DEPLOYED", at, job_id=job_id, set_status=True)
+        return deployment
+
+    def _close_deployment(self, deployment: Deployment, job_id: str, at: float) -> None:
+        # Two retire jobs for one deployment can both complete; the second changes nothing.
+        if deployment.status != "DEPLOYED":
+            return
+        deployment.status = "RETIRED"
+        deployment.updated_at = at
+        deployment.retirement_job_id = job_id
+        del self._active[deployment.id]
+        tm = deployment.trained_model
+        if not tm.active_deployments():
+            self._transition(tm, "RETIRED", at, job_id=job_id, set_status=True)
+
+    def _transition(
+        self,
+        tm: TrainedModel,
+        status: str,
+        at: float,
+        *,
+        set_status: bool,
+        job_id: str | None = None,
+        dataset_id: str | None = None,
+        metadata: JsonObject | None = None,
+    ) -> Event:
+        """The one place a version gains an event and, with it, possibly a new status."""
+        event = Event(draws.uuid_from(self._ids), tm.id, at, status, job_id, dataset_id, metadata)
+        tm.events.append(event)
+        if set_status:
+            tm.status = status
+        return event
+
+    def _populate(self, start: float) -> None:
+        seed = self.settings.seed
+        for index in range(self.settings.models):
+            model = Model(
+                id=draws.model_id(seed, index),
+                index=index,
+                name=f"store-{index + 1:04d}",
+                created_at=start - 180 * _DAY + index * 37.0,
+            )
+            self._models[model.id] = model
+            self._model_list.append(model)
+            self._versions[model.id] = []
+            if self.settings.initial_deployed:
+                self._deploy_last_night(model, start)
+
+    def _deploy_last_night(self, model: Model, start: float) -> None:
+        """Version 1, trained, evaluated, approved and deployed last night without real jobs."""
+        rng = draws.spread(self.settings.seed, model.id, "last-night")
+        trained_at = start - 14 * 3600.0 + rng.uniform(0.0, 3600.0)
+        evaluated_at = trained_at + rng.uniform(120.0, 1800.0)
+        approved_at = evaluated_at + rng.uniform(60.0, 600.0)
+        deployed_at = approved_at + rng.uniform(30.0, 300.0)
+        # The jobs of last night's run are referenced by id but not kept by the emulator.
+        train_job, eval_job, deploy_job = (draws.uuid_from(self._ids) for _ in range(3))
+        tm = TrainedModel(
+            id=draws.uuid_from(self._ids),
+            model_id=model.id,
+            version=1,
+            created_at=trained_at - rng.uniform(300.0, 1200.0),
+            job_id=train_job,
+            external_id=draws.uuid_from(self._ids),
+            status="TRAINING",
+        )
+        self._versions[model.id].append(tm)
+        self._trained[tm.id] = tm
+        self._transition(tm, "TRAINED", trained_at, job_id=train_job, set_status=True)
+        self._transition(
+            tm,
+            "EVALUATED",
+            evaluated_at,
+            job_id=eval_job,
+            dataset_id=self.eval_dataset_id,
+            metadata=draws.metrics(self.settings.seed, model.id, tm.version),
+            set_status=True,
+        )
+        self._transition(
+            tm, "APPROVED", approved_at, metadata={"comments": "nightly run"}, set_status=True
+        )
+        request = {
+            "engineType": "DOCKER_BATCH",
+            "engineTypeConfig": {"engine": "python-batch"},
+            "cron": "@daily",
+        }
+        self._open_deployment(tm, deploy_job, deployed_at, request)
+
+
+_DEFAULT_RESOURCES = {"memory": "500m", "cpu": "0.5"}
+_DEFAULT_IMAGE = "artifacts.td.teradata.com/tdproduct-docker-snapshot/avmo/vmo-python-base:3.9.4"
+
+
+def _automation(kind: str, overrides: JsonObject) -> JsonObject:
+    """The automation a job runs with: the project's defaults under what the request overrides."""
+    resources = overrides.get("resources")
+    return {
+        "@type": kind,
+        "dockerImage": _DEFAULT_IMAGE,
+        **overrides,
+        "resources": _DEFAULT_RESOURCES | (resources if isinstance(resources, dict) else {}),
+    }
+
+
+def _dict(request: JsonObject, key: str) -> JsonObject:
+    value = request.get(key)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _job_context(request: JsonObject) -> JsonObject:
+    """The request fields ModelOps repeats at the top of a job's metadata."""
+    connection = request.get("datasetConnectionId")
+    return {} if connection is None else {"datasetConnectionId": connection}
