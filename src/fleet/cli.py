@@ -12,6 +12,7 @@ import argparse
 import csv
 import functools
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -94,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
 
     status_p = commands.add_parser("status", help="where each model of a run is")
     status_p.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
-    status_p.add_argument("--db", type=Path, default=None, help="state file (default fleet.db)")
+    status_p.add_argument(
+        "--db", type=Path, default=None, help="state file (default $FLEET_DB or fleet.db)"
+    )
     status_p.add_argument("--json", action="store_true", help="print JSON")
     status_p.set_defaults(command=_cmd_status)
 
@@ -280,7 +283,7 @@ def _write_models_csv(path: Path, world: sim.World) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    db = args.db or Path("fleet.db")
+    db = args.db or Path(os.environ.get("FLEET_DB") or "fleet.db")
     if not db.is_file():
         raise ConfigError(f"--db: {db} does not exist; pass the state file of a run")
     document = anyio.run(_status_document, db, args.run_id)
@@ -504,7 +507,8 @@ def _say(message: str) -> None:
 
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"fleet: {message}\n")
+    # Server messages end up in errors; a gateway could echo a token back in one.
+    sys.stderr.write(f"fleet: {fleet_logging.redactor.scrub(message)}\n")
 
 
 __all__ = ["main"]

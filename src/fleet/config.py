@@ -84,6 +84,8 @@ class ApiSettings(_Section):
     def bearer(self) -> str:
         """The token, from FLEET_API__TOKEN (or the file) or from `api.token_file`."""
         if self.token is not None:
+            if not self.token.get_secret_value().strip():
+                raise ConfigError("api.token: FLEET_API__TOKEN is empty; set the token")
             return self.token.get_secret_value()
         if self.token_file is None:
             raise ConfigError("api.token: missing; set FLEET_API__TOKEN or api.token_file")

@@ -1,0 +1,554 @@
+"""Settings: precedence of flags, environment, file and defaults; one-line errors; models."""
+
+from __future__ import annotations
+
+import json
+from textwrap import dedent
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from fleet.config import Resources, Settings, flag_specs, load_settings
+from fleet.errors import ConfigError
+from fleet.stages import STAGE_ORDER, Stage
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+PROJECT_ID = "419e5f05-b225-4b70-b075-6c309365d94f"
+TOKEN = "tok-5d1e0b-must-never-leak"
+M1 = "00000000-0000-0000-0000-000000000001"
+M2 = "00000000-0000-0000-0000-000000000002"
+
+
+def load(
+    config: Path | None = None,
+    flags: dict[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from exactly what the test passes: never the real environment or ./fleet.toml."""
+    return load_settings(config, flags or {}, env or {}, use_default_file=False)
+
+
+def load_error(
+    config: Path | None = None,
+    flags: dict[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """The message of the ConfigError that loading raises, checked to be a single line."""
+    with pytest.raises(ConfigError) as caught:
+        load(config, flags, env)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def toml_file(tmp_path: Path, text: str, name: str = "fleet.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(dedent(text), encoding="utf-8")
+    return path
+
+
+# -- precedence -----------------------------------------------------------------------------
+
+
+def test_defaults_apply_without_file_environment_or_flags():
+    """With nothing configured, settings hold their documented defaults."""
+    settings = load()
+
+    assert settings.concurrency == 100
+    assert settings.limits.train == 20
+    assert settings.api.url is None
+    assert settings.stages == STAGE_ORDER
+
+
+def test_the_file_overrides_defaults(tmp_path):
+    """Values in the TOML file replace the defaults; a trailing / is cut from the URL."""
+    config = toml_file(
+        tmp_path,
+        """
+        concurrency = 7
+        [api]
+        url = "https://file.example/modelops/core/"
+        [limits]
+        train = 3
+        """,
+    )
+
+    settings = load(config)
+
+    assert settings.concurrency == 7
+    assert settings.limits.train == 3
+    assert settings.api.url == "https://file.example/modelops/core"
+
+
+def test_the_environment_overrides_the_file(tmp_path):
+    """FLEET_ variables, nested with __, beat the TOML file."""
+    config = toml_file(
+        tmp_path,
+        """
+        concurrency = 7
+        [api]
+        url = "https://file.example"
+        [limits]
+        train = 3
+        """,
+    )
+    env = {
+        "FLEET_CONCURRENCY": "8",
+        "FLEET_LIMITS__TRAIN": "4",
+        "FLEET_API__URL": "https://env.example",
+    }
+
+    settings = load(config, env=env)
+
+    assert settings.concurrency == 8
+    assert settings.limits.train == 4
+    assert settings.api.url == "https://env.example"
+
+
+def test_flags_override_the_environment():
+    """Dotted-path flags beat FLEET_ variables."""
+    env = {
+        "FLEET_CONCURRENCY": "8",
+        "FLEET_LIMITS__TRAIN": "4",
+        "FLEET_API__URL": "https://env.example",
+    }
+    flags = {"concurrency": "9", "limits.train": "5", "api.url": "https://flag.example"}
+
+    settings = load(flags=flags, env=env)
+
+    assert settings.concurrency == 9
+    assert settings.limits.train == 5
+    assert settings.api.url == "https://flag.example"
+
+
+def test_overriding_one_nested_setting_keeps_its_siblings_from_the_file(tmp_path):
+    """FLEET_LIMITS__TRAIN replaces limits.train only; limits.evaluate still comes from the file."""
+    config = toml_file(tmp_path, "[limits]\ntrain = 3\nevaluate = 6\n")
+
+    settings = load(config, flags={"limits.deploy": "2"}, env={"FLEET_LIMITS__TRAIN": "4"})
+
+    assert (settings.limits.train, settings.limits.evaluate, settings.limits.deploy) == (4, 6, 2)
+
+
+def test_the_process_environment_is_ignored_when_env_is_given(monkeypatch):
+    """load_settings reads FLEET_ variables from `env` only, not from os.environ behind it."""
+    monkeypatch.setenv("FLEET_CONCURRENCY", "3")
+    monkeypatch.setenv("FLEET_NOT_A_SETTING", "x")
+
+    assert load(env={"FLEET_LIMITS__TRAIN": "4"}).concurrency == 100
+
+
+# -- which file ------------------------------------------------------------------------------
+
+
+def test_fleet_toml_in_the_working_directory_is_read_by_default(tmp_path, monkeypatch):
+    """Without a config path, ./fleet.toml is used when it exists."""
+    toml_file(tmp_path, "concurrency = 11\n")
+    monkeypatch.chdir(tmp_path)
+
+    assert load_settings(None, {}, {}).concurrency == 11
+
+
+def test_use_default_file_false_ignores_fleet_toml(tmp_path, monkeypatch):
+    """use_default_file=False leaves ./fleet.toml unread."""
+    toml_file(tmp_path, "concurrency = 11\n")
+    monkeypatch.chdir(tmp_path)
+
+    assert load_settings(None, {}, {}, use_default_file=False).concurrency == 100
+
+
+def test_no_fleet_toml_in_the_working_directory_means_defaults(tmp_path, monkeypatch):
+    """A directory without fleet.toml is not an error: defaults apply."""
+    monkeypatch.chdir(tmp_path)
+
+    assert load_settings(None, {}, {}).concurrency == 100
+
+
+def test_fleet_config_names_the_file(tmp_path, monkeypatch):
+    """FLEET_CONFIG points at the file to read instead of ./fleet.toml."""
+    toml_file(tmp_path, "concurrency = 11\n")
+    named = toml_file(tmp_path, "concurrency = 12\n", name="other.toml")
+    monkeypatch.chdir(tmp_path)
+
+    assert load_settings(None, {}, {"FLEET_CONFIG": str(named)}).concurrency == 12
+
+
+def test_a_missing_config_file_is_a_config_error(tmp_path):
+    """A config path that does not exist names the path."""
+    missing = tmp_path / "nope.toml"
+
+    assert str(missing) in load_error(missing)
+
+
+def test_invalid_toml_is_a_config_error(tmp_path):
+    """A file that is not TOML names the file and says so."""
+    config = toml_file(tmp_path, "concurrency = \n")
+
+    message = load_error(config)
+
+    assert str(config) in message
+    assert "not valid TOML" in message
+
+
+# -- one-line errors that name the setting and its source -----------------------------------
+
+
+def test_an_unknown_key_in_the_file_is_named_with_the_file(tmp_path):
+    """A misspelt key such as [limits] trian is rejected, naming limits.trian and the file."""
+    config = toml_file(tmp_path, "[limits]\ntrian = 3\n")
+
+    message = load_error(config)
+
+    assert "limits.trian" in message
+    assert str(config) in message
+
+
+def test_a_wrongly_typed_value_in_the_file_is_named_with_the_file(tmp_path):
+    """concurrency = "many" is rejected, naming concurrency and the file."""
+    config = toml_file(tmp_path, 'concurrency = "many"\n')
+
+    message = load_error(config)
+
+    assert message.startswith("concurrency ")
+    assert str(config) in message
+
+
+def test_a_negative_limit_from_a_flag_names_the_flag():
+    """limits.train = -1 from a flag is rejected, naming limits.train and flag --limits.train."""
+    message = load_error(flags={"limits.train": "-1"})
+
+    assert "limits.train" in message
+    assert "flag --limits.train" in message
+
+
+def test_a_zero_limit_from_the_file_is_rejected(tmp_path):
+    """A limit must be positive: limits.train = 0 is rejected."""
+    config = toml_file(tmp_path, "[limits]\ntrain = 0\n")
+
+    assert "limits.train" in load_error(config)
+
+
+def test_a_wrongly_typed_environment_variable_is_named():
+    """FLEET_LIMITS__TRAIN=lots is rejected, naming the variable."""
+    message = load_error(env={"FLEET_LIMITS__TRAIN": "lots"})
+
+    assert "limits.train" in message
+    assert "environment FLEET_LIMITS__TRAIN" in message
+
+
+def test_an_unknown_fleet_environment_variable_is_rejected():
+    """A misspelt FLEET_CONCURENCY is an error rather than silently ignored."""
+    assert "FLEET_CONCURENCY" in load_error(env={"FLEET_CONCURENCY": "5"})
+
+
+def test_other_environment_variables_are_ignored():
+    """Variables without the FLEET_ prefix are none of fleet's business."""
+    assert load(env={"HOME": "/root", "CONCURRENCY": "x"}).concurrency == 100
+
+
+def test_a_project_id_that_is_not_a_uuid_is_rejected(tmp_path):
+    """api.project_id must be a UUID."""
+    config = toml_file(tmp_path, '[api]\nproject_id = "my-project"\n')
+
+    message = load_error(config)
+
+    assert "api.project_id" in message
+    assert "UUID" in message
+
+
+def test_an_url_without_http_is_rejected():
+    """api.url must start with http:// or https://."""
+    assert "api.url" in load_error(env={"FLEET_API__URL": "mo.example/modelops/core"})
+
+
+def test_stages_out_of_lifecycle_order_are_rejected(tmp_path):
+    """stages = "evaluate,train" is not a prefix of the lifecycle and is rejected."""
+    config = toml_file(tmp_path, 'stages = "evaluate,train"\n')
+
+    message = load_error(config)
+
+    assert message.startswith("stages ")
+    assert str(config) in message
+
+
+def test_an_unknown_stage_is_rejected():
+    """A stage name that does not exist is rejected, naming the variable it came from."""
+    message = load_error(env={"FLEET_STAGES": "train,tune"})
+
+    assert message.startswith("stages ")
+    assert "FLEET_STAGES" in message
+
+
+def test_a_bad_model_id_in_the_file_names_the_file(tmp_path):
+    """A [[models]] id that is not a UUID is blamed on the file, not on a default."""
+    config = toml_file(tmp_path, '[[models]]\nid = "churn"\n')
+
+    message = load_error(config)
+
+    assert "models.id" in message
+    assert str(config) in message
+
+
+# -- stages -------------------------------------------------------------------------------
+
+
+def test_stages_come_from_a_comma_separated_flag():
+    """--stages train,evaluate selects the first two stages."""
+    assert load(flags={"stages": "train,evaluate"}).stages == (Stage.TRAIN, Stage.EVALUATE)
+
+
+def test_stages_come_from_a_comma_separated_environment_variable():
+    """FLEET_STAGES=train,evaluate selects the first two stages; spaces are allowed."""
+    settings = load(env={"FLEET_STAGES": "train, evaluate"})
+
+    assert settings.stages == (Stage.TRAIN, Stage.EVALUATE)
+
+
+def test_stages_come_from_a_toml_list(tmp_path):
+    """stages may also be written as a TOML array."""
+    config = toml_file(tmp_path, 'stages = ["train", "evaluate", "approve"]\n')
+
+    assert load(config).stages == (Stage.TRAIN, Stage.EVALUATE, Stage.APPROVE)
+
+
+# -- the token ------------------------------------------------------------------------------
+
+
+def test_the_token_comes_from_the_environment():
+    """FLEET_API__TOKEN is the bearer token."""
+    assert load(env={"FLEET_API__TOKEN": TOKEN}).api.bearer() == TOKEN
+
+
+def test_the_token_comes_from_a_token_file(tmp_path):
+    """api.token_file holds the token; surrounding whitespace and the newline are dropped."""
+    token_file = tmp_path / "token"
+    token_file.write_text(f"  {TOKEN}\n", encoding="utf-8")
+
+    settings = load(flags={"api.token_file": str(token_file)})
+
+    assert settings.api.bearer() == TOKEN
+
+
+def test_the_environment_token_is_used_before_the_token_file(tmp_path):
+    """With both set, FLEET_API__TOKEN wins and the file is not read."""
+    settings = load(
+        flags={"api.token_file": str(tmp_path / "absent")}, env={"FLEET_API__TOKEN": TOKEN}
+    )
+
+    assert settings.api.bearer() == TOKEN
+
+
+def test_the_token_never_appears_in_repr_str_or_json():
+    """repr, str and model_dump_json of the settings all mask the token."""
+    settings = load(env={"FLEET_API__TOKEN": TOKEN})
+
+    assert TOKEN not in repr(settings)
+    assert TOKEN not in str(settings)
+    assert TOKEN not in settings.model_dump_json()
+
+
+def test_an_empty_token_file_is_a_config_error(tmp_path):
+    """A token file holding only whitespace is rejected when the settings load."""
+    token_file = tmp_path / "token"
+    token_file.write_text("\n", encoding="utf-8")
+
+    message = load_error(flags={"api.token_file": str(token_file)})
+
+    assert "api.token_file" in message
+    assert "empty" in message
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_an_unreadable_token_file_is_a_config_error(tmp_path, kind):
+    """A token file that cannot be read is rejected when the settings load."""
+    token_file = tmp_path / "token"
+    if kind == "directory":
+        token_file.mkdir()
+
+    message = load_error(flags={"api.token_file": str(token_file)})
+
+    assert "api.token_file" in message
+    assert "cannot read" in message
+
+
+API_URL = {"api.url": "https://mo.example/modelops/core"}
+API_PROJECT = {"api.project_id": PROJECT_ID}
+
+
+@pytest.mark.parametrize(
+    ("flags", "missing"),
+    [
+        ({**API_PROJECT}, "api.url"),
+        ({**API_URL}, "api.project_id"),
+        ({**API_URL, **API_PROJECT}, "api.token"),
+    ],
+)
+def test_require_api_names_what_is_missing(flags, missing):
+    """require_api raises ConfigError naming the first of url, project and token that is unset."""
+    settings = load(flags=flags)
+
+    with pytest.raises(ConfigError, match=rf"^{missing}: missing"):
+        settings.require_api()
+
+
+def test_require_api_passes_when_url_project_and_token_are_set():
+    """A complete api section satisfies require_api."""
+    settings = load(flags={**API_URL, **API_PROJECT}, env={"FLEET_API__TOKEN": TOKEN})
+
+    settings.require_api()
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+def test_models_take_their_overrides_over_the_defaults(tmp_path):
+    """A [[models]] entry overrides retire_mode and merges resources with the default cpu."""
+    config = toml_file(
+        tmp_path,
+        f"""
+        [defaults]
+        retire_mode = "previous"
+        resources = {{cpu = "2"}}
+        [[models]]
+        id = "{M1}"
+        name = "churn"
+        retire_mode = "none"
+        resources = {{memory = "2g"}}
+        [[models]]
+        id = "{M2}"
+        """,
+    )
+
+    first, second = load(config).model_specs()
+
+    assert (first.id, first.name) == (M1, "churn")
+    assert first.lifecycle.retire_mode == "none"
+    assert first.lifecycle.resources == Resources(memory="2g", cpu="2")
+    assert (second.id, second.name) == (M2, M2)
+    assert second.lifecycle.retire_mode == "previous"
+    assert second.lifecycle.resources == Resources(memory="1g", cpu="2")
+
+
+def test_a_model_listed_twice_is_a_config_error(tmp_path):
+    """Two [[models]] entries with one id are rejected, naming models and the file."""
+    config = toml_file(tmp_path, f'[[models]]\nid = "{M1}"\n[[models]]\nid = "{M1}"\n')
+
+    message = load_error(config)
+
+    assert message.startswith("models ")
+    assert M1 in message
+    assert str(config) in message
+
+
+def test_a_model_in_both_the_file_and_models_file_is_a_config_error(tmp_path):
+    """An id listed inline and in models_file is rejected when the models are resolved."""
+    models_file = tmp_path / "models.jsonl"
+    models_file.write_text(json.dumps({"id": M1}) + "\n", encoding="utf-8")
+    config = toml_file(tmp_path, f'models_file = "{models_file}"\n[[models]]\nid = "{M1}"\n')
+    settings = load(config)
+
+    with pytest.raises(ConfigError, match=M1):
+        settings.model_specs()
+
+
+def test_an_unknown_model_override_is_named(tmp_path):
+    """A misspelt override (retire_mod) is rejected, naming the model and the key."""
+    config = toml_file(tmp_path, f'[[models]]\nid = "{M1}"\nretire_mod = "none"\n')
+    settings = load(config)
+
+    with pytest.raises(ConfigError, match=rf"models\[{M1}\]\.retire_mod"):
+        settings.model_specs()
+
+
+def test_a_bad_model_override_value_is_named(tmp_path):
+    """An override with a value its setting does not allow is rejected, naming it."""
+    config = toml_file(tmp_path, f'[[models]]\nid = "{M1}"\nretire_mode = "sometimes"\n')
+    settings = load(config)
+
+    with pytest.raises(ConfigError, match=rf"models\[{M1}\]\.retire_mode"):
+        settings.model_specs()
+
+
+def test_models_come_from_a_csv_file_whose_empty_cells_inherit(tmp_path):
+    """A CSV models_file sets name, retire_mode and resources.memory; empty cells inherit."""
+    models_file = tmp_path / "models.csv"
+    models_file.write_text(
+        f"id,name,retire_mode,resources.memory\n{M1},churn,none,4g\n{M2},,,\n", encoding="utf-8"
+    )
+
+    first, second = load(flags={"models_file": str(models_file)}).model_specs()
+
+    assert (first.name, first.lifecycle.retire_mode) == ("churn", "none")
+    assert first.lifecycle.resources == Resources(memory="4g", cpu="1")
+    assert (second.name, second.lifecycle.retire_mode) == (M2, "previous")
+    assert second.lifecycle.resources == Resources(memory="1g", cpu="1")
+
+
+def test_a_bad_csv_row_is_named_by_its_line_number(tmp_path):
+    """A CSV row with a bad id is reported with its line in the file (the header is line 1)."""
+    models_file = tmp_path / "models.csv"
+    models_file.write_text(f"id,name\n{M1},churn\nnot-a-uuid,x\n", encoding="utf-8")
+    settings = load(flags={"models_file": str(models_file)})
+
+    with pytest.raises(ConfigError, match=r"models\.csv:3"):
+        settings.model_specs()
+
+
+def test_models_come_from_a_jsonl_file(tmp_path):
+    """A JSONL models_file holds one model per line, with nested overrides; blank lines skip."""
+    models_file = tmp_path / "models.jsonl"
+    lines = [
+        json.dumps({"id": M1, "name": "churn", "resources": {"cpu": "2"}}),
+        "",
+        json.dumps({"id": M2, "retire_mode": "deployed"}),
+    ]
+    models_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    first, second = load(flags={"models_file": str(models_file)}).model_specs()
+
+    assert (first.id, first.name) == (M1, "churn")
+    assert first.lifecycle.resources == Resources(memory="1g", cpu="2")
+    assert (second.id, second.lifecycle.retire_mode) == (M2, "deployed")
+
+
+def test_a_bad_jsonl_line_is_named_by_its_number(tmp_path):
+    """A line of the JSONL models_file that is not JSON is reported with its line number."""
+    models_file = tmp_path / "models.jsonl"
+    models_file.write_text(json.dumps({"id": M1}) + '\n\n{"id": \n', encoding="utf-8")
+    settings = load(flags={"models_file": str(models_file)})
+
+    with pytest.raises(ConfigError, match=r"models\.jsonl:3: not JSON"):
+        settings.model_specs()
+
+
+def test_a_models_file_of_another_kind_is_rejected(tmp_path):
+    """Only .csv and .jsonl models files are understood."""
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text(f"- id: {M1}\n", encoding="utf-8")
+    settings = load(flags={"models_file": str(models_file)})
+
+    with pytest.raises(ConfigError, match="models_file"):
+        settings.model_specs()
+
+
+# -- flags ----------------------------------------------------------------------------------
+
+
+def test_flag_specs_offer_a_flag_per_scalar_setting_but_none_for_the_token():
+    """flag_specs yields --limits.train, --concurrency and --api.url, and nothing for the token."""
+    specs = {spec.flag: spec for spec in flag_specs()}
+
+    assert {"--limits.train", "--concurrency", "--api.url"} <= specs.keys()
+    assert specs["--limits.train"].path == "limits.train"
+    assert "api.token" not in {spec.path for spec in specs.values()}
+    assert specs["--log-level"].choices == ("debug", "info", "warning", "error")
+
+
+def test_every_flag_path_is_accepted_by_load_settings():
+    """Each flag's dotted path is a setting load_settings knows (an unknown one would fail)."""
+    for spec in flag_specs():
+        with pytest.raises(ConfigError, match=rf"^{spec.path} \(from flag {spec.flag}\)"):
+            load(flags={spec.path: {"not": "a scalar"}})
