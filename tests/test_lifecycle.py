@@ -128,6 +128,61 @@ async def test_a_lost_post_response_is_reconciled_not_resent(tmp_path: Path) -> 
     assert stats["jobs_by_type"]["TRAINING"] == 1
 
 
+async def test_a_lost_post_that_created_nothing_is_sent_again(tmp_path: Path) -> None:
+    """When the server has no job after a lost answer, fleet submits once more, and only once."""
+
+    class FailsFirstSend:
+        def __init__(self, env: Emulated) -> None:
+            self._env = env
+            self.sends = 0
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._env.api, name)
+
+        async def train(self, model_id: str, request: TrainRequest) -> Job:
+            self.sends += 1
+            if self.sends == 1:
+                raise OutcomeUnknown("POST /train: HTTP 502", method="POST", status=502)
+            return await self._env.api.train(model_id, request)
+
+    async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
+        model = await _one_model(env, store)
+        api = FailsFirstSend(env)
+        outcome = await lifecycle.run_model(
+            replace(_context(env, store), api=api), model, STAGE_ORDER
+        )
+        stats = env.world.stats()
+    assert outcome.value == "succeeded"
+    assert api.sends == 2
+    assert stats["jobs_by_type"]["TRAINING"] == 1
+
+
+async def test_a_lost_approval_answer_is_checked_not_repeated(tmp_path: Path) -> None:
+    """An approve whose answer is lost but which the server applied is not sent again."""
+
+    class LosesApproval:
+        def __init__(self, env: Emulated) -> None:
+            self._env = env
+            self.sends = 0
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._env.api, name)
+
+        async def approve(self, trained_model_id: str, comments: str) -> object:
+            self.sends += 1
+            await self._env.api.approve(trained_model_id, comments)
+            raise OutcomeUnknown("POST /approve: no response", method="POST")
+
+    async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
+        model = await _one_model(env, store)
+        api = LosesApproval(env)
+        outcome = await lifecycle.run_model(
+            replace(_context(env, store), api=api), model, STAGE_ORDER
+        )
+    assert outcome.value == "succeeded"
+    assert api.sends == 1
+
+
 async def test_a_failed_stage_leaves_later_stages_pending(tmp_path: Path) -> None:
     """An evaluation job ending in ERROR fails the model there; approve..retire stay pending."""
     async with (

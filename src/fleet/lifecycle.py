@@ -52,6 +52,12 @@ _EVENTS: dict[StageState, str] = {
 # still be ours: covers clock skew between this host and the server.
 _RECONCILE_SKEW = timedelta(minutes=5)
 _RECONCILE_SCAN = 2000
+# A submission whose answer is lost is looked for on the server and, if absent, sent again,
+# this many times in all.
+_UNKNOWN_OUTCOME_TRIES = 3
+_UNKNOWN_OUTCOME_FAILURE = "the server did not answer the submission and has no record of it"
+_FOUND_AFTER_RESTART = "found on the server after restart"
+_FOUND_AFTER_LOSS = "found on the server after a lost response"
 
 
 class ProgressSink(Protocol):
@@ -199,14 +205,13 @@ async def _approve(
     ctx: Context, model: ModelRecord, records: dict[Stage, StageRecord], record: StageRecord
 ) -> StageRecord:
     trained_model_id = _trained_model(records)
+    comments = model.spec.lifecycle.approval_comments
+
+    async def approved() -> bool:
+        return any(e.status == "APPROVED" for e in await _call(ctx.api.events(trained_model_id)))
+
     async with ctx.limiters[Stage.APPROVE]:
-        if record.state is S.SUBMITTING:
-            events = await _call(ctx.api.events(trained_model_id))
-            if any(e.status == "APPROVED" for e in events):
-                return await transition(
-                    ctx, record, S.SUCCEEDED, detail="found approved on the server"
-                )
-        else:
+        if record.state is S.PENDING:
             record = await transition(
                 ctx,
                 record,
@@ -215,8 +220,17 @@ async def _approve(
                 submitted_at=ctx.now(),
                 trained_model_id=trained_model_id,
             )
-        await _call(ctx.api.approve(trained_model_id, model.spec.lifecycle.approval_comments))
-        return await transition(ctx, record, S.SUCCEEDED)
+        elif await approved():
+            return await transition(ctx, record, S.SUCCEEDED, detail=_FOUND_AFTER_RESTART)
+        for _ in range(_UNKNOWN_OUTCOME_TRIES):
+            try:
+                await _call(ctx.api.approve(trained_model_id, comments))
+            except OutcomeUnknown:
+                if await approved():
+                    return await transition(ctx, record, S.SUCCEEDED, detail=_FOUND_AFTER_LOSS)
+                continue
+            return await transition(ctx, record, S.SUCCEEDED)
+        raise _StageFailed(_UNKNOWN_OUTCOME_FAILURE)
 
 
 async def _deploy(
@@ -340,7 +354,7 @@ async def _job_stage(
             if job is None:
                 record = await _submit(ctx, model, record, submit, trained_model_id)
             else:
-                record = await _submitted(ctx, record, job, "found on the server after restart")
+                record = await _submitted(ctx, record, job, _FOUND_AFTER_RESTART)
         record = await _follow(ctx, record)
     if record.state is S.FAILED:
         return record
@@ -356,15 +370,17 @@ async def _submit(
     submit: Callable[[], Awaitable[Job]],
     trained_model_id: str | None,
 ) -> StageRecord:
-    try:
-        job = await _call(submit())
-    except OutcomeUnknown as exc:
-        # The server may have created the job: look before deciding, never send it twice.
-        found = await _find_submitted(ctx, model, record, trained_model_id)
-        if found is None:
-            raise _StageFailed(f"submission outcome unknown and no job found ({exc})") from exc
-        return await _submitted(ctx, record, found, "found on the server after a lost response")
-    return await _submitted(ctx, record, job, None)
+    for _ in range(_UNKNOWN_OUTCOME_TRIES):
+        try:
+            job = await _call(submit())
+        except OutcomeUnknown:
+            # The server may have created the job: look before sending it again.
+            found = await _find_submitted(ctx, model, record, trained_model_id)
+            if found is not None:
+                return await _submitted(ctx, record, found, _FOUND_AFTER_LOSS)
+            continue
+        return await _submitted(ctx, record, job, None)
+    raise _StageFailed(_UNKNOWN_OUTCOME_FAILURE)
 
 
 async def _submitted(
