@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from textwrap import dedent
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,6 @@ from fleet.stages import STAGE_ORDER, Stage
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from pathlib import Path
 
 PROJECT_ID = "419e5f05-b225-4b70-b075-6c309365d94f"
 TOKEN = "tok-5d1e0b-must-never-leak"
@@ -552,3 +552,14 @@ def test_every_flag_path_is_accepted_by_load_settings():
     for spec in flag_specs():
         with pytest.raises(ConfigError, match=rf"^{spec.path} \(from flag {spec.flag}\)"):
             load(flags={spec.path: {"not": "a scalar"}})
+
+
+def test_the_example_fleet_toml_loads_and_documents_every_setting() -> None:
+    """The repository's fleet.toml is valid and names every setting that has a flag."""
+    example = Path(__file__).parent.parent / "fleet.toml"
+    settings = load_settings(example, {}, env={"FLEET_API__TOKEN": "t"})
+    assert len(settings.model_specs()) == 2
+    text = example.read_text()
+    for spec in flag_specs():
+        leaf = spec.path.rsplit(".", 1)[-1]
+        assert f"{leaf} =" in text or f"{leaf}:" in text, f"{spec.path} is not documented"
