@@ -361,6 +361,7 @@ def _progress_table(snap: ProgressSnapshot) -> Table:
             + (f" · ETA {eta:.0f}s" if eta is not None else "")
         ),
         title_justify="left",
+        caption_justify="left",
     )
     table.add_column("stage")
     for state in ("pending", "in flight", "succeeded", "skipped", "failed"):
@@ -380,7 +381,7 @@ def _progress_table(snap: ProgressSnapshot) -> Table:
         )
     for failure in snap.recent_failures:
         table.caption = (table.caption or "") + (
-            f"\nfailed: {failure.name} at {failure.stage}: {failure.reason}"
+            f"\nfailed: {failure.name} at {failure.stage}: {failure.reason[:120]}"
         )
     return table
 
