@@ -268,6 +268,7 @@ def test_sigterm_stops_the_run_with_143_and_it_resumes(tmp_path: Path) -> None:
         (["run", "--limits.train", "zero"], "limits.train"),
         (["status", "--db", "nope.db"], "nope.db"),
         (["demo", "--models", "0"], "--models"),
+        (["run", "--stages", "deploy"], "stages"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -319,6 +320,17 @@ def test_a_wrong_token_exits_3(tmp_path: Path) -> None:
         )
     assert done.returncode == 3, done.stderr
     assert "token rejected" in done.stderr
+
+
+def test_status_of_an_unknown_run_is_exit_2(tmp_path: Path) -> None:
+    """`fleet status` of a run id the state file does not hold says so in one line."""
+    done = fleet(
+        "demo", "--models", "3", "--time-scale", "5000", *FAST, "--db", "f.db", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    status = fleet("status", "no-such-run", "--db", "f.db", cwd=tmp_path)
+    assert status.returncode == 2
+    assert status.stderr.strip() == "fleet: run 'no-such-run' is not in the state file"
 
 
 def test_version_and_module_entry_point(tmp_path: Path) -> None:

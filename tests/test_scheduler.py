@@ -166,6 +166,43 @@ async def test_a_rejected_token_aborts_the_run(tmp_path: Path) -> None:
     assert result.status == "aborted"
 
 
+async def test_a_token_revoked_mid_run_aborts_with_state_saved(tmp_path: Path) -> None:
+    """401s while many models poll stop the run as aborted (not a crash); it can resume."""
+
+    class RevokedAfter:
+        def __init__(self, env: Emulated, polls: int) -> None:
+            self._env = env
+            self._polls = polls
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._env.api, name)
+
+        async def get_job(self, job_id: str) -> object:
+            self._polls -= 1
+            if self._polls < 0:
+                raise AuthError("token rejected by ModelOps (HTTP 401)", status=401)
+            return await self._env.api.get_job(job_id)
+
+    async with emulated(models=12) as env:
+        db = tmp_path / "fleet.db"
+        settings = settings_for(env, db)
+        async with Store.open(db) as store:
+            result = await scheduler.run(
+                settings, RevokedAfter(env, polls=15), store, run_id="r", sleep=env.time.sleep
+            )
+        assert isinstance(result.aborted, AuthError)
+        resumed = await _run_named(env, db, "r")
+    assert resumed.status == "succeeded"
+    assert env.world.stats()["max_jobs_per_model_and_type"] == 1
+
+
+async def _run_named(env: Emulated, db: Path, run_id: str) -> scheduler.RunResult:
+    async with Store.open(db) as store:
+        return await scheduler.run(
+            settings_for(env, db), env.api, store, run_id=run_id, sleep=env.time.sleep
+        )
+
+
 @pytest.mark.parametrize("mode", ["deployed", "none"])
 async def test_retire_modes(tmp_path: Path, mode: str) -> None:
     """`deployed` retires the new version (the tutorial's way); `none` retires nothing."""

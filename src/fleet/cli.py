@@ -29,7 +29,7 @@ from fleet import __version__, sim
 from fleet import logging as fleet_logging
 from fleet.client import ModelOpsClient, RetryPolicy
 from fleet.config import ModelEntry, Settings, flag_specs, load_settings
-from fleet.errors import ConfigError, RunNotFound, StoreError
+from fleet.errors import ConfigError, RunNotFound, StoreError, ungrouped
 from fleet.scheduler import Progress, ProgressSnapshot, RunResult, model_outcome, run
 from fleet.stages import Stage, StageState
 from fleet.store import Store
@@ -301,16 +301,17 @@ async def _drive(settings: Settings, api: ModelOpsClient, run_id: str | None) ->
     progress = Progress()
     signalled: list[int] = []
     result: RunResult | None = None
-    async with Store.open(settings.db) as store, anyio.create_task_group() as tg:
+    with ungrouped():
+        async with Store.open(settings.db) as store, anyio.create_task_group() as tg:
 
-        async def run_then_stop() -> None:
-            nonlocal result
-            result = await run(settings, api, store, run_id=run_id, progress=progress)
-            tg.cancel_scope.cancel()
+            async def run_then_stop() -> None:
+                nonlocal result
+                result = await run(settings, api, store, run_id=run_id, progress=progress)
+                tg.cancel_scope.cancel()
 
-        tg.start_soon(_watch_signals, tg.cancel_scope, signalled)
-        tg.start_soon(_show_progress, progress, settings.progress_interval)
-        tg.start_soon(run_then_stop)
+            tg.start_soon(_watch_signals, tg.cancel_scope, signalled)
+            tg.start_soon(_show_progress, progress, settings.progress_interval)
+            tg.start_soon(run_then_stop)
     if signalled:
         _error("interrupted: the run's state is saved; run again with the same --run-id")
         return EXIT_SIGTERM if signalled[0] == signal.SIGTERM else EXIT_SIGINT

@@ -19,6 +19,9 @@ catches sqlite3 exceptions. Above them, code speaks this tree only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class FleetError(Exception):
     """Base of every error fleet raises on purpose."""
@@ -86,3 +89,20 @@ class RunNotFound(FleetError):
 
 class InvalidTransition(FleetError):
     """A stage was asked to move between two states the transition table does not connect."""
+
+
+@contextmanager
+def ungrouped() -> Iterator[None]:
+    """Re-raise the first error of an exception group raised by a task group in the block.
+
+    Task groups wrap whatever their tasks raise; callers of fleet's resources and engine
+    should see the fleet error itself (when several tasks fail at once, as when a token is
+    revoked mid-run, they fail for the same reason, and the first stands for all).
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        first = group.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from first.__cause__

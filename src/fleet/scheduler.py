@@ -21,7 +21,7 @@ import structlog
 
 from fleet.client import ModelOps
 from fleet.config import Settings
-from fleet.errors import ApiError, AuthError, FleetError, TransientApiError
+from fleet.errors import ApiError, AuthError, FleetError, TransientApiError, ungrouped
 from fleet.lifecycle import Context, RunAborted, run_model
 from fleet.stages import DONE, Outcome, Stage, StageState
 from fleet.store import ModelRecord, RunRecord, StageRecord, Store
@@ -217,9 +217,10 @@ async def _drive(
         for model in queue:
             await run_model(ctx, model, stages)
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(min(concurrency, len(models))):
-            tg.start_soon(worker)
+    with ungrouped():
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(concurrency, len(models))):
+                tg.start_soon(worker)
 
 
 async def summarize(

@@ -22,7 +22,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from fleet.config import Lifecycle, ModelSpec
-from fleet.errors import RunNotFound, StoreError
+from fleet.errors import RunNotFound, StoreError, ungrouped
 from fleet.stages import STAGE_ORDER, Stage, StageState
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -182,12 +182,13 @@ class Store:
         store = cls(conn, now)
         try:
             await store._prepare(path)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(store._writer)
-                try:
-                    yield store
-                finally:
-                    store._send.close()
+            with ungrouped():
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(store._writer)
+                    try:
+                        yield store
+                    finally:
+                        store._send.close()
         finally:
             store._send.close()
             store._receive.close()
