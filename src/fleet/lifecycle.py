@@ -298,8 +298,15 @@ async def _retire(
                 ctx, record, S.SKIPPED, detail="no earlier version was deployed"
             )
         # The newest earlier deployment is the one the new version replaces; any older ones
-        # still active were left by hand and are reported, not touched.
+        # still active were left there by hand: reported, not touched.
         target = previous[-1]
+        if len(previous) > 1:
+            log.warning(
+                "fleet.retire.others_left_active",
+                run_id=ctx.run_id,
+                model_id=model.spec.id,
+                deployments=[str(p["deployment_id"]) for p in previous[:-1]],
+            )
     tm_id, dep_id = str(target["trained_model_id"]), str(target["deployment_id"])
 
     async def submit() -> Job:
