@@ -93,6 +93,22 @@ def _stats(url: str) -> dict[str, object]:
     return stats
 
 
+def _run_args(tmp_path: Path, run_id: str) -> list[str]:
+    """`fleet run` of the emulator's models (its CSV) under `run_id`, polling fast."""
+    config = str(_empty_config(tmp_path))
+    return ["run", "--run-id", run_id, "--models-file", "models.csv", "--config", config, *FAST]
+
+
+def _start(args: list[str], tmp_path: Path, url: str, **streams: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fleet", *args],
+        cwd=tmp_path,
+        env=_env(_run_env(url)),
+        text=True,
+        **streams,  # type: ignore[call-overload]
+    )
+
+
 def _run_env(url: str) -> dict[str, str]:
     return {"FLEET_API__URL": url, "FLEET_API__TOKEN": TOKEN}
 
@@ -135,18 +151,7 @@ def test_demo_with_job_errors_exits_1_and_lists_the_failures(tmp_path: Path) -> 
 def test_run_against_fleet_sim_then_status(tmp_path: Path) -> None:
     """`fleet run` drives the models of a CSV against `fleet sim`; `fleet status` shows them."""
     with emulator(tmp_path, "--models", "12", "--time-scale", "5000") as url:
-        done = fleet(
-            "run",
-            "--run-id",
-            "night-1",
-            "--models-file",
-            "models.csv",
-            "--config",
-            str(_empty_config(tmp_path)),
-            *FAST,
-            cwd=tmp_path,
-            env=_run_env(url),
-        )
+        done = fleet(*_run_args(tmp_path, "night-1"), cwd=tmp_path, env=_run_env(url))
         assert done.returncode == 0, done.stderr
         assert _stats(url)["max_jobs_per_model_and_type"] == 1
     status = fleet("status", "night-1", "--json", cwd=tmp_path)
@@ -162,26 +167,12 @@ def test_run_against_fleet_sim_then_status(tmp_path: Path) -> None:
 def test_a_killed_run_resumes_without_a_second_job(tmp_path: Path) -> None:
     """SIGKILL midway, start again with the same run id: all finish, one job per model/type."""
     with emulator(tmp_path, "--models", "40", "--time-scale", "600") as url:
-        args = [
-            sys.executable,
-            "-m",
-            "fleet",
-            "run",
-            "--run-id",
-            "night-1",
-            "--models-file",
-            "models.csv",
-            "--config",
-            str(_empty_config(tmp_path)),
-            *FAST,
-        ]
-        proc = subprocess.Popen(
-            args,
-            cwd=tmp_path,
-            env=_env(_run_env(url)),
+        proc = _start(
+            _run_args(tmp_path, "night-1"),
+            tmp_path,
+            url,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            text=True,
         )
         assert proc.stdout is not None
         submitted = 0
@@ -194,18 +185,7 @@ def test_a_killed_run_resumes_without_a_second_job(tmp_path: Path) -> None:
         proc.wait(timeout=10)
         proc.stdout.close()
         assert submitted == 45
-        again = fleet(
-            "run",
-            "--run-id",
-            "night-1",
-            "--models-file",
-            "models.csv",
-            "--config",
-            str(_empty_config(tmp_path)),
-            *FAST,
-            cwd=tmp_path,
-            env=_run_env(url),
-        )
+        again = fleet(*_run_args(tmp_path, "night-1"), cwd=tmp_path, env=_run_env(url))
         assert again.returncode == 0, again.stderr
         assert "40 of 40 models succeeded" in again.stderr
         assert _stats(url)["max_jobs_per_model_and_type"] == 1
@@ -214,26 +194,8 @@ def test_a_killed_run_resumes_without_a_second_job(tmp_path: Path) -> None:
 def test_sigterm_stops_the_run_with_143_and_it_resumes(tmp_path: Path) -> None:
     """SIGTERM records the run as interrupted and exits 143; the same id then finishes it."""
     with emulator(tmp_path, "--models", "10", "--time-scale", "300") as url:
-        args = [
-            sys.executable,
-            "-m",
-            "fleet",
-            "run",
-            "--run-id",
-            "n",
-            "--models-file",
-            "models.csv",
-            "--config",
-            str(_empty_config(tmp_path)),
-            *FAST,
-        ]
-        proc = subprocess.Popen(
-            args,
-            cwd=tmp_path,
-            env=_env(_run_env(url)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        proc = _start(
+            _run_args(tmp_path, "n"), tmp_path, url, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -245,18 +207,7 @@ def test_sigterm_stops_the_run_with_143_and_it_resumes(tmp_path: Path) -> None:
         assert "Traceback" not in err
         status = json.loads(fleet("status", "n", "--json", cwd=tmp_path).stdout)
         assert status["status"] == "interrupted"
-        again = fleet(
-            "run",
-            "--run-id",
-            "n",
-            "--models-file",
-            "models.csv",
-            "--config",
-            str(_empty_config(tmp_path)),
-            *FAST,
-            cwd=tmp_path,
-            env=_run_env(url),
-        )
+        again = fleet(*_run_args(tmp_path, "n"), cwd=tmp_path, env=_run_env(url))
         assert again.returncode == 0, again.stderr
 
 
