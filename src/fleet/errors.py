@@ -4,7 +4,8 @@
     ├── ConfigError               bad settings, flags or model lists (exit 2)
     ├── ApiError                  anything the ModelOps API answered or failed to answer
     │   ├── TransientApiError     timeouts, connection errors, 429, 500, 502, 503, 504 (retry_after)
-    │   │   └── OutcomeUnknown    a POST was sent but no answer came back: it may have been applied
+    │   │   ├── OutcomeUnknown    a POST was sent but no answer came back: it may have been applied
+    │   │   └── ServerUnavailable the server kept failing past the outage budget (exit 3)
     │   ├── PermanentApiError     other 4xx: status code and the server's message
     │   │   └── NotFound          404
     │   ├── AuthError             401 / 403: the token was rejected (the run stops, exit 3)
@@ -61,6 +62,10 @@ class TransientApiError(ApiError):
 
 class OutcomeUnknown(TransientApiError):
     """A POST went out and no response came back: the server may or may not have applied it."""
+
+
+class ServerUnavailable(TransientApiError):
+    """The circuit breaker stayed open longer than its budget: the server is down for now."""
 
 
 class PermanentApiError(ApiError):
