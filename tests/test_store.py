@@ -12,7 +12,7 @@ import pytest
 from fleet.config import Lifecycle, ModelSpec
 from fleet.errors import RunNotFound, StoreError
 from fleet.stages import STAGE_ORDER, Stage, StageState
-from fleet.store import Store
+from fleet.store import _MIGRATIONS, Store
 
 MODEL_IDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 41)]
 
@@ -29,10 +29,28 @@ async def test_a_new_file_is_migrated_to_wal_mode(tmp_path: Path) -> None:
     async with Store.open(path):
         pass
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"runs", "run_models", "stages", "metrics", "transitions"} <= tables
+    assert {"runs", "run_models", "stages", "metrics", "transitions", "attempts", "lease"} <= tables
+
+
+async def test_an_older_file_is_migrated_in_place(tmp_path: Path) -> None:
+    """A file at schema 1 gains the later migrations and keeps its runs."""
+    path = tmp_path / "fleet.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(f"{_MIGRATIONS[0]}; PRAGMA user_version = 1;")
+    conn.execute(
+        "INSERT INTO runs (id, created_at, updated_at, status, stages, settings)"
+        " VALUES ('old', '2026-11-24T00:00:00+00:00', '2026-11-24T00:00:00+00:00', 'failed',"
+        " 'train', '{}')"
+    )
+    conn.commit()
+    conn.close()
+    async with Store.open(path) as store:
+        run = await store.run("old")
+    assert run.status == "failed"
+    assert run.reason is None
 
 
 async def test_a_run_round_trips_with_models_in_order(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 
 This is the only module that prints. Exit codes: 0 every model succeeded; 1 at least one model
 failed and the rest finished; 2 usage or configuration error; 3 the run could not proceed
-(server unreachable, token rejected, state file unusable); 130 interrupted (SIGINT);
-143 terminated (SIGTERM). An interrupted run resumes with the same `--run-id`.
+(server unreachable, token rejected, state file unusable); 4 another fleet process holds the
+state file; 130 interrupted (SIGINT); 143 terminated (SIGTERM). An interrupted run resumes
+with the same `--run-id`.
 """
 
 from __future__ import annotations
@@ -30,14 +31,24 @@ from fleet import logging as fleet_logging
 from fleet.client import ModelOpsClient, RetryPolicy
 from fleet.config import ModelEntry, Settings, flag_specs, load_settings
 from fleet.errors import ConfigError, RunNotFound, StoreError, ungrouped
-from fleet.scheduler import Progress, ProgressSnapshot, RunResult, model_outcome, run
+from fleet.scheduler import (
+    FINISHED_RUN_STATUSES,
+    RUN_HALTED,
+    LeaseLost,
+    Progress,
+    ProgressSnapshot,
+    RunResult,
+    model_outcome,
+    run,
+)
 from fleet.stages import Stage, StageState
-from fleet.store import Store
+from fleet.store import LeaseHeld, Store
 
 EXIT_OK = 0
 EXIT_MODELS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CANNOT_PROCEED = 3
+EXIT_LOCKED = 4
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -67,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunNotFound as exc:
         _error(str(exc))
         return EXIT_USAGE
+    except (LeaseHeld, LeaseLost) as exc:
+        _error(str(exc))
+        return EXIT_LOCKED
     except StoreError as exc:
         _error(f"state file error: {exc}")
         return EXIT_CANNOT_PROCEED
@@ -89,7 +103,16 @@ def _parser() -> argparse.ArgumentParser:
 
     run_p = commands.add_parser("run", help="run (or resume) the lifecycle of every model")
     run_p.add_argument("--config", type=Path, help="fleet.toml to read (default ./fleet.toml)")
-    run_p.add_argument("--run-id", help="name of the run; the same id resumes it")
+    which = run_p.add_mutually_exclusive_group()
+    which.add_argument("--run-id", help="name of the run; the same id resumes it")
+    which.add_argument(
+        "--resume", action="store_true", help="resume the most recent unfinished run"
+    )
+    which.add_argument(
+        "--retry-failed",
+        metavar="RUN_ID",
+        help="re-run a run's failed models from their failed stage",
+    )
     _add_setting_flags(run_p)
     run_p.set_defaults(command=_cmd_run)
 
@@ -190,12 +213,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, _setting_flags(args))
     settings.require_api()
     _configure_logging(settings, explicit=args.__dict__.get("setting:log_level") is not None)
-    if not settings.model_specs():
+    if not (args.resume or args.retry_failed) and not settings.model_specs():
         raise ConfigError("models: none configured; add [[models]] entries or a models_file")
-    return anyio.run(_run_with_client, settings, args.run_id)
+    run_id = args.retry_failed or args.run_id
+    if (args.resume or args.retry_failed) and not settings.db.is_file():
+        raise ConfigError(f"--db: {settings.db} does not exist; name the state file of the run")
+    if args.resume:
+        run_id = anyio.run(_unfinished_run, settings.db)
+    return anyio.run(
+        functools.partial(
+            _run_with_client, settings, run_id, retry_failed=args.retry_failed is not None
+        )
+    )
 
 
-async def _run_with_client(settings: Settings, run_id: str | None) -> int:
+async def _unfinished_run(db: Path) -> str:
+    async with Store.open(db) as store:
+        record = await store.latest_unfinished_run(FINISHED_RUN_STATUSES)
+    if record is None:
+        raise ConfigError(f"--resume: {db} holds no unfinished run; start one with --run-id")
+    return record.id
+
+
+async def _run_with_client(
+    settings: Settings, run_id: str | None, *, retry_failed: bool = False
+) -> int:
     assert settings.api.url is not None
     assert settings.api.project_id is not None
     verify: bool | str = settings.api.verify_tls
@@ -210,7 +252,7 @@ async def _run_with_client(settings: Settings, run_id: str | None) -> int:
         max_connections=settings.max_connections,
         retry=RetryPolicy(attempts=settings.api.retry_attempts, budget_s=settings.api.retry_budget),
     ) as api:
-        return await _drive(settings, api, run_id)
+        return await _drive(settings, api, run_id, retry_failed=retry_failed)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -297,19 +339,30 @@ def _cmd_status(args: argparse.Namespace) -> int:
 # -- running ---------------------------------------------------------------------------------
 
 
-async def _drive(settings: Settings, api: ModelOpsClient, run_id: str | None) -> int:
+async def _drive(
+    settings: Settings, api: ModelOpsClient, run_id: str | None, *, retry_failed: bool = False
+) -> int:
     progress = Progress()
     signalled: list[int] = []
+    stop = anyio.Event()
     result: RunResult | None = None
     with ungrouped():
         async with Store.open(settings.db) as store, anyio.create_task_group() as tg:
 
             async def run_then_stop() -> None:
                 nonlocal result
-                result = await run(settings, api, store, run_id=run_id, progress=progress)
+                result = await run(
+                    settings,
+                    api,
+                    store,
+                    run_id=run_id,
+                    progress=progress,
+                    stop=stop,
+                    retry_failed=retry_failed,
+                )
                 tg.cancel_scope.cancel()
 
-            tg.start_soon(_watch_signals, tg.cancel_scope, signalled)
+            tg.start_soon(_watch_signals, tg.cancel_scope, stop, signalled, settings.grace_period)
             tg.start_soon(_show_progress, progress, settings.progress_interval)
             tg.start_soon(run_then_stop)
     if signalled:
@@ -319,13 +372,27 @@ async def _drive(settings: Settings, api: ModelOpsClient, run_id: str | None) ->
     return _report(result)
 
 
-async def _watch_signals(scope: anyio.CancelScope, signalled: list[int]) -> None:
+async def _watch_signals(
+    scope: anyio.CancelScope, stop: anyio.Event, signalled: list[int], grace_s: float
+) -> None:
+    """First signal: drain (admit and submit nothing new) for up to `grace_s`, then cancel.
+
+    A second signal cancels at once. Either way every step taken is already recorded.
+    """
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             signalled.append(signum)
-            log.warning("fleet.run.signal", signal=signal.Signals(signum).name)
-            scope.cancel()
-            return
+            log.warning(
+                "fleet.run.signal", signal=signal.Signals(signum).name, grace_period_s=grace_s
+            )
+            if stop.is_set():
+                break
+            stop.set()
+            with anyio.move_on_after(grace_s):
+                async for _ in signals:
+                    break
+            break
+    scope.cancel()
 
 
 async def _show_progress(progress: Progress, interval: float) -> None:
@@ -403,6 +470,10 @@ def _report(result: RunResult) -> int:
         _error(f"the run could not proceed: {result.aborted}")
         _error(f"its state is saved; run again with --run-id {result.run_id} to resume")
         return EXIT_CANNOT_PROCEED
+    if result.status == RUN_HALTED:
+        _error(f"stopped admitting models: {result.reason}")
+        _error(f"fix the cause, then: fleet run --retry-failed {result.run_id}")
+        return EXIT_MODELS_FAILED
     return EXIT_MODELS_FAILED if result.failed else EXIT_OK
 
 

@@ -66,6 +66,9 @@ class ApiSettings(_Section):
     timeout: PositiveFloat = Field(30.0, description="seconds for one HTTP request")
     retry_attempts: PositiveInt = Field(6, description="tries of a request that failed transiently")
     retry_budget: PositiveFloat = Field(60.0, description="seconds all tries of a request may take")
+    outage_budget: PositiveFloat = Field(
+        600.0, description="seconds the server may fail every request before the run stops"
+    )
 
     @field_validator("url")
     @classmethod
@@ -102,6 +105,20 @@ class Limits(_Section):
     def of(self, stage: Stage) -> int:
         limit: int = getattr(self, stage.value)
         return limit
+
+
+class Attempts(_Section):
+    """Tries of a stage whose remote job ends in ERROR (1: no retry)."""
+
+    train: PositiveInt = Field(1, description="tries of a training that ends in ERROR")
+    evaluate: PositiveInt = Field(1, description="tries of an evaluation that ends in ERROR")
+    approve: PositiveInt = Field(1, description="tries of an approval")
+    deploy: PositiveInt = Field(1, description="tries of a deployment that ends in ERROR")
+    retire: PositiveInt = Field(1, description="tries of a retirement that ends in ERROR")
+
+    def of(self, stage: Stage) -> int:
+        attempts: int = getattr(self, stage.value)
+        return attempts
 
 
 class Resources(_Section):
@@ -176,7 +193,21 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     concurrency: PositiveInt = Field(100, description="models in flight at once")
     limits: Limits = Field(default_factory=Limits)
+    attempts: Attempts = Field(default_factory=Attempts)
+    max_failures: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="stop admitting models after this many failed"
+    )
+    min_success_ratio: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None, description="stop admitting models when fewer succeed (after 10 finished)"
+    )
+    grace_period: PositiveFloat = Field(
+        30.0, description="seconds to wind down after SIGTERM/SIGINT before cancelling"
+    )
+    lease_ttl: PositiveFloat = Field(
+        60.0, description="seconds after which a silent holder of the state file is taken over"
+    )
     max_connections: PositiveInt = Field(50, description="HTTP connections to ModelOps")
+    max_rps: PositiveFloat | None = Field(None, description="cap on requests per second")
     poll_interval: PositiveFloat = Field(5.0, description="seconds between polls of a job")
     stages: Annotated[tuple[Stage, ...], NoDecode] = Field(
         STAGE_ORDER, description="stages to run, comma-separated, in lifecycle order"

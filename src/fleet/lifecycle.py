@@ -33,7 +33,7 @@ from fleet.errors import (
     PermanentApiError,
     ProtocolError,
 )
-from fleet.stages import ALLOWED, DONE, JOB_TYPES, Outcome, Stage, StageState
+from fleet.stages import ALLOWED, DONE, JOB_TYPES, STARTABLE, Outcome, Stage, StageState
 from fleet.store import ModelRecord, StageRecord, Store, utc_now
 
 log = structlog.get_logger("fleet.lifecycle")
@@ -58,6 +58,7 @@ _UNKNOWN_OUTCOME_TRIES = 3
 _UNKNOWN_OUTCOME_FAILURE = "the server did not answer the submission and has no record of it"
 _FOUND_AFTER_RESTART = "found on the server after restart"
 _FOUND_AFTER_LOSS = "found on the server after a lost response"
+_FOUND_DONE = "already done on the server"
 
 
 class ProgressSink(Protocol):
@@ -78,10 +79,18 @@ class Context:
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep
     now: Callable[[], datetime] = utc_now
     rng: random.Random = field(default_factory=random.Random)
+    # Tries per stage for a remote job that ends in ERROR.
+    max_attempts: Mapping[Stage, int] = field(default_factory=dict)
+    # Set on SIGTERM/SIGINT: submit nothing new, stop following jobs, keep what is recorded.
+    draining: anyio.Event = field(default_factory=anyio.Event)
 
 
 class RunAborted(Exception):
     """The run cannot go on (token rejected, server gone); carries the fleet error."""
+
+
+class _Paused(Exception):
+    """The run is draining: this model stops where it is, to be picked up by the next start."""
 
 
 class _StageFailed(Exception):
@@ -142,6 +151,8 @@ async def run_model(ctx: Context, model: ModelRecord, stages: tuple[Stage, ...])
                         record = await _RUNNERS[stage](ctx, model, records, record)
                     except _StageFailed as failed:
                         record = await transition(ctx, record, S.FAILED, error=failed.reason)
+                    except _Paused:
+                        return Outcome.RUNNING
                 records[stage] = record
             if record.state is S.FAILED:
                 ctx.progress.model_finished(model, record)
@@ -211,7 +222,8 @@ async def _approve(
         return any(e.status == "APPROVED" for e in await _call(ctx.api.events(trained_model_id)))
 
     async with ctx.limiters[Stage.APPROVE]:
-        if record.state is S.PENDING:
+        if record.state in STARTABLE:
+            _stop_if_draining(ctx)
             record = await transition(
                 ctx,
                 record,
@@ -219,6 +231,7 @@ async def _approve(
                 attempt=record.attempt + 1,
                 submitted_at=ctx.now(),
                 trained_model_id=trained_model_id,
+                error=None,
             )
         elif await approved():
             return await transition(ctx, record, S.SUCCEEDED, detail=_FOUND_AFTER_RESTART)
@@ -312,8 +325,18 @@ async def _retire(
     async def submit() -> Job:
         return await ctx.api.retire(tm_id, dep_id)
 
+    async def retired() -> bool:
+        active = await _call(ctx.api.active_deployments(model.spec.id))
+        return all(d.id != dep_id for d in active)
+
     return await _job_stage(
-        ctx, model, record, submit, trained_model_id=tm_id, deployment_id=dep_id
+        ctx,
+        model,
+        record,
+        submit,
+        trained_model_id=tm_id,
+        deployment_id=dep_id,
+        already_done=retired,
     )
 
 
@@ -339,35 +362,52 @@ async def _job_stage(
     deployment_id: str | None = None,
     before: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     finish: Callable[[StageRecord], Awaitable[StageRecord]] | None = None,
+    already_done: Callable[[], Awaitable[bool]] | None = None,
 ) -> StageRecord:
-    """Submit (or find) the stage's remote job, follow it to its end, and record the outcome."""
+    """Submit (or find) the stage's remote job, follow it to its end, and record the outcome.
+
+    A job that ends in ERROR is tried again as a new attempt while the stage has tries left.
+    """
     async with ctx.limiters[record.stage]:
-        if record.state is S.PENDING:
-            data = dict(record.data)
-            if before is not None:
-                data.update(await before())
-            record = await transition(
-                ctx,
-                record,
-                S.SUBMITTING,
-                attempt=record.attempt + 1,
-                submitted_at=ctx.now(),
-                data=data,
-                deployment_id=deployment_id,
-            )
-            record = await _submit(ctx, model, record, submit, trained_model_id)
-        elif record.state is S.SUBMITTING:
-            job = await _find_submitted(ctx, model, record, trained_model_id)
-            if job is None:
+        while True:
+            if record.state in STARTABLE:
+                _stop_if_draining(ctx)
+                data = dict(record.data)
+                if before is not None and record.state is S.PENDING:
+                    data.update(await before())
+                record = await transition(
+                    ctx,
+                    record,
+                    S.SUBMITTING,
+                    attempt=record.attempt + 1,
+                    submitted_at=ctx.now(),
+                    data=data,
+                    deployment_id=deployment_id,
+                    job_id=None,
+                    error=None,
+                )
                 record = await _submit(ctx, model, record, submit, trained_model_id)
-            else:
-                record = await _submitted(ctx, record, job, _FOUND_AFTER_RESTART)
-        record = await _follow(ctx, record)
+            elif record.state is S.SUBMITTING:
+                job = await _find_submitted(ctx, model, record, trained_model_id)
+                if job is not None:
+                    record = await _submitted(ctx, record, job, _FOUND_AFTER_RESTART)
+                elif already_done is not None and await already_done():
+                    return await transition(ctx, record, S.SUCCEEDED, detail=_FOUND_DONE)
+                else:
+                    record = await _submit(ctx, model, record, submit, trained_model_id)
+            record = await _follow(ctx, record)
+            if record.state is not S.RETRYING:
+                break
     if record.state is S.FAILED:
         return record
     if finish is None:
         return await transition(ctx, record, S.SUCCEEDED)
     return await finish(record)
+
+
+def _stop_if_draining(ctx: Context) -> None:
+    if ctx.draining.is_set():
+        raise _Paused
 
 
 async def _submit(
@@ -412,15 +452,29 @@ async def _follow(ctx: Context, record: StageRecord) -> StageRecord:
         if job.status == "COMPLETED":
             return record
         if job.status in {"ERROR", "CANCELLED"}:
-            return await transition(
-                ctx,
-                record,
-                S.FAILED,
-                error=f"{JOB_TYPES[record.stage].lower()} job {job.id} ended {job.status}",
-            )
+            return await _ended_badly(ctx, record, job)
         if job.status == "RUNNING" and record.state is S.SUBMITTED:
             record = await transition(ctx, record, S.RUNNING)
         await ctx.sleep(ctx.poll_interval * ctx.rng.uniform(0.8, 1.2))
+        # The job goes on without us; the next start polls it again.
+        _stop_if_draining(ctx)
+
+
+async def _ended_badly(ctx: Context, record: StageRecord, job: Job) -> StageRecord:
+    """Close an attempt whose job ended in ERROR or CANCELLED: retry while tries are left."""
+    error = f"{JOB_TYPES[record.stage].lower()} job {job.id} ended {job.status}"
+    tries = ctx.max_attempts.get(record.stage, 1)
+    if job.status == "ERROR" and record.attempt < tries:
+        failed_jobs = [*record.data.get("failed_jobs", []), job.id]
+        return await transition(
+            ctx,
+            record,
+            S.RETRYING,
+            error=error,
+            data={**record.data, "failed_jobs": failed_jobs},
+            detail=f"attempt {record.attempt} of {tries} failed",
+        )
+    return await transition(ctx, record, S.FAILED, error=error)
 
 
 async def _find_submitted(
@@ -429,10 +483,11 @@ async def _find_submitted(
     """The job this stage submitted before a crash or a lost response, if the server has it."""
     job_type = JOB_TYPES[record.stage]
     since = (record.submitted_at or ctx.now()) - _RECONCILE_SKEW
+    earlier = set(record.data.get("failed_jobs", []))
     async for job in ctx.api.recent_jobs(_RECONCILE_SCAN):
         if job.created_at is not None and job.created_at < since:
             return None
-        if job.type != job_type or job.model_id != model.spec.id:
+        if job.type != job_type or job.model_id != model.spec.id or job.id in earlier:
             continue
         if trained_model_id is None or job.trained_model_id == trained_model_id:
             return job

@@ -8,11 +8,14 @@ Each stage has a `CapacityLimiter` that bounds its remote jobs (or approval call
 from __future__ import annotations
 
 import json
+import os
 import random
 import secrets
+import socket
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -21,10 +24,10 @@ import structlog
 
 from fleet.client import ModelOps
 from fleet.config import Settings
-from fleet.errors import ApiError, AuthError, FleetError, TransientApiError, ungrouped
-from fleet.lifecycle import Context, RunAborted, run_model
+from fleet.errors import ApiError, FleetError, RunNotFound, ungrouped
+from fleet.lifecycle import Context, RunAborted, run_model, transition
 from fleet.stages import DONE, Outcome, Stage, StageState
-from fleet.store import ModelRecord, RunRecord, StageRecord, Store
+from fleet.store import Lease, ModelRecord, RunRecord, StageRecord, Store, utc_now
 
 log = structlog.get_logger("fleet.scheduler")
 
@@ -34,7 +37,12 @@ RUN_RUNNING = "running"
 RUN_INTERRUPTED = "interrupted"
 RUN_ABORTED = "aborted"
 RUN_INCOMPLETE = "incomplete"
+RUN_HALTED = "halted"
 FINISHED_RUN_STATUSES = frozenset({RUN_SUCCEEDED, RUN_FAILED})
+
+
+class LeaseLost(FleetError):
+    """Another process took the state file over while this one was running."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +130,7 @@ class RunResult:
     elapsed_s: float
     resumed: bool
     aborted: FleetError | None = None
+    reason: str | None = None
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -136,91 +145,223 @@ async def run(
     *,
     run_id: str | None = None,
     progress: Progress | None = None,
-    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
     rng: random.Random | None = None,
+    stop: anyio.Event | None = None,
+    retry_failed: bool = False,
 ) -> RunResult:
-    """Run (or resume) the lifecycle of every model; the run's state is in `store`."""
+    """Run (or resume) the lifecycle of every model; the run's state is in `store`.
+
+    Setting `stop` drains the run: no new model is admitted and no new job submitted, jobs in
+    flight are left running on the server, and the run is recorded as interrupted.
+    """
     progress = progress or Progress()
+    stop = stop or anyio.Event()
     run_id = run_id or new_run_id()
     started = time.monotonic()
-    existing = await store.find_run(run_id)
-    if existing is not None and existing.status in FINISHED_RUN_STATUSES:
-        log.info("fleet.run.already_finished", run_id=run_id, status=existing.status)
-        result = await summarize(store, existing, elapsed_s=0.0, resumed=True)
-        return replace(result, status=existing.status)
-    stages = existing.stages if existing is not None else settings.stages
-    if existing is None:
-        specs = settings.model_specs()
-        await store.create_run(run_id, stages, specs, _settings_summary(settings))
-    models = await store.models(run_id)
-    progress.start(models, stages)
-    log.info(
-        "fleet.run.started",
-        run_id=run_id,
-        models=len(models),
-        resumed=existing is not None,
-        stages=",".join(stages),
-    )
-    ctx = Context(
-        run_id=run_id,
-        api=api,
-        store=store,
-        limiters={stage: anyio.CapacityLimiter(settings.limits.of(stage)) for stage in Stage},
-        poll_interval=settings.poll_interval,
-        progress=progress,
-        sleep=sleep,
-        rng=rng or random.Random(),  # noqa: S311 - jitter, not security
-    )
-    aborted: FleetError | None = None
-    try:
-        await api.check_project()
-        await _drive(ctx, models, stages, settings.concurrency)
-    except RunAborted as exc:
-        aborted = _fleet_error(exc)
-    except (AuthError, TransientApiError) as exc:
-        aborted = exc
-    except ApiError as exc:
-        # A refusal before any model started (an unknown project, for one) stops the run.
-        aborted = exc
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await store.set_run_status(run_id, RUN_INTERRUPTED, finished=False)
-            log.warning("fleet.run.interrupted", run_id=run_id)
-        raise
-    record = await store.run(run_id)
-    result = await summarize(
-        store, record, elapsed_s=time.monotonic() - started, resumed=existing is not None
-    )
-    status = RUN_ABORTED if aborted is not None else result.status
-    await store.set_run_status(run_id, status, finished=aborted is None)
+    async with _leased(store, settings.lease_ttl):
+        existing = await store.find_run(run_id)
+        if retry_failed and existing is None:
+            raise RunNotFound(f"run {run_id!r} is not in the state file")
+        if existing is not None and existing.status in FINISHED_RUN_STATUSES:
+            result = await summarize(store, existing, elapsed_s=0.0, resumed=True)
+            if not (retry_failed and result.failed):
+                log.info("fleet.run.already_finished", run_id=run_id, status=existing.status)
+                return replace(result, status=existing.status)
+        stages = existing.stages if existing is not None else settings.stages
+        if existing is None:
+            specs = settings.model_specs()
+            await store.create_run(run_id, stages, specs, _settings_summary(settings))
+        else:
+            await store.set_run_status(run_id, RUN_RUNNING, finished=False)
+        models = await store.models(run_id)
+        ctx = Context(
+            run_id=run_id,
+            api=api,
+            store=store,
+            limiters={stage: anyio.CapacityLimiter(settings.limits.of(stage)) for stage in Stage},
+            poll_interval=settings.poll_interval,
+            progress=progress,
+            sleep=sleep or _interruptible(stop),
+            rng=rng or random.Random(),  # noqa: S311 - jitter, not security
+            max_attempts={stage: settings.attempts.of(stage) for stage in Stage},
+            draining=stop,
+        )
+        if retry_failed:
+            models = await _reopen_failed(ctx, models)
+        progress.start(models, stages)
+        log.info(
+            "fleet.run.started",
+            run_id=run_id,
+            models=len(models),
+            resumed=existing is not None,
+            stages=",".join(stages),
+        )
+        policy = FailurePolicy(settings.max_failures, settings.min_success_ratio)
+        aborted: FleetError | None = None
+        try:
+            await api.check_project()
+            await _drive(
+                ctx,
+                models,
+                stages,
+                concurrency=settings.concurrency,
+                policy=policy,
+                progress=progress,
+            )
+        except RunAborted as exc:
+            aborted = _fleet_error(exc)
+        except ApiError as exc:
+            # Transient past every retry, a rejected token, or a refusal before any model
+            # started (an unknown project, for one): the run stops and can be resumed.
+            aborted = exc
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store.set_run_status(run_id, RUN_INTERRUPTED, finished=False)
+                log.warning("fleet.run.interrupted", run_id=run_id)
+            raise
+        record = await store.run(run_id)
+        result = await summarize(
+            store, record, elapsed_s=time.monotonic() - started, resumed=existing is not None
+        )
+        status, reason = _final_status(result, aborted, stop, policy)
+        await store.set_run_status(
+            run_id, status, finished=status in FINISHED_RUN_STATUSES, reason=reason
+        )
     log.info(
         "fleet.run.finished",
         run_id=run_id,
         status=status,
+        reason=reason,
         succeeded=result.succeeded,
         failed=len(result.failed),
         pending=result.pending,
         elapsed_s=round(result.elapsed_s, 3),
     )
-    return replace(result, status=status, aborted=aborted)
+    return replace(result, status=status, aborted=aborted, reason=reason)
+
+
+def _final_status(
+    result: RunResult, aborted: FleetError | None, stop: anyio.Event, policy: FailurePolicy
+) -> tuple[str, str | None]:
+    if aborted is not None:
+        return RUN_ABORTED, str(aborted)
+    if policy.reason is not None:
+        return RUN_HALTED, policy.reason
+    if stop.is_set() and result.pending:
+        return RUN_INTERRUPTED, "stopped by a signal"
+    return result.status, None
+
+
+@dataclass(slots=True)
+class FailurePolicy:
+    """Stop admitting models once too many have failed (a broken dataset, say)."""
+
+    max_failures: int | None
+    min_success_ratio: float | None
+    # The ratio is judged only once this many models have finished.
+    min_sample: int = 10
+    reason: str | None = None
+
+    def check(self, progress: Progress) -> bool:
+        """True while new models may be admitted."""
+        if self.reason is not None:
+            return False
+        failed = progress.models_failed
+        finished = progress.models_failed + progress.models_succeeded
+        if self.max_failures is not None and failed > self.max_failures:
+            self.reason = f"{failed} models failed, more than max_failures={self.max_failures}"
+        elif (
+            self.min_success_ratio is not None
+            and finished >= self.min_sample
+            and (finished - failed) / finished < self.min_success_ratio
+        ):
+            self.reason = (
+                f"{finished - failed} of {finished} finished models succeeded, below "
+                f"min_success_ratio={self.min_success_ratio}"
+            )
+        if self.reason is not None:
+            log.error("fleet.run.halted", reason=self.reason)
+            return False
+        return True
 
 
 async def _drive(
     ctx: Context,
     models: list[ModelRecord],
     stages: tuple[Stage, ...],
+    *,
     concurrency: int,
+    policy: FailurePolicy,
+    progress: Progress,
 ) -> None:
     queue: Iterator[ModelRecord] = iter(models)
 
     async def worker() -> None:
         for model in queue:
+            if ctx.draining.is_set() or not policy.check(progress):
+                return
             await run_model(ctx, model, stages)
 
     with ungrouped():
         async with anyio.create_task_group() as tg:
             for _ in range(min(concurrency, len(models))):
                 tg.start_soon(worker)
+
+
+async def _reopen_failed(ctx: Context, models: list[ModelRecord]) -> list[ModelRecord]:
+    """`--retry-failed`: each failed stage opens a new attempt; the rest stays as it is."""
+    reopened = []
+    for model in models:
+        stages = dict(model.stages)
+        for stage, record in model.stages.items():
+            if record.state is StageState.FAILED:
+                stages[stage] = await transition(
+                    ctx, record, StageState.RETRYING, detail="fleet run --retry-failed"
+                )
+        reopened.append(replace(model, stages=stages))
+    return reopened
+
+
+def _interruptible(stop: anyio.Event) -> Callable[[float], Awaitable[None]]:
+    async def sleep(seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await stop.wait()
+
+    return sleep
+
+
+@asynccontextmanager
+async def _leased(store: Store, ttl_s: float) -> AsyncIterator[None]:
+    """Hold the state file's lease for the block, renewing it; a second process is refused."""
+    now = utc_now()
+    me = Lease(
+        holder=secrets.token_hex(8),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        since=now,
+        renewed_at=now,
+    )
+    await store.acquire_lease(me, ttl_s)
+
+    async def renew() -> None:
+        while True:
+            await anyio.sleep(ttl_s / 3)
+            if not await store.renew_lease(me):
+                raise LeaseLost(
+                    "another fleet process took over the state file (this one stopped renewing "
+                    "its lease for longer than lease_ttl); stopping"
+                )
+
+    try:
+        with ungrouped():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(renew)
+                yield
+                tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.release_lease(me)
 
 
 async def summarize(

@@ -1,13 +1,16 @@
 """The lifecycle as data: the stages, the states a stage moves through, and the allowed moves.
 
     pending ──► submitting ──► submitted ──► running ──► succeeded
-       │            │              │            └──────► failed
-       │            │              └──► succeeded | failed
+       │            │  ▲           │            ├──────► failed
+       │            │  │           │            └──────► retrying ─┐
+       │            │  └───────────┼───────────────────────────────┘ (a new attempt)
+       │            │              └──► succeeded | failed | retrying
        │            └──► succeeded (approve is synchronous) | failed
-       └──► skipped | failed
+       └──► skipped | failed                failed ──► retrying (fleet run --retry-failed)
 
 `submitting` is written to the store *before* a request goes out, so a restart knows that a
-submission may exist on the server and looks for it before sending another.
+submission may exist on the server and looks for it before sending another. `retrying` closes
+an attempt whose job ended in ERROR; the next `submitting` opens a new one.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class StageState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
+    RETRYING = "retrying"
 
 
 S = StageState
@@ -59,11 +63,18 @@ ALLOWED: frozenset[tuple[StageState, StageState]] = frozenset(
         (S.SUBMITTED, S.FAILED),
         (S.RUNNING, S.SUCCEEDED),
         (S.RUNNING, S.FAILED),
+        (S.SUBMITTED, S.RETRYING),
+        (S.RUNNING, S.RETRYING),
+        (S.SUBMITTING, S.RETRYING),
+        (S.FAILED, S.RETRYING),
+        (S.RETRYING, S.SUBMITTING),
     }
 )
+# A stage ready to open a new attempt.
+STARTABLE: frozenset[StageState] = frozenset({S.PENDING, S.RETRYING})
 DONE: frozenset[StageState] = frozenset({S.SUCCEEDED, S.SKIPPED})
 FINISHED: frozenset[StageState] = frozenset({S.SUCCEEDED, S.SKIPPED, S.FAILED})
-IN_FLIGHT: frozenset[StageState] = frozenset({S.SUBMITTING, S.SUBMITTED, S.RUNNING})
+IN_FLIGHT: frozenset[StageState] = frozenset({S.SUBMITTING, S.SUBMITTED, S.RUNNING, S.RETRYING})
 
 
 class Outcome(StrEnum):

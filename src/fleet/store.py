@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -22,7 +24,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from fleet.config import Lifecycle, ModelSpec
-from fleet.errors import RunNotFound, StoreError, ungrouped
+from fleet.errors import FleetError, RunNotFound, StoreError, ungrouped
 from fleet.stages import STAGE_ORDER, Stage, StageState
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -81,6 +83,30 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX transitions_by_model ON transitions (run_id, model_id);
     """,
+    """
+    CREATE TABLE attempts (
+        run_id           TEXT NOT NULL,
+        model_id         TEXT NOT NULL,
+        stage            TEXT NOT NULL,
+        attempt          INTEGER NOT NULL,
+        job_id           TEXT,
+        trained_model_id TEXT,
+        outcome          TEXT NOT NULL,
+        error            TEXT,
+        submitted_at     TEXT,
+        finished_at      TEXT,
+        PRIMARY KEY (run_id, model_id, stage, attempt)
+    );
+    CREATE TABLE lease (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        holder     TEXT NOT NULL,
+        host       TEXT NOT NULL,
+        pid        INTEGER NOT NULL,
+        since      TEXT NOT NULL,
+        renewed_at TEXT NOT NULL
+    );
+    ALTER TABLE runs ADD COLUMN reason TEXT;
+    """,
 )
 
 _INSERT_RUN = (
@@ -93,7 +119,7 @@ _INSERT_MODEL = (
 _INSERT_STAGE = (
     "INSERT INTO stages (run_id, model_id, stage, state, updated_at) VALUES (?, ?, ?, 'pending', ?)"
 )
-_UPDATE_RUN = "UPDATE runs SET status = ?, updated_at = ?, finished_at = ? WHERE id = ?"
+_UPDATE_RUN = "UPDATE runs SET status = ?, updated_at = ?, finished_at = ?, reason = ? WHERE id = ?"
 _UPDATE_STAGE = (
     "UPDATE stages SET (state, attempt, job_id, trained_model_id, deployment_id, error, data,"
     " submitted_at, finished_at, updated_at) = (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -102,6 +128,10 @@ _UPDATE_STAGE = (
 _INSERT_TRANSITION = (
     "INSERT INTO transitions (run_id, model_id, stage, from_state, to_state, at, detail)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_ATTEMPT = (
+    "INSERT OR REPLACE INTO attempts (run_id, model_id, stage, attempt, job_id, trained_model_id,"
+    " outcome, error, submitted_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_METRIC = (
     "INSERT OR REPLACE INTO metrics (run_id, model_id, trained_model_id, name, value)"
@@ -140,6 +170,7 @@ class RunRecord:
     finished_at: datetime | None
     status: str
     stages: tuple[Stage, ...]
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +183,36 @@ class ModelRecord:
     metrics: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who drives a state file: one process at a time."""
+
+    holder: str
+    host: str
+    pid: int
+    since: datetime
+    renewed_at: datetime
+
+
+class LeaseHeld(FleetError):
+    """Another live process drives this state file."""
+
+    def __init__(self, lease: Lease, path: str) -> None:
+        super().__init__(
+            f"{path} is in use by fleet pid {lease.pid} on {lease.host} since "
+            f"{lease.since.isoformat(timespec='seconds')} (last renewed "
+            f"{lease.renewed_at.isoformat(timespec='seconds')}); wait for it to finish, or "
+            "stop it; a holder that stops renewing is taken over after lease_ttl seconds"
+        )
+        self.lease = lease
+
+
 @dataclass(slots=True)
 class _Write:
     statements: Sequence[tuple[str, Sequence[Any]]]
+    # A read-decide-write step that must run alone in its own transaction (the lease).
+    step: Callable[[aiosqlite.Connection], Awaitable[Any]] | None = None
+    result: Any = None
     done: anyio.Event = field(default_factory=anyio.Event)
     error: BaseException | None = None
 
@@ -162,8 +220,11 @@ class _Write:
 class Store:
     """The state file. Open with `async with Store.open(path) as store:`."""
 
-    def __init__(self, conn: aiosqlite.Connection, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self, conn: aiosqlite.Connection, now: Callable[[], datetime], path: str = ""
+    ) -> None:
         self._conn = conn
+        self._path = path
         self._now = now
         send, receive = anyio.create_memory_object_stream[_Write](max_buffer_size=math.inf)
         self._send: MemoryObjectSendStream[_Write] = send
@@ -179,7 +240,7 @@ class Store:
             conn = await aiosqlite.connect(str(path), isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open state file {path}: {exc}") from exc
-        store = cls(conn, now)
+        store = cls(conn, now, str(path))
         try:
             await store._prepare(path)
             with ungrouped():
@@ -216,29 +277,42 @@ class Store:
 
     # -- writes ------------------------------------------------------------------------------
 
-    async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        write = _Write(statements)
+    async def _write(
+        self,
+        statements: Sequence[tuple[str, Sequence[Any]]],
+        step: Callable[[aiosqlite.Connection], Awaitable[Any]] | None = None,
+    ) -> Any:
+        write = _Write(statements, step)
         await self._send.send(write)
         # The write must reach the disk even if this step is being cancelled.
         with anyio.CancelScope(shield=True):
             await write.done.wait()
+        if isinstance(write.error, FleetError):
+            raise write.error
         if write.error is not None:
             raise StoreError(f"cannot write state: {write.error}") from write.error
+        return write.result
 
     async def _writer(self) -> None:
         async with self._receive:
             async for first in self._receive:
                 batch = [first]
-                while True:
+                while batch[-1].step is None:
                     try:
                         batch.append(self._receive.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                await self._commit(batch)
+                step = batch.pop() if batch[-1].step is not None else None
+                if batch:
+                    await self._commit(batch)
+                if step is not None:
+                    await self._commit([step])
 
     async def _commit(self, batch: list[_Write]) -> None:
         try:
             await self._conn.execute("BEGIN IMMEDIATE")
+            if batch[0].step is not None:
+                batch[0].result = await batch[0].step(self._conn)
             grouped: dict[str, list[Sequence[Any]]] = {}
             for write in batch:
                 for sql, params in write.statements:
@@ -247,7 +321,7 @@ class Store:
                 await self._conn.executemany(sql, rows)
             await self._conn.commit()
             self.commits += 1
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, FleetError) as exc:
             await _rollback(self._conn)
             for write in batch:
                 write.error = exc
@@ -280,16 +354,11 @@ class Store:
             )
         await self._write(statements)
 
-    async def set_run_status(self, run_id: str, status: str, *, finished: bool) -> None:
+    async def set_run_status(
+        self, run_id: str, status: str, *, finished: bool, reason: str | None = None
+    ) -> None:
         now = self._iso()
-        await self._write(
-            [
-                (
-                    _UPDATE_RUN,
-                    (status, now, now if finished else None, run_id),
-                )
-            ]
-        )
+        await self._write([(_UPDATE_RUN, (status, now, now if finished else None, reason, run_id))])
 
     async def save_stage(
         self,
@@ -334,6 +403,26 @@ class Store:
                 ),
             ),
         ]
+        if record.attempt > 0:
+            # One row per attempt, kept as it was when the attempt closed.
+            outcome = StageState.FAILED if record.state is StageState.RETRYING else record.state
+            statements.append(
+                (
+                    _UPSERT_ATTEMPT,
+                    (
+                        record.run_id,
+                        record.model_id,
+                        record.stage.value,
+                        record.attempt,
+                        record.job_id,
+                        record.trained_model_id,
+                        outcome.value,
+                        record.error,
+                        _iso(record.submitted_at),
+                        _iso(record.finished_at),
+                    ),
+                )
+            )
         for name, value in (metrics or {}).items():
             statements.append(
                 (
@@ -344,7 +433,56 @@ class Store:
         await self._write(statements)
         return record
 
+    async def acquire_lease(self, me: Lease, ttl_s: float) -> None:
+        """Take the state file for this process, unless another live process holds it."""
+
+        async def take(conn: aiosqlite.Connection) -> None:
+            async with conn.execute("SELECT * FROM lease WHERE id = 1") as cursor:
+                row = await cursor.fetchone()
+            if row is not None:
+                held = Lease(row[1], row[2], row[3], _parse(row[4]), _parse(row[5]))
+                if held.holder != me.holder and not _stale(held, self._now(), ttl_s):
+                    raise LeaseHeld(held, self._path)
+            await conn.execute(
+                "INSERT OR REPLACE INTO lease (id, holder, host, pid, since, renewed_at)"
+                " VALUES (1, ?, ?, ?, ?, ?)",
+                (me.holder, me.host, me.pid, _iso(me.since), _iso(me.renewed_at)),
+            )
+
+        await self._write([], take)
+
+    async def renew_lease(self, me: Lease) -> bool:
+        """Mark this process alive; False when another process has taken the lease over."""
+
+        async def renew(conn: aiosqlite.Connection) -> bool:
+            cursor = await conn.execute(
+                "UPDATE lease SET renewed_at = ? WHERE id = 1 AND holder = ?",
+                (self._iso(), me.holder),
+            )
+            return cursor.rowcount == 1
+
+        renewed: bool = await self._write([], renew)
+        return renewed
+
+    async def release_lease(self, me: Lease) -> None:
+        await self._write([("DELETE FROM lease WHERE id = 1 AND holder = ?", (me.holder,))])
+
     # -- reads -------------------------------------------------------------------------------
+
+    async def latest_unfinished_run(self, finished: frozenset[str]) -> RunRecord | None:
+        marks = ",".join("?" * len(finished))
+        rows = await self._fetch(
+            f"SELECT * FROM runs WHERE status NOT IN ({marks})"  # noqa: S608 - placeholders only
+            " ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            tuple(sorted(finished)),
+        )
+        return _run(rows[0]) if rows else None
+
+    async def attempts(self, run_id: str) -> list[dict[str, Any]]:
+        rows = await self._fetch(
+            "SELECT * FROM attempts WHERE run_id = ? ORDER BY model_id, stage, attempt", (run_id,)
+        )
+        return [dict(row) for row in rows]
 
     async def run(self, run_id: str) -> RunRecord:
         rows = await self._fetch("SELECT * FROM runs WHERE id = ?", (run_id,))
@@ -425,6 +563,24 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(timespec="milliseconds")
 
 
+def _parse(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def _stale(lease: Lease, now: datetime, ttl_s: float) -> bool:
+    """A holder that stopped renewing, or a process on this host that no longer exists."""
+    if (now - lease.renewed_at).total_seconds() > ttl_s:
+        return True
+    if lease.host == socket.gethostname():
+        try:
+            os.kill(lease.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return False
+
+
 def _dt(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
@@ -437,6 +593,7 @@ def _run(row: sqlite3.Row) -> RunRecord:
         finished_at=_dt(row["finished_at"]),
         status=row["status"],
         stages=tuple(Stage(s) for s in row["stages"].split(",") if s),
+        reason=row["reason"],
     )
 
 
