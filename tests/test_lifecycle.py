@@ -227,3 +227,8 @@ def _train_request(spec: Lifecycle) -> TrainRequest:
         resources=spec.resources.model_dump(),
         docker_image=spec.docker_image,
     )
+
+
+def test_every_state_a_stage_can_enter_has_a_log_event() -> None:
+    """Each reachable state has its fixed dotted event name."""
+    assert set(lifecycle._EVENTS) == {to for _, to in ALLOWED}

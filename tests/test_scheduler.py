@@ -226,3 +226,95 @@ async def test_only_the_configured_stages_run(tmp_path: Path) -> None:
     assert result.status == "succeeded"
     assert stats["jobs_by_type"]["DEPLOYMENT"] == 0
     assert stats["jobs_by_type"]["EVALUATION"] == 4
+
+
+async def test_an_errored_job_is_retried_as_a_new_attempt(tmp_path: Path) -> None:
+    """With three tries, a training that ends in ERROR once is tried again and succeeds."""
+    async with emulated(models=30, job_error_rate=0.2, seed=5) as env:
+        world = env.world
+        once = {
+            m.id
+            for m in world.models()
+            if world.job_will_fail(m.id, "TRAINING", 1)
+            and not world.job_will_fail(m.id, "TRAINING", 2)
+        }
+        db = tmp_path / "fleet.db"
+        await _run(env, db, **{"attempts.train": 3, "stages": "train"})
+        async with Store.open(db) as store:
+            attempts = await store.attempts("night-1")
+            models = {m.spec.id: m for m in await store.models("night-1")}
+    assert once, "the seed must make some first trainings fail"
+    for model_id in once:
+        rows = [a for a in attempts if a["model_id"] == model_id]
+        assert [a["outcome"] for a in rows][:2] == ["failed", "succeeded"]
+        assert models[model_id].stages[Stage.TRAIN].attempt == 2
+        assert models[model_id].stages[Stage.TRAIN].state is StageState.SUCCEEDED
+
+
+async def test_retry_failed_reruns_only_the_failed_models(tmp_path: Path) -> None:
+    """`retry_failed` reopens failed stages; succeeded models submit nothing new."""
+    db = tmp_path / "fleet.db"
+    async with emulated(models=20, job_error_rate=0.15, seed=3) as env:
+        first = await _run(env, db)
+        jobs_before = env.world.stats()["jobs_total"]
+        async with Store.open(db) as store:
+            again = await scheduler.run(
+                settings_for(env, db),
+                env.api,
+                store,
+                run_id="night-1",
+                sleep=env.time.sleep,
+                retry_failed=True,
+            )
+        new_jobs = env.world.jobs()[jobs_before:]
+    assert first.failed
+    assert {j.model_id for j in new_jobs} == {f.model_id for f in first.failed}
+    assert again.succeeded > first.succeeded
+
+
+async def test_the_failure_policy_stops_admitting_models(tmp_path: Path) -> None:
+    """Past max_failures no new model starts; the run is halted with the reason."""
+    async with emulated(models=40, job_error_rate=0.5, seed=1) as env:
+        result = await _run(env, tmp_path / "fleet.db", concurrency=2, max_failures=2)
+        trained = env.world.stats()["jobs_by_type"]["TRAINING"]
+    assert result.status == "halted"
+    assert result.reason is not None
+    assert "max_failures=2" in result.reason
+    assert result.pending > 0
+    assert trained < 40
+
+
+async def test_a_drained_run_submits_nothing_more_and_resumes(tmp_path: Path) -> None:
+    """Setting `stop` mid-run: no submission after it, status interrupted; resume finishes."""
+    db = tmp_path / "fleet.db"
+    async with emulated(models=12) as env:
+        stop = anyio.Event()
+        seen_at_stop: list[int] = []
+
+        class StopAfterSubmissions(scheduler.Progress):
+            def moved(self, stage: Stage, before: StageState, after: StageState) -> None:
+                super().moved(stage, before, after)
+                if after is StageState.SUBMITTED and not stop.is_set():
+                    submitted = sum(c[StageState.SUBMITTED] for c in self.counts.values())
+                    if submitted >= 5:
+                        stop.set()
+                        seen_at_stop.append(env.world.stats()["jobs_total"])
+
+        async with Store.open(db) as store:
+            result = await scheduler.run(
+                settings_for(env, db),
+                env.api,
+                store,
+                run_id="night-1",
+                progress=StopAfterSubmissions(),
+                sleep=env.time.sleep,
+                stop=stop,
+            )
+        jobs_after = env.world.stats()["jobs_total"]
+        resumed = await _run(env, db)
+        stats = env.world.stats()
+    assert result.status == "interrupted"
+    # Submissions already under way when the signal came may still land, nothing after.
+    assert jobs_after <= seen_at_stop[0] + 12
+    assert resumed.status == "succeeded"
+    assert stats["max_jobs_per_model_and_type"] == 1

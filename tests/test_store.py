@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
+import subprocess
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -12,7 +16,7 @@ import pytest
 from fleet.config import Lifecycle, ModelSpec
 from fleet.errors import RunNotFound, StoreError
 from fleet.stages import STAGE_ORDER, Stage, StageState
-from fleet.store import _MIGRATIONS, Store
+from fleet.store import _MIGRATIONS, Lease, LeaseHeld, Store
 
 MODEL_IDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 41)]
 
@@ -141,3 +145,42 @@ async def test_a_file_from_a_newer_fleet_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="newer fleet"):
         async with Store.open(path):
             pass
+
+
+def _lease(holder: str, *, pid: int | None = None, host: str | None = None) -> Lease:
+    now = datetime.now(UTC)
+    return Lease(
+        holder=holder,
+        host=host or socket.gethostname(),
+        pid=pid or os.getpid(),
+        since=now,
+        renewed_at=now,
+    )
+
+
+async def test_a_live_lease_refuses_a_second_holder(tmp_path: Path) -> None:
+    """While one holder renews, another is refused with its host, pid and start time."""
+    async with Store.open(tmp_path / "fleet.db") as store:
+        await store.acquire_lease(_lease("a"), ttl_s=60)
+        with pytest.raises(LeaseHeld, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+            await store.acquire_lease(_lease("b"), ttl_s=60)
+        assert await store.renew_lease(_lease("a"))
+        await store.release_lease(_lease("a"))
+        await store.acquire_lease(_lease("b"), ttl_s=60)
+
+
+async def test_a_stale_or_dead_holder_is_taken_over(tmp_path: Path) -> None:
+    """A holder past its ttl, or a dead pid on this host, loses the lease to the next one."""
+    async with Store.open(tmp_path / "fleet.db") as store:
+        await store.acquire_lease(_lease("ghost", host="elsewhere"), ttl_s=60)
+        await store.acquire_lease(_lease("b"), ttl_s=0.000001)  # stale by now
+        assert not await store.renew_lease(_lease("ghost"))
+    async with Store.open(tmp_path / "other.db") as store:
+        await store.acquire_lease(_lease("c", pid=_ended_pid()), ttl_s=60)
+        await store.acquire_lease(_lease("d"), ttl_s=60)
+
+
+def _ended_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

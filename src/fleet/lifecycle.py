@@ -47,6 +47,7 @@ _EVENTS: dict[StageState, str] = {
     S.SUCCEEDED: "fleet.stage.succeeded",
     S.FAILED: "fleet.stage.failed",
     S.SKIPPED: "fleet.stage.skipped",
+    S.RETRYING: "fleet.stage.retrying",
 }
 # How far back before a recorded intent a job found on the server may have been created and
 # still be ours: covers clock skew between this host and the server.
@@ -128,7 +129,7 @@ async def transition(
     }
     if saved.job_id:
         fields["job_id"] = saved.job_id
-    if to is S.FAILED:
+    if to in {S.FAILED, S.RETRYING}:
         fields["error"] = saved.error
     if detail:
         fields["detail"] = detail

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import time
+
+import anyio
+import httpx
 import pytest
 
-from fleet.sim import SimSettings
-from fleet.sim.faults import FaultInjector
+from fleet.sim import ManualClock, SimSettings, build, serve
+from fleet.sim.faults import ConnectionDropped, FaultInjector
 
 STATS_URL = "http://sim/_sim/stats"
 
@@ -83,3 +87,91 @@ async def test_job_errors_are_deterministic_and_predicted(client, clock, world):
         version = (await client.get(f"/api/trainedModels/{job['trainedModelId']}")).json()
         assert (version["status"] == "TRAINED") is not failed
     assert (await client.get(STATS_URL)).json()["faults"]["job_error"] == len(expected)
+
+
+async def test_dropped_post_over_loopback_takes_effect_and_the_server_carries_on(capfd):
+    """Over a socket a dropped POST is a transport error, yet its job exists; serving goes on."""
+    settings = SimSettings(models=2, drop_rate=1.0, fault_methods=("POST",))
+    world, app = build(settings, ManualClock())
+    model_id = world.models()[0].id
+    headers = {"Authorization": f"Bearer {settings.token}", "AOA-Project-ID": settings.project_id}
+    async with serve(app) as base_url, httpx.AsyncClient(base_url=base_url, headers=headers) as c:
+        with pytest.raises(httpx.TransportError) as raised:
+            await c.post(f"/api/models/{model_id}/train", json={})
+        assert isinstance(raised.value, httpx.RemoteProtocolError)
+        jobs = (await c.get("/api/jobs")).json()["_embedded"]["jobs"]
+        assert [(j["modelId"], j["type"]) for j in jobs] == [(model_id, "TRAINING")]
+        with pytest.raises(httpx.RemoteProtocolError):
+            await c.post(f"/api/models/{model_id}/train", json={})
+        assert (await c.get(f"/api/models/{model_id}")).status_code == 200
+        stats = (await c.get(base_url.removesuffix("/modelops/core") + "/_sim/stats")).json()
+    assert stats["faults"]["drop"] == 2
+    assert stats["jobs_total"] == 2
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("settings", [SimSettings(models=2, drop_rate=1.0)])
+async def test_dropped_request_in_process_raises_remote_protocol_error(client, world):
+    """Through ASGITransport a dropped answer raises ConnectionDropped, an httpx error."""
+    model_id = world.models()[0].id
+    with pytest.raises(httpx.RemoteProtocolError) as raised:
+        await client.post(f"/api/models/{model_id}/train", json={})
+    assert isinstance(raised.value, ConnectionDropped)
+    assert raised.value.request.method == "POST"
+    assert len(world.jobs()) == 1
+    with pytest.raises(ConnectionDropped):
+        await client.get("/api/models")
+    assert world.stats()["faults"]["drop"] == 2
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [SimSettings(models=2, delay_after_rate=1.0, delay_after_s=0.05, fault_methods=("POST",))],
+)
+async def test_delay_after_applies_the_effect_before_answering(client, world):
+    """A delayed answer is held back after the job exists: a GET meanwhile already lists it."""
+    model_id = world.models()[0].id
+    answers: list[httpx.Response] = []
+
+    async def train() -> None:
+        answers.append(await client.post(f"/api/models/{model_id}/train", json={}))
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(train)
+        await anyio.wait_all_tasks_blocked()  # the POST is handled and now waits to answer
+        listed = (await client.get("/api/jobs")).json()["_embedded"]["jobs"]
+        assert answers == []
+        assert [j["modelId"] for j in listed] == [model_id]
+    assert time.perf_counter() - started >= 0.05
+    assert answers[0].status_code == 200
+    assert answers[0].json()["id"] == listed[0]["id"]
+    assert world.stats()["faults"]["delay_after"] == 1
+
+
+@pytest.mark.parametrize(
+    "settings", [SimSettings(models=2, http_500_rate=1.0, fault_methods=("POST",))]
+)
+async def test_fault_methods_spare_the_methods_left_out(client, world):
+    """With fault_methods=("POST",) every GET answers normally while every POST is faulted."""
+    model_id = world.models()[0].id
+    assert (await client.get("/api/models")).status_code == 200
+    assert (await client.get(f"/api/models/{model_id}")).status_code == 200
+    assert (await client.post(f"/api/models/{model_id}/train", json={})).status_code == 500
+    assert world.stats()["faults"]["http_500"] == 1
+
+
+def test_after_faults_are_seeded_and_roughly_honoured():
+    """Drops and delays follow the seed and their rates, and draw nothing when both are off."""
+    settings = SimSettings(drop_rate=0.1, delay_after_rate=0.2, seed=5)
+    one, two = FaultInjector(settings), FaultInjector(settings)
+    draws = [one.after() for _ in range(20_000)]
+    assert draws == [two.after() for _ in range(20_000)]
+    assert 1700 < draws.count("drop") < 2300
+    assert 3600 < draws.count("delay_after") < 4400
+    quiet = FaultInjector(SimSettings(http_500_rate=0.5, seed=5))
+    plain = FaultInjector(SimSettings(http_500_rate=0.5, seed=5, drop_rate=0.5))
+    for _ in range(100):
+        assert quiet.after() is None
+        plain.after()
+        assert quiet.draw() == plain.draw()

@@ -45,4 +45,12 @@ async def test_initial_state_creates_no_jobs(client, world):
     stats = (await client.get(STATS_URL)).json()
     assert stats["jobs_total"] == 0
     assert stats["active_deployments"] == world.settings.models
-    assert set(stats["faults"]) == {"http_500", "http_503", "http_429", "slow", "job_error"}
+    assert set(stats["faults"]) == {
+        "http_500",
+        "http_503",
+        "http_429",
+        "slow",
+        "drop",
+        "delay_after",
+        "job_error",
+    }

@@ -135,6 +135,31 @@ def test_settings_are_validated():
         SimSettings(http_429_rate=0.6, http_500_rate=0.6)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"drop_rate": -0.1}, "drop_rate must be within"),
+        ({"delay_after_rate": 1.5}, "delay_after_rate must be within"),
+        ({"drop_rate": 0.5, "delay_after_rate": 0.6}, "drop_rate \\+ delay_after_rate"),
+        ({"delay_after_s": -1.0}, "delay_after_s must be >= 0"),
+        ({"fault_methods": ("GET", "PUT")}, "fault_methods must be"),
+        ({"fault_methods": ("post",)}, "fault_methods must be"),
+        ({"fault_methods": "POST"}, "fault_methods must be"),
+        ({"fault_methods": ["POST"]}, "fault_methods must be"),
+    ],
+)
+def test_after_fault_settings_are_validated(changes, message):
+    """Bad drop and delay rates, a negative delay and unknown fault methods are refused."""
+    with pytest.raises(ValueError, match=message):
+        SimSettings(**changes)
+
+
+def test_fault_methods_may_target_one_method_or_none():
+    """fault_methods accepts GET, POST, both, or nothing at all."""
+    for methods in [("GET",), ("POST",), ("GET", "POST"), ()]:
+        assert SimSettings(fault_methods=methods).fault_methods == methods
+
+
 def test_build_defaults_to_a_sped_up_real_clock():
     """build() returns a world on a SimClock and an app serving it."""
     world, app = build(SimSettings(models=1))

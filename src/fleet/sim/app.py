@@ -2,7 +2,8 @@
 
 Every API request goes through the same gate, in the order a real deployment applies it:
 authentication, project membership, gateway faults, then the world catches up with the clock
-and the route runs. A fault answers before the route runs, so a faulted POST creates nothing.
+and the route runs. A fault answers before the route runs, so a faulted POST creates nothing;
+only a dropped or delayed answer comes after the route, so its POST did take effect.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from fleet.sim import views
-from fleet.sim.faults import FaultInjector
+from fleet.sim.faults import DroppedResponse, Fault, FaultInjector
 from fleet.sim.paging import hal_page, page_request
 from fleet.sim.world import InvalidRequestError, NotFoundError, SimError
 
@@ -92,29 +93,45 @@ class _Api:
 
     def gate(self, method: str, path: str, handler: Handler) -> Handler:
         route = f"{method} {PREFIX}{path}"
+        # The route's method, so a HEAD on a GET route is faulted as the GET it stands for.
+        faulty = self._faults.applies_to(method)
 
         async def endpoint(request: Request) -> Response:
             self._world.count_request(route)
             refusal = self._admit(request)
             if refusal is not None:
                 return refusal
+            if not faulty:
+                return await self._handle(request, handler)
             fault = self._faults.draw()
             if fault is not None:
-                self._world.count_fault(fault.kind)
-                headers = (
-                    {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
-                )
-                return self._error(request, fault.status, fault.message, headers)
+                return self._fault(request, fault)
             if self._faults.slow():
                 self._world.count_fault("slow")
                 await anyio.sleep(self._world.settings.slow_s)
-            self._world.advance()
-            try:
-                return await handler(request)
-            except SimError as exc:
-                return self._error(request, exc.status, exc.message)
+            after = self._faults.after()  # drawn on arrival, so the draws follow arrival order
+            answer = await self._handle(request, handler)
+            if after is not None:
+                self._world.count_fault(after)
+            if after == "drop":
+                return DroppedResponse(answer)
+            if after == "delay_after":
+                await anyio.sleep(self._world.settings.delay_after_s)
+            return answer
 
         return endpoint
+
+    async def _handle(self, request: Request, handler: Handler) -> Response:
+        self._world.advance()
+        try:
+            return await handler(request)
+        except SimError as exc:
+            return self._error(request, exc.status, exc.message)
+
+    def _fault(self, request: Request, fault: Fault) -> Response:
+        self._world.count_fault(fault.kind)
+        headers = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+        return self._error(request, fault.status, fault.message, headers)
 
     def _admit(self, request: Request) -> Response | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

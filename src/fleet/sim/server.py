@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -10,9 +11,10 @@ import anyio
 import uvicorn
 
 from fleet.sim.app import PREFIX
+from fleet.sim.faults import ConnectionDropped
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Generator
+    from collections.abc import AsyncIterator, Callable, Generator, Iterator
 
     from starlette.types import ASGIApp
 
@@ -28,6 +30,22 @@ class _Server(uvicorn.Server):
         yield
 
 
+@contextlib.contextmanager
+def _drops_unlogged() -> Iterator[None]:
+    """Keep uvicorn from logging, as an application error, a drop the emulator meant."""
+
+    def not_a_drop(record: logging.LogRecord) -> bool:
+        return record.exc_info is None or not isinstance(record.exc_info[1], ConnectionDropped)
+
+    # One filter per server: two servers at once must not remove each other's.
+    logger = logging.getLogger("uvicorn.error")
+    logger.addFilter(not_a_drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(not_a_drop)
+
+
 @asynccontextmanager
 async def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Serve `app` until the block exits; yields the base URL including `/modelops/core`."""
@@ -41,6 +59,14 @@ async def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIt
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
     )
     server = _Server(config)
+    # After `Config`, which (re)configures uvicorn's loggers.
+    with _drops_unlogged():
+        async with _serving(server, host, port) as base_url:
+            yield base_url
+
+
+@asynccontextmanager
+async def _serving(server: _Server, host: str, port: int) -> AsyncIterator[str]:
     stopped = anyio.Event()
     failed: list[BaseException] = []
 

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from fleet.sim.clock import Clock
 
 _DAY = 86_400.0
-_FAULT_KINDS = ("http_500", "http_503", "http_429", "slow", "job_error")
+_FAULT_KINDS = ("http_500", "http_503", "http_429", "slow", "drop", "delay_after", "job_error")
+_FAULT_METHODS = frozenset({"GET", "POST"})
 # A version can be approved only from EVALUATED; evaluating again never demotes a decision.
 _EVALUATED_FROM = frozenset({"TRAINED", "EVALUATED"})
 
@@ -35,7 +36,9 @@ class SimSettings:
     """How big the emulated project is and how badly it behaves.
 
     Rates are probabilities in [0, 1]: `job_error_rate` per job (decided by a hash of the job,
-    see `World.job_will_fail`), the `http_*_rate`s and `slow_rate` per API request.
+    see `World.job_will_fail`), the others per API request whose method is in `fault_methods`.
+    `drop_rate` and `delay_after_rate` strike after the request took effect: its answer is cut
+    off mid-body (the client sees a transport error), or sent only after `delay_after_s`.
     """
 
     models: int = 200  # named store-0001 ... store-0200
@@ -50,6 +53,10 @@ class SimSettings:
     retry_after_s: float = 1.0  # sent with 429 and 503, rounded up to whole seconds
     slow_rate: float = 0.0
     slow_s: float = 0.5  # real seconds a slow request waits before it is handled
+    drop_rate: float = 0.0
+    delay_after_rate: float = 0.0
+    delay_after_s: float = 5.0  # real seconds a handled request holds back its answer
+    fault_methods: tuple[str, ...] = ("GET", "POST")  # the methods the HTTP faults strike
     initial_deployed: bool = True  # every model starts with a version deployed last night
 
     def __post_init__(self) -> None:
@@ -57,14 +64,29 @@ class SimSettings:
             raise ValueError(f"models must be >= 0, got {self.models}")
         if self.time_scale <= 0:
             raise ValueError(f"time_scale must be positive, got {self.time_scale}")
-        rates = ("job_error_rate", "http_500_rate", "http_503_rate", "http_429_rate", "slow_rate")
+        rates = (
+            "job_error_rate",
+            "http_500_rate",
+            "http_503_rate",
+            "http_429_rate",
+            "slow_rate",
+            "drop_rate",
+            "delay_after_rate",
+        )
         for name in rates:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
         if self.http_500_rate + self.http_503_rate + self.http_429_rate > 1.0:
             raise ValueError("http_500_rate + http_503_rate + http_429_rate must not exceed 1")
-        if self.retry_after_s < 0 or self.slow_s < 0:
-            raise ValueError("retry_after_s and slow_s must be >= 0")
+        if self.drop_rate + self.delay_after_rate > 1.0:
+            raise ValueError("drop_rate + delay_after_rate must not exceed 1")
+        if self.retry_after_s < 0 or self.slow_s < 0 or self.delay_after_s < 0:
+            raise ValueError("retry_after_s, slow_s and delay_after_s must be >= 0")
+        methods = self.fault_methods
+        if not isinstance(methods, tuple) or not _FAULT_METHODS.issuperset(methods):
+            raise ValueError(
+                f"fault_methods must be a tuple of GET and POST, got {self.fault_methods!r}"
+            )
 
 
 class SimError(Exception):
