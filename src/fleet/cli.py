@@ -175,6 +175,20 @@ def _add_sim_flags(parser: argparse.ArgumentParser, time_scale: float | None = N
     parser.add_argument("--http-503-rate", type=float, default=0.0, help="requests answered 503")
     parser.add_argument("--http-429-rate", type=float, default=0.0, help="requests answered 429")
     parser.add_argument("--slow-rate", type=float, default=0.0, help="requests answered slowly")
+    parser.add_argument(
+        "--drop-rate", type=float, default=0.0, help="requests applied, then the connection cut"
+    )
+    parser.add_argument(
+        "--delay-after-rate", type=float, default=0.0, help="requests applied, answer held back"
+    )
+    parser.add_argument(
+        "--delay-after-s", type=float, default=defaults.delay_after_s, help="seconds held back"
+    )
+    parser.add_argument(
+        "--fault-methods",
+        default="GET,POST",
+        help="methods the HTTP faults apply to (GET,POST)",
+    )
 
 
 def _setting_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -190,20 +204,30 @@ def _sim_settings(args: argparse.Namespace, **extra: Any) -> sim.SimSettings:
         raise ConfigError("--models: must be at least 1")
     if args.time_scale <= 0:
         raise ConfigError("--time-scale: must be greater than 0")
-    for name in ("job_error_rate", "http_500_rate", "http_503_rate", "http_429_rate", "slow_rate"):
+    rates = (
+        "job_error_rate",
+        "http_500_rate",
+        "http_503_rate",
+        "http_429_rate",
+        "slow_rate",
+        "drop_rate",
+        "delay_after_rate",
+    )
+    for name in rates:
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ConfigError(f"--{name.replace('_', '-')}: must be between 0 and 1")
-    return sim.SimSettings(
-        models=args.models,
-        seed=args.seed,
-        time_scale=args.time_scale,
-        job_error_rate=args.job_error_rate,
-        http_500_rate=args.http_500_rate,
-        http_503_rate=args.http_503_rate,
-        http_429_rate=args.http_429_rate,
-        slow_rate=args.slow_rate,
-        **extra,
-    )
+    try:
+        return sim.SimSettings(
+            models=args.models,
+            seed=args.seed,
+            time_scale=args.time_scale,
+            **{name: getattr(args, name) for name in rates},
+            delay_after_s=args.delay_after_s,
+            fault_methods=tuple(m.strip().upper() for m in args.fault_methods.split(",")),
+            **extra,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"emulator: {exc}") from None
 
 
 # -- commands --------------------------------------------------------------------------------
