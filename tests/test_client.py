@@ -690,11 +690,30 @@ async def test_a_json_answer_that_is_not_an_object_is_a_protocol_error(mock, api
 
 
 async def test_an_answer_without_an_id_is_a_protocol_error(mock, api):
-    """A job without "id" raises ProtocolError naming the missing field."""
-    mock.post(f"{API}/models/{MODEL_ID}/train").respond(json={"status": "CREATED"})
+    """A job without "id" raises ProtocolError naming the missing field and quoting the body."""
+    mock.get(f"{API}/jobs/{JOB_ID}").respond(json={"status": "RUNNING"})
 
-    with pytest.raises(ProtocolError, match="'id'"):
+    with pytest.raises(ProtocolError, match=r"'id'.*RUNNING"):
+        await api.get_job(JOB_ID)
+
+
+async def test_an_unreadable_post_answer_is_an_unknown_outcome(mock, api):
+    """A 200 to a POST that cannot be read may have been applied: OutcomeUnknown, sent once."""
+    route = mock.post(f"{API}/models/{MODEL_ID}/train").respond(
+        200, text="<html><body>Proxy says hello</body></html>"
+    )
+
+    with pytest.raises(OutcomeUnknown, match="Proxy says hello"):
         await api.train(MODEL_ID, TRAIN)
+    assert route.call_count == 1
+
+
+async def test_a_polled_job_without_status_is_a_protocol_error(mock, api):
+    """expandJob always carries status; a job without one is not a readable job."""
+    mock.get(f"{API}/jobs/{JOB_ID}").respond(json={"id": JOB_ID, "type": "TRAINING"})
+
+    with pytest.raises(ProtocolError, match="no status"):
+        await api.get_job(JOB_ID)
 
 
 async def test_a_page_whose_collection_is_not_a_list_is_a_protocol_error(mock, api):

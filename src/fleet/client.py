@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 
 import anyio
 import httpx
@@ -36,6 +36,7 @@ _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # so a POST that got one may be sent again; any other failure of a POST may have been applied.
 _REFUSED_STATUSES = frozenset({429, 503})
 _PAGE_SIZE = 100
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +240,11 @@ class ModelOpsClient:
 
     async def get_job(self, job_id: str) -> Job:
         data = await self._get(f"/api/jobs/{_uuid(job_id)}", {"projection": "expandJob"})
-        return _parse_job(data)
+        job = _parse_job(data)
+        if job.status is None:
+            # expandJob always carries the status; without it the answer is not a job.
+            raise ProtocolError(f"job {job_id} has no status: {_excerpt(data)}")
+        return job
 
     async def recent_jobs(self, limit: int) -> AsyncIterator[Job]:
         """Jobs newest first, at most `limit` of them (there is no finder by model)."""
@@ -285,28 +290,29 @@ class ModelOpsClient:
     # -- writes ------------------------------------------------------------------------------
 
     async def train(self, model_id: str, request: TrainRequest) -> Job:
-        data = await self._post(f"/api/models/{_uuid(model_id)}/train", request.body())
-        return _parse_job(data)
+        path = f"/api/models/{_uuid(model_id)}/train"
+        return await self._post(path, request.body(), _parse_job)
 
     async def evaluate(self, trained_model_id: str, request: EvaluateRequest) -> Job:
         path = f"/api/trainedModels/{_uuid(trained_model_id)}/evaluate"
-        return _parse_job(await self._post(path, request.body()))
+        return await self._post(path, request.body(), _parse_job)
 
     async def approve(self, trained_model_id: str, comments: str) -> Event:
         path = f"/api/trainedModels/{_uuid(trained_model_id)}/approve"
-        return _parse_event(await self._post(path, {"comments": comments}))
+        return await self._post(path, {"comments": comments}, _parse_event)
 
     async def reject(self, trained_model_id: str, comments: str) -> Event:
         path = f"/api/trainedModels/{_uuid(trained_model_id)}/reject"
-        return _parse_event(await self._post(path, {"comments": comments}))
+        return await self._post(path, {"comments": comments}, _parse_event)
 
     async def deploy(self, trained_model_id: str, request: DeployRequest) -> Job:
         path = f"/api/trainedModels/{_uuid(trained_model_id)}/deploy"
-        return _parse_job(await self._post(path, request.body()))
+        return await self._post(path, request.body(), _parse_job)
 
     async def retire(self, trained_model_id: str, deployment_id: str) -> Job:
         path = f"/api/trainedModels/{_uuid(trained_model_id)}/retire"
-        return _parse_job(await self._post(path, {"deploymentId": _uuid(deployment_id)}))
+        body = {"deploymentId": _uuid(deployment_id)}
+        return await self._post(path, body, _parse_job)
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -333,8 +339,16 @@ class ModelOpsClient:
     async def _get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         return await self._send("GET", path, params=params)
 
-    async def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._send("POST", path, body=body)
+    async def _post(
+        self, path: str, body: Mapping[str, Any], parse: Callable[[Mapping[str, Any]], _T]
+    ) -> _T:
+        """POST and parse; a success answer that cannot be read may still have been applied."""
+        try:
+            return parse(await self._send("POST", path, body=body))
+        except ProtocolError as exc:
+            raise OutcomeUnknown(
+                f"POST {path}: answer unreadable ({exc})", method="POST", path=path
+            ) from exc
 
     async def _send(
         self,
@@ -391,10 +405,18 @@ def _read(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
             data = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ProtocolError(
-                f"{method} {path}: answer is not JSON", method=method, path=path, status=status
+                f"{method} {path}: answer is not JSON: {_excerpt(response.text)}",
+                method=method,
+                path=path,
+                status=status,
             ) from exc
         if not isinstance(data, dict):
-            raise ProtocolError(f"{method} {path}: answer is not a JSON object", path=path)
+            raise ProtocolError(
+                f"{method} {path}: answer is not a JSON object: {_excerpt(response.text)}",
+                method=method,
+                path=path,
+                status=status,
+            )
         return data
     message = _server_message(response)
     text = f"{method} {path}: HTTP {status}" + (f": {message}" if message else "")
@@ -521,8 +543,15 @@ def latest_metrics(events: list[Event]) -> dict[str, str] | None:
 def _req_str(data: Mapping[str, Any], key: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value:
-        raise ProtocolError(f"response has no {key!r}")
+        raise ProtocolError(f"response has no {key!r}: {_excerpt(data)}")
     return value
+
+
+def _excerpt(body: object, limit: int = 200) -> str:
+    """The start of a response body for an error message, on one line."""
+    text = body if isinstance(body, str) else json.dumps(body, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
