@@ -510,6 +510,9 @@ async def _status_document(db: Path, run_id: str | None) -> dict[str, Any]:
         if record is None:
             raise RunNotFound(f"{db} holds no run yet")
         models = await store.models(record.id)
+        attempts: dict[str, list[dict[str, Any]]] = {}
+        for attempt in await store.attempts(record.id):
+            attempts.setdefault(attempt.pop("model_id"), []).append(attempt)
     counts: dict[str, dict[str, int]] = {stage.value: {} for stage in record.stages}
     rows = []
     for model in models:
@@ -531,13 +534,19 @@ async def _status_document(db: Path, run_id: str | None) -> dict[str, Any]:
                 "deployment_id": model.stages[Stage.DEPLOY].deployment_id
                 if Stage.DEPLOY in model.stages
                 else None,
+                "attempt": current[1].attempt,
                 "error": current[1].error,
                 "metrics": dict(model.metrics),
+                "attempts": [
+                    {k: v for k, v in a.items() if k != "run_id"}
+                    for a in attempts.get(model.spec.id, [])
+                ],
             }
         )
     return {
         "run_id": record.id,
         "status": record.status,
+        "reason": record.reason,
         "created_at": record.created_at.isoformat(),
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,
         "stages": counts,
@@ -559,6 +568,8 @@ def _print_status(document: dict[str, Any]) -> None:
     console.print(
         f"run {document['run_id']}: {document['status']} (started {document['created_at']})"
     )
+    if document["reason"]:
+        console.print(f"reason: {document['reason']}")
     counts = Table(title="stages", title_justify="left")
     counts.add_column("stage")
     states = [s.value for s in StageState]
@@ -568,7 +579,7 @@ def _print_status(document: dict[str, Any]) -> None:
         counts.add_row(stage, *(str(by_state.get(state, 0)) for state in states))
     console.print(counts)
     models = Table(title="models", title_justify="left")
-    for column in ("name", "outcome", "stage", "state", "job", "error"):
+    for column in ("name", "outcome", "stage", "state", "attempt", "job", "error"):
         models.add_column(column)
     for row in document["models"]:
         models.add_row(
@@ -576,6 +587,7 @@ def _print_status(document: dict[str, Any]) -> None:
             row["outcome"],
             row["stage"],
             row["state"],
+            str(row["attempt"]),
             row["job_id"] or "",
             row["error"] or "",
         )
