@@ -21,6 +21,7 @@ from fleet import sim
 from fleet.client import ModelOpsClient, RetryPolicy
 from fleet.config import ModelEntry, Settings, load_settings
 from fleet.store import Store
+from fleet.throttle import Breaker, Throttle
 
 BASE_URL = "http://sim.test/modelops/core"
 
@@ -33,6 +34,29 @@ class VirtualTime:
     async def sleep(self, _seconds: float) -> None:
         self.clock.advance(self.sim_seconds_per_sleep)
         await anyio.lowlevel.checkpoint()
+
+
+class InstantTime:
+    """A clock for a client's throttle and breaker that jumps over every pause at once."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+        self.slept += max(seconds, 0.0)
+        await anyio.lowlevel.checkpoint()
+
+    def pacing(self) -> dict[str, Any]:
+        """Keyword arguments for ModelOpsClient: a throttle and a breaker on this clock."""
+        return {
+            "throttle": Throttle(clock=self.clock, sleep=self.sleep),
+            "breaker": Breaker(clock=self.clock, sleep=self.sleep),
+        }
 
 
 @dataclass
@@ -60,6 +84,7 @@ async def emulated(**overrides: Any) -> AsyncIterator[Emulated]:
         settings.token,
         transport=transport,
         retry=RetryPolicy(initial_s=0.0, max_s=0.0, jitter_s=0.0),
+        **InstantTime().pacing(),
     ) as api:
         yield Emulated(world=world, api=api, time=VirtualTime(clock), settings=settings)
 

@@ -7,110 +7,26 @@ tests react to the lines the processes print (the URL it listens on, `fleet.stag
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
+from cli_support import (
+    FAST,
+    TOKEN,
+    empty_config,
+    emulator,
+    fleet,
+    json_lines,
+    run_args,
+    run_env,
+    sim_stats,
+    start,
+)
+
 pytestmark = pytest.mark.e2e
-
-TOKEN = "e2e-secret-token-3f9a"
-FAST = ["--poll-interval", "0.05", "--progress-interval", "0.5"]
-
-
-def fleet(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fleet", *args],
-        cwd=cwd,
-        env=_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
-    env.update(extra or {})
-    return env
-
-
-def _json_lines(text: str) -> list[dict[str, object]]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-@contextmanager
-def emulator(tmp_path: Path, *args: str) -> Iterator[str]:
-    """`fleet sim` on a free loopback port; yields its base URL once it listens."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fleet",
-            "sim",
-            "--port",
-            "0",
-            "--token",
-            TOKEN,
-            "--models-csv",
-            str(tmp_path / "models.csv"),
-            *args,
-        ],
-        cwd=tmp_path,
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        url = ""
-        for line in proc.stderr:
-            if "ModelOps emulator on " in line:
-                url = line.split("ModelOps emulator on ")[1].split()[0]
-                break
-        assert url, "the emulator did not start"
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
-
-
-def _stats(url: str) -> dict[str, object]:
-    root = url.removesuffix("/modelops/core")
-    stats: dict[str, object] = httpx.get(f"{root}/_sim/stats").json()
-    return stats
-
-
-def _run_args(tmp_path: Path, run_id: str) -> list[str]:
-    """`fleet run` of the emulator's models (its CSV) under `run_id`, polling fast."""
-    config = str(_empty_config(tmp_path))
-    return ["run", "--run-id", run_id, "--models-file", "models.csv", "--config", config, *FAST]
-
-
-def _start(args: list[str], tmp_path: Path, url: str, **streams: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fleet", *args],
-        cwd=tmp_path,
-        env=_env(_run_env(url)),
-        text=True,
-        **streams,  # type: ignore[call-overload]
-    )
-
-
-def _run_env(url: str) -> dict[str, str]:
-    return {"FLEET_API__URL": url, "FLEET_API__TOKEN": TOKEN}
 
 
 def test_demo_takes_every_model_through_every_stage(tmp_path: Path) -> None:
@@ -119,7 +35,7 @@ def test_demo_takes_every_model_through_every_stage(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "25 of 25 models succeeded" in done.stderr
     assert "max jobs per model and type 1" in done.stderr
-    lines = _json_lines(done.stdout)
+    lines = json_lines(done.stdout)
     stage_lines = [x for x in lines if str(x["event"]).startswith("fleet.stage.")]
     assert len(stage_lines) >= 25 * 5
     assert all({"run_id", "model_id", "stage"} <= x.keys() for x in stage_lines)
@@ -151,9 +67,9 @@ def test_demo_with_job_errors_exits_1_and_lists_the_failures(tmp_path: Path) -> 
 def test_run_against_fleet_sim_then_status(tmp_path: Path) -> None:
     """`fleet run` drives the models of a CSV against `fleet sim`; `fleet status` shows them."""
     with emulator(tmp_path, "--models", "12", "--time-scale", "5000") as url:
-        done = fleet(*_run_args(tmp_path, "night-1"), cwd=tmp_path, env=_run_env(url))
+        done = fleet(*run_args(tmp_path, "night-1"), cwd=tmp_path, env=run_env(url))
         assert done.returncode == 0, done.stderr
-        assert _stats(url)["max_jobs_per_model_and_type"] == 1
+        assert sim_stats(url)["max_jobs_per_model_and_type"] == 1
     status = fleet("status", "night-1", "--json", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     document = json.loads(status.stdout)
@@ -167,8 +83,8 @@ def test_run_against_fleet_sim_then_status(tmp_path: Path) -> None:
 def test_a_killed_run_resumes_without_a_second_job(tmp_path: Path) -> None:
     """SIGKILL midway, start again with the same run id: all finish, one job per model/type."""
     with emulator(tmp_path, "--models", "40", "--time-scale", "600") as url:
-        proc = _start(
-            _run_args(tmp_path, "night-1"),
+        proc = start(
+            run_args(tmp_path, "night-1"),
             tmp_path,
             url,
             stdout=subprocess.PIPE,
@@ -185,17 +101,17 @@ def test_a_killed_run_resumes_without_a_second_job(tmp_path: Path) -> None:
         proc.wait(timeout=10)
         proc.stdout.close()
         assert submitted == 45
-        again = fleet(*_run_args(tmp_path, "night-1"), cwd=tmp_path, env=_run_env(url))
+        again = fleet(*run_args(tmp_path, "night-1"), cwd=tmp_path, env=run_env(url))
         assert again.returncode == 0, again.stderr
         assert "40 of 40 models succeeded" in again.stderr
-        assert _stats(url)["max_jobs_per_model_and_type"] == 1
+        assert sim_stats(url)["max_jobs_per_model_and_type"] == 1
 
 
 def test_sigterm_stops_the_run_with_143_and_it_resumes(tmp_path: Path) -> None:
     """SIGTERM records the run as interrupted and exits 143; the same id then finishes it."""
     with emulator(tmp_path, "--models", "10", "--time-scale", "300") as url:
-        proc = _start(
-            _run_args(tmp_path, "n"), tmp_path, url, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        proc = start(
+            run_args(tmp_path, "n"), tmp_path, url, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -207,7 +123,7 @@ def test_sigterm_stops_the_run_with_143_and_it_resumes(tmp_path: Path) -> None:
         assert "Traceback" not in err
         status = json.loads(fleet("status", "n", "--json", cwd=tmp_path).stdout)
         assert status["status"] == "interrupted"
-        again = fleet(*_run_args(tmp_path, "n"), cwd=tmp_path, env=_run_env(url))
+        again = fleet(*run_args(tmp_path, "n"), cwd=tmp_path, env=run_env(url))
         assert again.returncode == 0, again.stderr
 
 
@@ -235,7 +151,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], needl
 
 def test_an_unreachable_server_exits_3_and_the_token_stays_secret(tmp_path: Path) -> None:
     """No server at the URL: exit 3 with one clear reason; the token appears nowhere."""
-    config = _empty_config(tmp_path)
+    config = empty_config(tmp_path)
     config.write_text(
         config.read_text() + '\n[[models]]\nid = "088d1992-06bc-46cc-9f92-c2a1c2b03ca9"\n'
     )
@@ -265,7 +181,7 @@ def test_a_wrong_token_exits_3(tmp_path: Path) -> None:
             "--models-file",
             "models.csv",
             "--config",
-            str(_empty_config(tmp_path)),
+            str(empty_config(tmp_path)),
             cwd=tmp_path,
             env={"FLEET_API__URL": url, "FLEET_API__TOKEN": "not-the-token"},
         )
@@ -289,10 +205,3 @@ def test_version_and_module_entry_point(tmp_path: Path) -> None:
     done = fleet("--version", cwd=tmp_path)
     assert done.returncode == 0
     assert done.stdout.startswith("fleet ")
-
-
-def _empty_config(tmp_path: Path) -> Path:
-    path = tmp_path / "fleet.toml"
-    if not path.exists():
-        path.write_text('[api]\nproject_id = "5f1a3c9e-8d2b-4e7a-9c61-0f2d4b8a7e13"\n')
-    return path

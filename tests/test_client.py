@@ -29,8 +29,11 @@ from fleet.errors import (
     OutcomeUnknown,
     PermanentApiError,
     ProtocolError,
+    ServerUnavailable,
     TransientApiError,
 )
+from fleet.throttle import Breaker, Throttle
+from support import InstantTime
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -134,7 +137,7 @@ def mock() -> Iterator[respx.MockRouter]:
 
 @pytest.fixture
 async def api() -> AsyncIterator[ModelOpsClient]:
-    async with ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN) as client:
+    async with ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN, **InstantTime().pacing()) as client:
         yield client
 
 
@@ -762,3 +765,61 @@ async def test_a_non_uuid_project_id_is_refused_before_any_request(mock):
             await api.check_project()
 
     assert not anything.called
+
+
+# -- throttle and breaker -------------------------------------------------------------------
+
+
+async def test_a_429_slows_every_request_of_the_client(mock):
+    """One 429 with Retry-After pauses the client's shared throttle for that long."""
+    time = InstantTime()
+    mock.get(f"{API}/jobs/{JOB_ID}").mock(
+        side_effect=[
+            httpx.Response(429, headers={"Retry-After": "7"}),
+            httpx.Response(200, json=_job_json()),
+        ]
+    )
+    async with ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN, **time.pacing()) as api:
+        await api.get_job(JOB_ID)
+        assert api.throttle.overloads == 1
+    assert time.slept >= 7
+
+
+async def test_an_outage_past_its_budget_raises_server_unavailable(mock):
+    """A server failing every request opens the breaker; past the budget the call gives up."""
+    time = InstantTime()
+    route = mock.get(f"{API}/jobs/{JOB_ID}").respond(503)
+    breaker = Breaker(threshold=2, budget_s=60, clock=time.clock, sleep=time.sleep)
+    async with ModelOpsClient(
+        BASE_URL,
+        PROJECT_ID,
+        TOKEN,
+        throttle=Throttle(clock=time.clock, sleep=time.sleep),
+        breaker=breaker,
+    ) as api:
+        with pytest.raises(ServerUnavailable, match="budget 60"):
+            await api.get_job(JOB_ID)
+    assert breaker.opened == 1
+    assert route.call_count > 3  # probes went on after the request's own retries
+
+
+async def test_a_request_waits_out_an_outage_that_ends(mock):
+    """Connection errors open the breaker; when a probe gets through, the call completes."""
+    time = InstantTime()
+    answers = [httpx.ConnectError("refused")] * 8 + [httpx.Response(200, json=_job_json())]
+    mock.get(f"{API}/jobs/{JOB_ID}").mock(side_effect=answers)
+    breaker = Breaker(threshold=2, budget_s=600, clock=time.clock, sleep=time.sleep)
+    async with ModelOpsClient(
+        BASE_URL,
+        PROJECT_ID,
+        TOKEN,
+        throttle=Throttle(clock=time.clock, sleep=time.sleep),
+        breaker=breaker,
+    ) as api:
+        job = await api.get_job(JOB_ID)
+    assert job.id == JOB_ID
+    assert not breaker.is_open
+
+
+def _job_json() -> dict[str, str]:
+    return {"id": JOB_ID, "status": "RUNNING", "type": "TRAINING"}

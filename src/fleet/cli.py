@@ -43,6 +43,7 @@ from fleet.scheduler import (
 )
 from fleet.stages import Stage, StageState
 from fleet.store import LeaseHeld, Store
+from fleet.throttle import Breaker, Throttle
 
 EXIT_OK = 0
 EXIT_MODELS_FAILED = 1
@@ -275,6 +276,8 @@ async def _run_with_client(
         timeout_s=settings.api.timeout,
         max_connections=settings.max_connections,
         retry=RetryPolicy(attempts=settings.api.retry_attempts, budget_s=settings.api.retry_budget),
+        throttle=Throttle(max_rps=settings.max_rps),
+        breaker=Breaker(budget_s=settings.api.outage_budget),
     ) as api:
         return await _drive(settings, api, run_id, retry_failed=retry_failed)
 
@@ -299,6 +302,8 @@ async def _demo(settings: Settings, sim_settings: sim.SimSettings, run_id: str |
             max_connections=settings.max_connections,
             # The emulator answers at once; retries only need to ride out injected faults.
             retry=RetryPolicy(initial_s=0.05, max_s=1.0),
+            throttle=Throttle(max_rps=settings.max_rps),
+            breaker=Breaker(budget_s=settings.api.outage_budget),
         ) as api:
             models = await api.list_models()
             entries = tuple(ModelEntry(id=m.id, name=m.name) for m in models)

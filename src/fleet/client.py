@@ -27,8 +27,10 @@ from fleet.errors import (
     OutcomeUnknown,
     PermanentApiError,
     ProtocolError,
+    ServerUnavailable,
     TransientApiError,
 )
+from fleet.throttle import Breaker, Throttle
 
 TERMINAL_JOB_STATUSES = frozenset({"COMPLETED", "ERROR", "CANCELLED"})
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -188,8 +190,13 @@ class ModelOpsClient:
         max_connections: int = 100,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        throttle: Throttle | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self._retry = retry or RetryPolicy()
+        # Shared by every request: one 429 slows them all; a server down pauses them all.
+        self.throttle = throttle or Throttle()
+        self.breaker = breaker or Breaker()
         verify_arg: bool | ssl.SSLContext = (
             ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
         )
@@ -360,16 +367,23 @@ class ModelOpsClient:
     ) -> dict[str, Any]:
         policy = self._retry
         retryable = _retryable_get if method == "GET" else _retryable_post
-        async for attempt in stamina.retry_context(
-            on=retryable,
-            attempts=policy.attempts,
-            timeout=policy.budget_s,
-            wait_initial=policy.initial_s,
-            wait_max=policy.max_s,
-            wait_jitter=policy.jitter_s,
-        ):
-            with attempt:
-                return await self._send_once(method, path, params=params, body=body)
+        while True:
+            try:
+                async for attempt in stamina.retry_context(
+                    on=retryable,
+                    attempts=policy.attempts,
+                    timeout=policy.budget_s,
+                    wait_initial=policy.initial_s,
+                    wait_max=policy.max_s,
+                    wait_jitter=policy.jitter_s,
+                ):
+                    with attempt:
+                        return await self._send_once(method, path, params=params, body=body)
+            except TransientApiError as exc:
+                # While the server fails everything, the breaker decides when to give up
+                # (outage_budget), not this request's own retries: go round and wait for it.
+                if isinstance(exc, OutcomeUnknown | ServerUnavailable) or not self.breaker.is_open:
+                    raise
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
     async def _send_once(
@@ -380,10 +394,13 @@ class ModelOpsClient:
         params: Mapping[str, str] | None,
         body: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
+        await self.breaker.admit()
+        await self.throttle.wait()
         try:
             async with self._slots:
                 response = await self._http.request(method, path, params=params, json=body)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            self.breaker.failure()
             # The request never left this machine: nothing can have been applied.
             raise TransientApiError(
                 f"cannot reach ModelOps at {self._http.base_url}: {_describe(exc)}",
@@ -391,11 +408,28 @@ class ModelOpsClient:
                 path=path,
             ) from exc
         except httpx.TransportError as exc:
+            self.breaker.failure()
             error = OutcomeUnknown if method == "POST" else TransientApiError
             raise error(
                 f"{method} {path}: no response ({_describe(exc)})", method=method, path=path
             ) from exc
+        except BaseException:
+            self.breaker.abandon()
+            raise
+        self._judge(response)
         return _read(response, method, path)
+
+    def _judge(self, response: httpx.Response) -> None:
+        """Tell the throttle and the breaker how the server took a request."""
+        status = response.status_code
+        if status in _REFUSED_STATUSES:
+            self.throttle.overloaded(_retry_after(response.headers.get("Retry-After")))
+        if status >= 500:  # noqa: PLR2004
+            self.breaker.failure()
+            return
+        self.breaker.success()
+        if status < 400:  # noqa: PLR2004
+            self.throttle.succeeded()
 
 
 def _read(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
@@ -444,6 +478,8 @@ def _read(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
 
 
 def _retryable_get(exc: Exception) -> bool | float:
+    if isinstance(exc, ServerUnavailable):
+        return False
     if isinstance(exc, TransientApiError):
         return exc.retry_after if exc.retry_after is not None else True
     return False

@@ -1,0 +1,473 @@
+"""Throttle and Breaker on a fake clock: time moves only when a test moves it, never for real."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from dataclasses import dataclass, field
+from itertools import pairwise
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from fleet.errors import ServerUnavailable
+from fleet.throttle import Breaker, Throttle
+
+# Scheduling rounds that let every task woken by one step of the clock run until it blocks.
+_ROUNDS = 20
+
+
+class FakeTime:
+    """A clock that moves only when the test moves it; `sleep` returns once it has moved enough.
+
+    A sleep that merely advanced the clock would make concurrent sleeps add up, and a task that
+    sleeps until a far deadline would carry every other task's "now" along with it.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._seq = itertools.count()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        entry = (self.now + seconds, next(self._seq), anyio.Event())
+        heapq.heappush(self._sleepers, entry)
+        try:
+            await entry[2].wait()
+        finally:
+            if not entry[2].is_set():  # cancelled: forget the deadline
+                self._sleepers.remove(entry)
+                heapq.heapify(self._sleepers)
+
+    async def settle(self) -> None:
+        for _ in range(_ROUNDS):
+            await anyio.lowlevel.checkpoint()
+
+    async def advance(self, seconds: float) -> None:
+        """Move the clock on by `seconds`, waking sleepers in deadline order on the way."""
+        target = self.now + seconds
+        await self.settle()
+        while self._sleepers and self._sleepers[0][0] <= target:
+            self._wake_next()
+            await self.settle()
+        self.now = target
+
+    async def run(self) -> None:
+        """Jump from deadline to deadline until nothing sleeps."""
+        await self.settle()
+        while self._sleepers:
+            self._wake_next()
+            await self.settle()
+
+    def _wake_next(self) -> None:
+        at, _, event = heapq.heappop(self._sleepers)
+        self.now = max(self.now, at)
+        event.set()
+
+
+def throttle_on(
+    t: FakeTime, *, max_rps: float | None = None, min_rps: float = 1.0, recovery_s: float = 30.0
+) -> Throttle:
+    return Throttle(
+        max_rps=max_rps,
+        min_rps=min_rps,
+        recovery_s=recovery_s,
+        clock=t.clock,
+        sleep=t.sleep,
+        rng=random.Random(7),
+    )
+
+
+async def requests(t: FakeTime, throttle: Throttle, n: int) -> list[tuple[int, float, float]]:
+    """Send `n` concurrent requests through `throttle`: (arrival index, start time, waited)."""
+    starts: list[tuple[int, float, float]] = []
+
+    async def request(index: int) -> None:
+        waited = await throttle.wait()
+        starts.append((index, t.now, waited))
+
+    async with anyio.create_task_group() as tg:
+        for index in range(n):
+            tg.start_soon(request, index)
+        await t.run()
+    assert len(starts) == n
+    return starts
+
+
+async def steady_traffic(t: FakeTime, throttle: Throttle, n: int, every: float) -> None:
+    """One request every `every` seconds (unthrottled), `n` times."""
+    for _ in range(n):
+        await throttle.wait()
+        await t.advance(every)
+
+
+# -- Throttle -----------------------------------------------------------------------------------
+
+
+async def test_no_limit_never_waits() -> None:
+    """Without a limit or a pause, requests start at once and nothing counts as waiting."""
+    t = FakeTime()
+    throttle = throttle_on(t)
+    starts = await requests(t, throttle, 100)
+    assert {(at, waited) for _, at, waited in starts} == {(0.0, 0.0)}
+    assert throttle.rate_limit is None
+    assert throttle.waited_s == 0.0
+
+
+async def test_max_rps_spaces_requests_in_arrival_order() -> None:
+    """With max_rps=10, fifty concurrent requests start 0.1 s apart in arrival order, over ~5 s."""
+    t = FakeTime()
+    throttle = throttle_on(t, max_rps=10)
+    starts = await requests(t, throttle, 50)
+    assert [index for index, _, _ in starts] == list(range(50))
+    times = [at for _, at, _ in starts]
+    assert all(b - a == pytest.approx(0.1) for a, b in pairwise(times))
+    assert times[-1] == pytest.approx(4.9)
+
+
+async def test_retry_after_pauses_everyone() -> None:
+    """overloaded(retry_after=3) holds every request, queued or new, until 3 s have passed."""
+    t = FakeTime()
+    throttle = throttle_on(t)
+    await requests(t, throttle, 20)
+    throttle.overloaded(retry_after=3.0)
+    assert throttle.paused_until == 3.0
+    starts = await requests(t, throttle, 10)
+    assert min(at for _, at, _ in starts) == 3.0
+    assert starts[0][2] == 3.0
+    assert throttle.overloads == 1
+
+
+async def test_backoff_without_retry_after_grows_and_resets() -> None:
+    """Without Retry-After the pause doubles (with jitter) per consecutive overload, capped at 30 s,
+    and a success starts it over."""
+    t = FakeTime()
+    throttle = throttle_on(t)
+    pauses = []
+    for _ in range(7):
+        throttle.overloaded(None)
+        pauses.append(throttle.paused_until - t.now)
+        await t.advance(pauses[-1])
+    for n, pause in enumerate(pauses):
+        nominal = min(2.0**n, 30.0)
+        assert 0.75 * nominal <= pause <= nominal
+    assert pauses[:6] == sorted(pauses[:6])
+    throttle.succeeded()
+    throttle.overloaded(None)
+    assert 0.75 <= throttle.paused_until - t.now <= 1.0
+
+
+async def test_overloads_during_a_pause_count_once() -> None:
+    """Many 429s answering requests sent before the pause do not escalate the backoff or the cut."""
+    t = FakeTime()
+    throttle = throttle_on(t)
+    await steady_traffic(t, throttle, 40, every=0.05)
+    throttle.overloaded(None)
+    limit, paused_until = throttle.rate_limit, throttle.paused_until
+    await t.advance(0.5)
+    for _ in range(100):
+        throttle.overloaded(None)
+    assert throttle.overloads == 101
+    assert throttle.rate_limit == limit
+    assert throttle.paused_until == paused_until
+    throttle.overloaded(retry_after=5.0)  # but the server may ask for a longer pause
+    assert throttle.paused_until == t.now + 5.0
+
+
+async def test_adaptive_limit_halves_and_recovers_to_unlimited() -> None:
+    """An overload cuts the rate to half the observed rate; successes lift it over recovery_s."""
+    t = FakeTime()
+    throttle = throttle_on(t, recovery_s=30.0)
+    await steady_traffic(t, throttle, 40, every=0.05)  # 20 requests a second
+    throttle.overloaded(retry_after=1.0)
+    assert throttle.rate_limit == pytest.approx(10.0)
+    starts = await requests(t, throttle, 5)
+    assert [at for _, at, _ in starts] == pytest.approx([3.0, 3.1, 3.2, 3.3, 3.4])
+    await t.advance(15.0 - 0.4)  # halfway through recovery (which started when the pause ended)
+    throttle.succeeded()
+    assert throttle.rate_limit == pytest.approx(15.0)
+    await t.advance(15.0)
+    throttle.succeeded()
+    assert throttle.rate_limit is None
+
+
+async def test_adaptive_limit_recovers_to_max_rps_and_respects_min_rps() -> None:
+    """Under max_rps the cut recovers to max_rps, and no cut goes below min_rps."""
+    t = FakeTime()
+    throttle = throttle_on(t, max_rps=10, min_rps=4.0, recovery_s=10.0)
+    await requests(t, throttle, 30)
+    throttle.overloaded(retry_after=0.0)
+    assert throttle.rate_limit == pytest.approx(5.0, rel=0.05)
+    await t.advance(1.0)
+    throttle.overloaded(retry_after=0.0)
+    assert throttle.rate_limit == 4.0
+    await t.advance(10.0)
+    throttle.succeeded()
+    assert throttle.rate_limit == 10.0
+
+
+async def test_waited_s_accumulates() -> None:
+    """waited_s is the total of what every caller waited."""
+    t = FakeTime()
+    throttle = throttle_on(t, max_rps=2)
+    starts = await requests(t, throttle, 5)
+    assert [waited for _, _, waited in starts] == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert throttle.waited_s == 5.0
+
+
+def test_throttle_rejects_bad_arguments() -> None:
+    """Non-positive rates or recovery times are refused."""
+    with pytest.raises(ValueError, match="max_rps must be positive"):
+        Throttle(max_rps=0.0)
+    with pytest.raises(ValueError, match="min_rps must be positive"):
+        Throttle(min_rps=-1.0)
+    with pytest.raises(ValueError, match="recovery_s must be positive"):
+        Throttle(recovery_s=0.0)
+
+
+# -- Breaker ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    """One request through the breaker; the test decides how it ends."""
+
+    abandon_on_cancel: bool = True
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    decided: anyio.Event = field(default_factory=anyio.Event)
+    outcome: str = ""
+    admitted_at: float | None = None
+    error: ServerUnavailable | None = None
+
+    async def run(self, breaker: Breaker, t: FakeTime) -> None:
+        with self.scope:
+            try:
+                await breaker.admit()
+            except ServerUnavailable as exc:
+                self.error = exc
+                return
+            self.admitted_at = t.now
+            try:
+                await self.decided.wait()
+            except anyio.get_cancelled_exc_class():
+                if self.abandon_on_cancel:
+                    breaker.abandon()
+                raise
+            if self.outcome == "success":
+                breaker.success()
+            else:
+                breaker.failure()
+
+    def succeed(self) -> None:
+        self.outcome = "success"
+        self.decided.set()
+
+    def fail(self) -> None:
+        self.outcome = "failure"
+        self.decided.set()
+
+
+def admitted(calls: list[Call]) -> list[Call]:
+    return [c for c in calls if c.admitted_at is not None]
+
+
+def open_breaker(
+    t: FakeTime,
+    *,
+    budget_s: float = 300.0,
+    probe_initial_s: float = 1.0,
+    probe_max_s: float = 30.0,
+    probe_timeout_s: float = 120.0,
+) -> Breaker:
+    breaker = Breaker(
+        threshold=3,
+        budget_s=budget_s,
+        probe_initial_s=probe_initial_s,
+        probe_max_s=probe_max_s,
+        probe_timeout_s=probe_timeout_s,
+        clock=t.clock,
+        sleep=t.sleep,
+    )
+    for _ in range(3):
+        breaker.failure()
+    assert breaker.is_open
+    return breaker
+
+
+async def test_threshold_failures_open_the_breaker() -> None:
+    """A closed breaker admits at once; `threshold` failures in a row open it."""
+    t = FakeTime()
+    breaker = Breaker(threshold=3, clock=t.clock, sleep=t.sleep)
+    await breaker.admit()
+    breaker.failure()
+    breaker.failure()
+    assert not breaker.is_open
+    assert breaker.opened_at is None
+    await t.advance(7.0)
+    breaker.failure()
+    assert breaker.is_open
+    assert breaker.opened_at == 7.0
+    assert breaker.opened == 1
+
+
+async def test_success_resets_the_failure_count() -> None:
+    """Failures separated by a success do not add up to the threshold."""
+    breaker = Breaker(threshold=3)
+    for _ in range(2):
+        breaker.failure()
+    breaker.success()
+    for _ in range(2):
+        breaker.failure()
+    assert not breaker.is_open
+
+
+async def test_successful_probe_releases_every_waiter() -> None:
+    """Waiters hold until the first probe (after probe_initial_s); its success lets all through."""
+    t = FakeTime()
+    breaker = open_breaker(t, probe_initial_s=1.0)
+    calls = [Call() for _ in range(20)]
+    async with anyio.create_task_group() as tg:
+        for call in calls:
+            tg.start_soon(call.run, breaker, t)
+        await t.advance(0.5)
+        assert admitted(calls) == []
+        await t.advance(0.5)
+        [probe] = admitted(calls)
+        assert probe.admitted_at == 1.0
+        probe.succeed()
+        await t.settle()
+        assert len(admitted(calls)) == 20
+        assert {c.admitted_at for c in calls} == {1.0}
+        assert not breaker.is_open
+        assert breaker.opened_at is None
+        tg.cancel_scope.cancel()
+
+
+async def test_only_one_probe_at_a_time() -> None:
+    """While a probe is out, however long it takes (within probe_timeout_s), no one else goes."""
+    t = FakeTime()
+    breaker = open_breaker(t, probe_timeout_s=120.0)
+    calls = [Call() for _ in range(10)]
+    async with anyio.create_task_group() as tg:
+        for call in calls:
+            tg.start_soon(call.run, breaker, t)
+        await t.advance(1.0)
+        assert len(admitted(calls)) == 1
+        await t.advance(100.0)
+        assert len(admitted(calls)) == 1
+        assert breaker.is_open
+        tg.cancel_scope.cancel()
+
+
+async def test_probe_delays_double_up_to_the_max() -> None:
+    """After each failed probe the next comes twice as late: 1, 2, 4, 8, then 8 s again."""
+    t = FakeTime()
+    breaker = open_breaker(t, probe_initial_s=1.0, probe_max_s=8.0)
+    calls = [Call() for _ in range(10)]
+    async with anyio.create_task_group() as tg:
+        for call in calls:
+            tg.start_soon(call.run, breaker, t)
+        for n, delay in enumerate([1.0, 2.0, 4.0, 8.0, 8.0, 8.0]):
+            await t.advance(delay / 2)
+            assert len(admitted(calls)) == n
+            await t.advance(delay / 2)
+            probes = admitted(calls)
+            assert len(probes) == n + 1
+            probes[-1].fail()
+        assert breaker.is_open
+        assert breaker.opened == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_past_budget_admit_raises_for_waiters_and_new_callers() -> None:
+    """Open longer than budget_s, every waiter and every later caller gets ServerUnavailable."""
+    t = FakeTime()
+    breaker = open_breaker(t, budget_s=10.0)
+    calls = [Call() for _ in range(10)]
+    async with anyio.create_task_group() as tg:
+        for call in calls:
+            tg.start_soon(call.run, breaker, t)
+        await t.advance(9.5)
+        assert not any(c.error for c in calls)
+        await t.advance(0.5)
+        refused = [c.error for c in calls if c.error]
+        assert len(refused) == 9  # all but the probe, which is still out
+        assert str(refused[0]) == "ModelOps has failed every request for 10 s (budget 10 s)"
+        await t.advance(5.0)
+        with pytest.raises(ServerUnavailable, match=r"for 15 s \(budget 10 s\)"):
+            await breaker.admit()
+        tg.cancel_scope.cancel()
+
+
+async def test_cancelled_probe_passes_its_turn_on() -> None:
+    """A probe cancelled before it reports abandons its turn, and another waiter probes at once."""
+    t = FakeTime()
+    breaker = open_breaker(t)
+    calls = [Call() for _ in range(5)]
+    async with anyio.create_task_group() as tg:
+        for call in calls:
+            tg.start_soon(call.run, breaker, t)
+        await t.advance(1.0)
+        [first] = admitted(calls)
+        first.scope.cancel()
+        await t.settle()
+        [_, second] = admitted(calls)
+        assert second.admitted_at == 1.0
+        second.succeed()
+        await t.settle()
+        assert len(admitted(calls)) == 5
+        tg.cancel_scope.cancel()
+
+
+async def test_silent_lost_probe_is_replaced_after_probe_timeout() -> None:
+    """A probe that vanishes without a word is presumed lost after probe_timeout_s."""
+    t = FakeTime()
+    breaker = open_breaker(t, probe_timeout_s=10.0)
+    calls = [Call(abandon_on_cancel=False) for _ in range(5)]
+    async with anyio.create_task_group() as tg:
+        for call in calls:
+            tg.start_soon(call.run, breaker, t)
+        await t.advance(1.0)
+        admitted(calls)[0].scope.cancel()
+        await t.advance(9.5)
+        assert len(admitted(calls)) == 1
+        await t.advance(0.5)
+        assert [c.admitted_at for c in admitted(calls)] == [1.0, 11.0]
+        tg.cancel_scope.cancel()
+
+
+async def test_cancelled_waiter_does_not_wedge_the_others() -> None:
+    """Cancelling the waiter that keeps the clock hands the job over; the probe still goes."""
+    t = FakeTime()
+    breaker = open_breaker(t)
+    calls = [Call() for _ in range(5)]
+    async with anyio.create_task_group() as tg:
+        for call in calls:
+            tg.start_soon(call.run, breaker, t)
+        await t.advance(0.5)
+        for call in calls[:2]:
+            call.scope.cancel()
+        await t.advance(0.5)
+        [probe] = admitted(calls)
+        assert probe in calls[2:]
+        assert probe.admitted_at == 1.0
+        tg.cancel_scope.cancel()
+
+
+def test_breaker_rejects_bad_arguments() -> None:
+    """A zero threshold, non-positive times or a max probe delay below the first are refused."""
+    with pytest.raises(ValueError, match="threshold must be at least 1"):
+        Breaker(threshold=0)
+    with pytest.raises(ValueError, match="budget_s must be positive"):
+        Breaker(budget_s=0.0)
+    with pytest.raises(ValueError, match="probe_initial_s must be positive"):
+        Breaker(probe_initial_s=-1.0)
+    with pytest.raises(ValueError, match="probe_timeout_s must be positive"):
+        Breaker(probe_timeout_s=0.0)
+    with pytest.raises(ValueError, match="must be at least probe_initial_s"):
+        Breaker(probe_initial_s=5.0, probe_max_s=2.0)
