@@ -71,12 +71,12 @@ class FakeTime:
 
 
 def throttle_on(
-    t: FakeTime, *, max_rps: float | None = None, min_rps: float = 1.0, recovery_s: float = 30.0
+    t: FakeTime, *, max_rps: float | None = None, min_rps: float = 1.0, recovery: int = 20
 ) -> Throttle:
     return Throttle(
         max_rps=max_rps,
         min_rps=min_rps,
-        recovery_s=recovery_s,
+        recovery_requests=recovery,
         clock=t.clock,
         sleep=t.sleep,
         rng=random.Random(7),
@@ -180,34 +180,50 @@ async def test_overloads_during_a_pause_count_once() -> None:
 
 
 async def test_adaptive_limit_halves_and_recovers_to_unlimited() -> None:
-    """An overload cuts the rate to half the observed rate; successes lift it over recovery_s."""
+    """An overload halves the observed rate; successes climb it back, then lift it."""
     t = FakeTime()
-    throttle = throttle_on(t, recovery_s=30.0)
+    throttle = throttle_on(t, recovery=10)
     await steady_traffic(t, throttle, 40, every=0.05)  # 20 requests a second
     throttle.overloaded(retry_after=1.0)
     assert throttle.rate_limit == pytest.approx(10.0)
     starts = await requests(t, throttle, 5)
     assert [at for _, at, _ in starts] == pytest.approx([3.0, 3.1, 3.2, 3.3, 3.4])
-    await t.advance(15.0 - 0.4)  # halfway through recovery (which started when the pause ended)
-    throttle.succeeded()
+    for _ in range(5):  # halfway back to twice the cut
+        throttle.succeeded()
     assert throttle.rate_limit == pytest.approx(15.0)
-    await t.advance(15.0)
-    throttle.succeeded()
+    for _ in range(5):
+        throttle.succeeded()
     assert throttle.rate_limit is None
+
+
+async def test_random_refusals_do_not_ratchet_the_rate_down() -> None:
+    """One refusal in 25 requests, at random, leaves the rate lifted most of the time."""
+    t = FakeTime()
+    throttle = throttle_on(t)
+    limits = []
+    for i in range(500):
+        if i % 25 == 24:
+            throttle.overloaded(retry_after=0.0)
+        else:
+            throttle.succeeded()
+        limits.append(throttle.rate_limit)
+        await t.advance(0.01)
+    assert sum(limit is None for limit in limits) > 100
+    assert limits[-2] is None  # lifted again before the last refusal
 
 
 async def test_adaptive_limit_recovers_to_max_rps_and_respects_min_rps() -> None:
     """Under max_rps the cut recovers to max_rps, and no cut goes below min_rps."""
     t = FakeTime()
-    throttle = throttle_on(t, max_rps=10, min_rps=4.0, recovery_s=10.0)
+    throttle = throttle_on(t, max_rps=10, min_rps=4.0, recovery=10)
     await requests(t, throttle, 30)
     throttle.overloaded(retry_after=0.0)
     assert throttle.rate_limit == pytest.approx(5.0, rel=0.05)
     await t.advance(1.0)
     throttle.overloaded(retry_after=0.0)
     assert throttle.rate_limit == 4.0
-    await t.advance(10.0)
-    throttle.succeeded()
+    for _ in range(10):
+        throttle.succeeded()
     assert throttle.rate_limit == 10.0
 
 
@@ -226,8 +242,8 @@ def test_throttle_rejects_bad_arguments() -> None:
         Throttle(max_rps=0.0)
     with pytest.raises(ValueError, match="min_rps must be positive"):
         Throttle(min_rps=-1.0)
-    with pytest.raises(ValueError, match="recovery_s must be positive"):
-        Throttle(recovery_s=0.0)
+    with pytest.raises(ValueError, match="recovery_requests must be at least 1"):
+        Throttle(recovery_requests=0)
 
 
 # -- Breaker ------------------------------------------------------------------------------------

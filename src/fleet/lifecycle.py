@@ -32,6 +32,8 @@ from fleet.errors import (
     OutcomeUnknown,
     PermanentApiError,
     ProtocolError,
+    ServerUnavailable,
+    TransientApiError,
 )
 from fleet.stages import ALLOWED, DONE, JOB_TYPES, STARTABLE, Outcome, Stage, StageState
 from fleet.store import ModelRecord, StageRecord, Store, utc_now
@@ -56,6 +58,8 @@ _RECONCILE_SCAN = 2000
 # A submission whose answer is lost is looked for on the server and, if absent, sent again,
 # this many times in all.
 _UNKNOWN_OUTCOME_TRIES = 3
+# Rounds of a call that keeps failing transiently (each after the client's own retries).
+_TRANSIENT_ROUNDS = 5
 _UNKNOWN_OUTCOME_FAILURE = "the server did not answer the submission and has no record of it"
 _FOUND_AFTER_RESTART = "found on the server after restart"
 _FOUND_AFTER_LOSS = "found on the server after a lost response"
@@ -203,7 +207,7 @@ async def _evaluate(
         return await ctx.api.evaluate(trained_model_id, request)
 
     async def finish(done: StageRecord) -> StageRecord:
-        metrics = latest_metrics(await _call(ctx.api.events(trained_model_id)))
+        metrics = latest_metrics(await _call(ctx, lambda: ctx.api.events(trained_model_id)))
         if metrics is None:
             raise _StageFailed("evaluation completed but the version has no EVALUATED event")
         return await transition(ctx, done, S.SUCCEEDED, metrics=metrics)
@@ -220,7 +224,10 @@ async def _approve(
     comments = model.spec.lifecycle.approval_comments
 
     async def approved() -> bool:
-        return any(e.status == "APPROVED" for e in await _call(ctx.api.events(trained_model_id)))
+        return any(
+            e.status == "APPROVED"
+            for e in await _call(ctx, lambda: ctx.api.events(trained_model_id))
+        )
 
     async with ctx.limiters[Stage.APPROVE]:
         if record.state in STARTABLE:
@@ -238,7 +245,7 @@ async def _approve(
             return await transition(ctx, record, S.SUCCEEDED, detail=_FOUND_AFTER_RESTART)
         for _ in range(_UNKNOWN_OUTCOME_TRIES):
             try:
-                await _call(ctx.api.approve(trained_model_id, comments))
+                await _call(ctx, lambda: ctx.api.approve(trained_model_id, comments))
             except OutcomeUnknown:
                 if await approved():
                     return await transition(ctx, record, S.SUCCEEDED, detail=_FOUND_AFTER_LOSS)
@@ -269,7 +276,7 @@ async def _deploy(
 
     async def before() -> dict[str, Any]:
         # What is in production now is what `retire_mode = "previous"` retires afterwards.
-        active = await _call(ctx.api.active_deployments(model.spec.id))
+        active = await _call(ctx, lambda: ctx.api.active_deployments(model.spec.id))
         previous = [
             {"trained_model_id": d.trained_model_id, "deployment_id": d.id}
             for d in active
@@ -278,8 +285,9 @@ async def _deploy(
         return {"previous": previous}
 
     async def finish(done: StageRecord) -> StageRecord:
-        assert done.job_id is not None
-        deployment = await _call(ctx.api.deployment_for_job(done.job_id))
+        job_id = done.job_id
+        assert job_id is not None
+        deployment = await _call(ctx, lambda: ctx.api.deployment_for_job(job_id))
         return await transition(ctx, done, S.SUCCEEDED, deployment_id=deployment.id)
 
     return await _job_stage(
@@ -327,7 +335,7 @@ async def _retire(
         return await ctx.api.retire(tm_id, dep_id)
 
     async def retired() -> bool:
-        active = await _call(ctx.api.active_deployments(model.spec.id))
+        active = await _call(ctx, lambda: ctx.api.active_deployments(model.spec.id))
         return all(d.id != dep_id for d in active)
 
     return await _job_stage(
@@ -420,7 +428,7 @@ async def _submit(
 ) -> StageRecord:
     for _ in range(_UNKNOWN_OUTCOME_TRIES):
         try:
-            job = await _call(submit())
+            job = await _call(ctx, submit)
         except OutcomeUnknown:
             # The server may have created the job: look before sending it again.
             found = await _find_submitted(ctx, model, record, trained_model_id)
@@ -447,9 +455,10 @@ async def _submitted(
 async def _follow(ctx: Context, record: StageRecord) -> StageRecord:
     """Poll the stage's job until it ends: the record comes back failed, or still in flight
     for the caller to finish. The stage's limiter is held by the caller."""
-    assert record.job_id is not None
+    job_id = record.job_id
+    assert job_id is not None
     while True:
-        job = await _call(ctx.api.get_job(record.job_id))
+        job = await _call(ctx, lambda: ctx.api.get_job(job_id))
         if job.status == "COMPLETED":
             return record
         if job.status in {"ERROR", "CANCELLED"}:
@@ -502,11 +511,26 @@ def _trained_model(records: dict[Stage, StageRecord]) -> str:
     return trained_model_id
 
 
-async def _call(awaitable: Awaitable[_T]) -> _T:
-    """Await an API call; a model-level refusal fails the stage, a run-level one aborts."""
-    try:
-        return await awaitable
-    except AuthError as exc:
-        raise RunAborted(str(exc)) from exc
-    except (PermanentApiError, ProtocolError) as exc:
-        raise _StageFailed(str(exc)) from exc
+async def _call(ctx: Context, call: Callable[[], Awaitable[_T]]) -> _T:
+    """Make an API call for one model, sorting its failures by whom they concern.
+
+    A rejected token, or a server down past the outage budget, stops the run. A refusal or an
+    unreadable answer fails this model. A transient failure that outlived the client's own
+    retries while the rest of the server works is tried again a few rounds, a poll interval
+    apart, before it fails the model. Unknown POST outcomes go back to the caller to reconcile.
+    """
+    for _ in range(_TRANSIENT_ROUNDS):
+        try:
+            return await call()
+        except AuthError as exc:
+            raise RunAborted(str(exc)) from exc
+        except (OutcomeUnknown, ServerUnavailable):
+            raise
+        except TransientApiError as exc:
+            last = exc
+            log.warning("fleet.call.transient", error=str(exc))
+            await ctx.sleep(ctx.poll_interval)
+            _stop_if_draining(ctx)
+        except (PermanentApiError, ProtocolError) as exc:
+            raise _StageFailed(str(exc)) from exc
+    raise _StageFailed(f"the server kept failing: {last}")

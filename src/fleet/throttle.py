@@ -2,10 +2,13 @@
 
 `Throttle` answers 429/503 the way a polite client should: everyone pauses (for `Retry-After`,
 or a growing backoff), then the request rate is cut to half of what was just observed and climbs
-back additively until the limit is lifted (AIMD, as TCP does). `Breaker` stops a fleet of
-hundreds of tasks from hammering a server that fails every request: after `threshold`
-consecutive failures only one probe at a time goes out, and past `budget_s` every caller gets
-`ServerUnavailable`.
+back additively with each success until the limit is lifted (AIMD, as TCP does). The climb is
+counted in successes, not seconds: a server that refuses a steady few percent of requests at
+random would otherwise ratchet the rate down to the floor, one cut per pause.
+
+`Breaker` stops a fleet of hundreds of tasks from hammering a server that fails every
+request: after `threshold` consecutive failures only one probe at a time goes out, and past
+`budget_s` every caller gets `ServerUnavailable`.
 
 Both are shared by hundreds of anyio tasks. Waiters block on a lock or an event, never spin; at
 most one task per object sleeps on the clock, and time (`clock`, `sleep`) is injectable.
@@ -54,8 +57,7 @@ class Throttle:
         "_max_rps",
         "_paused_until",
         "_ramp_from",
-        "_ramp_start",
-        "_recovery_s",
+        "_recovery_requests",
         "_rng",
         "_sleep",
         "_starts",
@@ -69,7 +71,7 @@ class Throttle:
         *,
         max_rps: float | None = None,
         min_rps: float = 1.0,
-        recovery_s: float = 30.0,
+        recovery_requests: int = 20,
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
         rng: random.Random | None = None,
@@ -78,12 +80,12 @@ class Throttle:
             raise ValueError(f"max_rps must be positive or None, not {max_rps}")
         if not min_rps > 0:
             raise ValueError(f"min_rps must be positive, not {min_rps}")
-        if not recovery_s > 0:
-            raise ValueError(f"recovery_s must be positive, not {recovery_s}")
+        if recovery_requests < 1:
+            raise ValueError(f"recovery_requests must be at least 1, not {recovery_requests}")
         self._max_rps = max_rps
         # A fixed max_rps below min_rps wins: the floor only bounds the adaptive cut.
         self._floor = min_rps if max_rps is None else min(min_rps, max_rps)
-        self._recovery_s = recovery_s
+        self._recovery_requests = recovery_requests
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
@@ -94,7 +96,6 @@ class Throttle:
         self._streak = 0
         self._adaptive: float | None = None
         self._ramp_from = 0.0
-        self._ramp_start = 0.0
         self._ceiling = 0.0
         self.overloads = 0
         self.waited_s = 0.0
@@ -160,11 +161,8 @@ class Throttle:
         self._streak = 0
         if self._adaptive is None:
             return
-        elapsed = self._clock() - self._ramp_start
-        if elapsed <= 0:
-            return
-        limit = self._ramp_from + (self._ceiling - self._ramp_from) * elapsed / self._recovery_s
-        if limit >= self._ceiling:
+        limit = self._adaptive + (self._ceiling - self._ramp_from) / self._recovery_requests
+        if limit >= self._ceiling - 1e-9:
             self._adaptive = None
             log.info("fleet.throttle.recovered", rate_limit=self.rate_limit)
         else:
@@ -204,8 +202,6 @@ class Throttle:
         self._adaptive = target
         self._ramp_from = target
         self._ceiling = ceiling
-        # The climb starts when requests may flow again, not during the pause.
-        self._ramp_start = max(now, self._paused_until)
 
 
 class Breaker:
