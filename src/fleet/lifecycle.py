@@ -58,6 +58,9 @@ _RECONCILE_SCAN = 2000
 # A submission whose answer is lost is looked for on the server and, if absent, sent again,
 # this many times in all.
 _UNKNOWN_OUTCOME_TRIES = 3
+_KNOWN_JOB_STATUSES = frozenset(
+    {"CREATED", "SCHEDULED", "ASSIGNED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED"}
+)
 # Rounds of a call that keeps failing transiently (each after the client's own retries).
 _TRANSIENT_ROUNDS = 5
 _UNKNOWN_OUTCOME_FAILURE = "the server did not answer the submission and has no record of it"
@@ -457,12 +460,17 @@ async def _follow(ctx: Context, record: StageRecord) -> StageRecord:
     for the caller to finish. The stage's limiter is held by the caller."""
     job_id = record.job_id
     assert job_id is not None
+    warned = False
     while True:
         job = await _call(ctx, lambda: ctx.api.get_job(job_id))
         if job.status == "COMPLETED":
             return record
         if job.status in {"ERROR", "CANCELLED"}:
             return await _ended_badly(ctx, record, job)
+        if job.status not in _KNOWN_JOB_STATUSES and not warned:
+            # The API notes: treat any other string as not yet terminal. Say so once.
+            log.warning("fleet.job.unknown_status", job_id=job_id, status=job.status)
+            warned = True
         if job.status == "RUNNING" and record.state is S.SUBMITTED:
             record = await transition(ctx, record, S.RUNNING)
         await ctx.sleep(ctx.poll_interval * ctx.rng.uniform(0.8, 1.2))
