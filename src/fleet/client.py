@@ -8,11 +8,12 @@ URLs are always built from ids; `_links` carry an internal host name and are nev
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, Self, TypeVar
 
 import anyio
@@ -436,17 +437,17 @@ def _read(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
     status = response.status_code
     if status < 300:  # noqa: PLR2004
         try:
-            data = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = _json(response)
+        except _Unreadable as exc:
             raise ProtocolError(
-                f"{method} {path}: answer is not JSON: {_excerpt(response.text)}",
+                f"{method} {path}: answer is not JSON: {_excerpt(_text(response))}",
                 method=method,
                 path=path,
                 status=status,
             ) from exc
         if not isinstance(data, dict):
             raise ProtocolError(
-                f"{method} {path}: answer is not a JSON object: {_excerpt(response.text)}",
+                f"{method} {path}: answer is not a JSON object: {_excerpt(_text(response))}",
                 method=method,
                 path=path,
                 status=status,
@@ -462,7 +463,7 @@ def _read(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
             path=path,
             status=status,
         )
-    if status in _TRANSIENT_STATUSES:
+    if status in _TRANSIENT_STATUSES or status >= 500:  # noqa: PLR2004 - every 5xx, 520-524 too
         if method == "POST" and status not in _REFUSED_STATUSES:
             raise OutcomeUnknown(text, method=method, path=path, status=status)
         raise TransientApiError(
@@ -502,14 +503,37 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, min(seconds, 300.0))
 
 
+class _Unreadable(Exception):
+    """A body that is not JSON fleet can read."""
+
+
+def _json(response: httpx.Response) -> object:
+    """The body as JSON, whatever it holds: huge numbers, deep nesting and odd bytes included."""
+    try:
+        return json.loads(response.content)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, digits
+        raise _Unreadable from exc
+
+
+def _text(response: httpx.Response) -> str:
+    """The body as text for a message; a charset that lies cannot break an error path."""
+    return response.content[:4096].decode("utf-8", errors="replace")
+
+
+# A server or proxy that repeats the request's credentials back must not put them in an error.
+_ECHOED_TOKEN = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
+
+
 def _server_message(response: httpx.Response) -> str:
     try:
-        data = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return response.text[:200].strip()
-    if isinstance(data, dict):
-        return str(data.get("message") or data.get("error") or "")[:500]
-    return ""
+        data = _json(response)
+    except _Unreadable:
+        message = _excerpt(_text(response))
+    else:
+        message = (
+            str(data.get("message") or data.get("error") or "") if isinstance(data, dict) else ""
+        )
+    return _ECHOED_TOKEN.sub(r"\1[redacted]", message[:500])
 
 
 def _describe(exc: httpx.TransportError) -> str:
@@ -596,12 +620,14 @@ def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
 
 
 def _timestamp(value: object) -> datetime | None:
+    """An aware datetime; a time written without an offset is taken as UTC, as the server's are."""
     if not isinstance(value, str):
         return None
     try:
-        return datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _automation(resources: Mapping[str, str], docker_image: str | None) -> dict[str, Any]:
