@@ -211,3 +211,36 @@ def test_an_outage_past_its_budget_stops_with_exit_3_and_resumes(tmp_path: Path)
     status = json.loads(fleet("status", "n", "--json", cwd=tmp_path).stdout)
     assert status["status"] == "aborted"
     assert TOKEN not in err
+
+
+def test_retry_failed_resume_and_the_failure_policy_from_the_command_line(tmp_path: Path) -> None:
+    """--max-failures halts with exit 1; --retry-failed reruns failures; --resume needs one."""
+    with emulator(
+        tmp_path, "--models", "40", "--time-scale", "5000", "--job-error-rate", "0.2", "--seed", "9"
+    ) as url:
+        halted = fleet(
+            *run_args(tmp_path, "n"), "--max-failures", "0", "--concurrency", "2",
+            cwd=tmp_path, env=run_env(url),
+        )  # fmt: skip
+        assert halted.returncode == 1, halted.stderr
+        assert "stopped admitting models: 1 models failed" in halted.stderr
+        first = fleet(*run_args(tmp_path, "n"), cwd=tmp_path, env=run_env(url))
+        assert first.returncode == 1, first.stderr
+        failed_before = json.loads(fleet("status", "n", "--json", cwd=tmp_path).stdout)
+        retried = fleet(
+            "run", "--retry-failed", "n", "--config", str(tmp_path / "fleet.toml"),
+            "--poll-interval", "0.05", cwd=tmp_path, env=run_env(url),
+        )  # fmt: skip
+        after = json.loads(fleet("status", "n", "--json", cwd=tmp_path).stdout)
+        nothing = fleet(
+            "run", "--resume", "--config", str(tmp_path / "fleet.toml"),
+            cwd=tmp_path, env=run_env(url),
+        )  # fmt: skip
+        stats = sim_stats(url)
+    count = lambda doc: sum(m["outcome"] == "failed" for m in doc["models"])  # noqa: E731
+    assert retried.returncode in {0, 1}, retried.stderr
+    assert count(after) < count(failed_before)
+    assert any(len(m["attempts"]) > 1 for m in after["models"])
+    assert nothing.returncode == 2
+    assert "no unfinished run" in nothing.stderr
+    assert stats["max_jobs_per_model_and_type"] <= 2  # a retried stage is a second attempt
