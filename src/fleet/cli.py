@@ -41,6 +41,7 @@ from fleet.scheduler import (
     model_outcome,
     run,
 )
+from fleet.sim.world import RATE_FIELDS
 from fleet.stages import Stage, StageState
 from fleet.store import LeaseHeld, Store
 from fleet.throttle import Breaker, Throttle
@@ -205,24 +206,12 @@ def _sim_settings(args: argparse.Namespace, **extra: Any) -> sim.SimSettings:
         raise ConfigError("--models: must be at least 1")
     if args.time_scale <= 0:
         raise ConfigError("--time-scale: must be greater than 0")
-    rates = (
-        "job_error_rate",
-        "http_500_rate",
-        "http_503_rate",
-        "http_429_rate",
-        "slow_rate",
-        "drop_rate",
-        "delay_after_rate",
-    )
-    for name in rates:
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise ConfigError(f"--{name.replace('_', '-')}: must be between 0 and 1")
     try:
         return sim.SimSettings(
             models=args.models,
             seed=args.seed,
             time_scale=args.time_scale,
-            **{name: getattr(args, name) for name in rates},
+            **{name: getattr(args, name) for name in RATE_FIELDS},
             delay_after_s=args.delay_after_s,
             fault_methods=tuple(m.strip().upper() for m in args.fault_methods.split(",")),
             **extra,

@@ -234,16 +234,7 @@ async def _approve(
 
     async with ctx.limiters[Stage.APPROVE]:
         if record.state in STARTABLE:
-            _stop_if_draining(ctx)
-            record = await transition(
-                ctx,
-                record,
-                S.SUBMITTING,
-                attempt=record.attempt + 1,
-                submitted_at=ctx.now(),
-                trained_model_id=trained_model_id,
-                error=None,
-            )
+            record = await _open_attempt(ctx, record, trained_model_id=trained_model_id)
         elif await approved():
             return await transition(ctx, record, S.SUCCEEDED, detail=_FOUND_AFTER_RESTART)
         for _ in range(_UNKNOWN_OUTCOME_TRIES):
@@ -387,17 +378,7 @@ async def _job_stage(
                 data = dict(record.data)
                 if before is not None and record.state is S.PENDING:
                     data.update(await before())
-                record = await transition(
-                    ctx,
-                    record,
-                    S.SUBMITTING,
-                    attempt=record.attempt + 1,
-                    submitted_at=ctx.now(),
-                    data=data,
-                    deployment_id=deployment_id,
-                    job_id=None,
-                    error=None,
-                )
+                record = await _open_attempt(ctx, record, data=data, deployment_id=deployment_id)
                 record = await _submit(ctx, model, record, submit, trained_model_id)
             elif record.state is S.SUBMITTING:
                 job = await _find_submitted(ctx, model, record, trained_model_id)
@@ -415,6 +396,21 @@ async def _job_stage(
     if finish is None:
         return await transition(ctx, record, S.SUCCEEDED)
     return await finish(record)
+
+
+async def _open_attempt(ctx: Context, record: StageRecord, **changes: Any) -> StageRecord:
+    """Record the intent to submit a new attempt: committed before its request goes out."""
+    _stop_if_draining(ctx)
+    return await transition(
+        ctx,
+        record,
+        S.SUBMITTING,
+        attempt=record.attempt + 1,
+        submitted_at=ctx.now(),
+        job_id=None,
+        error=None,
+        **changes,
+    )
 
 
 def _stop_if_draining(ctx: Context) -> None:

@@ -31,6 +31,18 @@ _FAULT_METHODS = frozenset({"GET", "POST"})
 _EVALUATED_FROM = frozenset({"TRAINED", "EVALUATED"})
 
 
+# The settings that are probabilities, each within [0, 1].
+RATE_FIELDS = (
+    "job_error_rate",
+    "http_500_rate",
+    "http_503_rate",
+    "http_429_rate",
+    "slow_rate",
+    "drop_rate",
+    "delay_after_rate",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class SimSettings:
     """How big the emulated project is and how badly it behaves.
@@ -64,16 +76,7 @@ class SimSettings:
             raise ValueError(f"models must be >= 0, got {self.models}")
         if self.time_scale <= 0:
             raise ValueError(f"time_scale must be positive, got {self.time_scale}")
-        rates = (
-            "job_error_rate",
-            "http_500_rate",
-            "http_503_rate",
-            "http_429_rate",
-            "slow_rate",
-            "drop_rate",
-            "delay_after_rate",
-        )
-        for name in rates:
+        for name in RATE_FIELDS:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
         if self.http_500_rate + self.http_503_rate + self.http_429_rate > 1.0:
