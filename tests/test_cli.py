@@ -25,6 +25,7 @@ from cli_support import (
     sim_stats,
     start,
 )
+from fleet.sim import SimSettings, build, draws
 
 pytestmark = pytest.mark.e2e
 
@@ -135,7 +136,8 @@ def test_sigterm_stops_the_run_with_143_and_it_resumes(tmp_path: Path) -> None:
         (["run", "--limits.train", "zero"], "limits.train"),
         (["status", "--db", "nope.db"], "nope.db"),
         (["demo", "--models", "0"], "--models"),
-        (["run", "--stages", "deploy"], "stages"),
+        (["run", "--stages", "deploy,train"], "stages"),
+        (["run", "--defaults.approval-rule", "Accuracy >>"], "column"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -205,3 +207,22 @@ def test_version_and_module_entry_point(tmp_path: Path) -> None:
     done = fleet("--version", cwd=tmp_path)
     assert done.returncode == 0
     assert done.stdout.startswith("fleet ")
+
+
+def test_demo_with_a_gate_rejects_the_versions_below_it(tmp_path: Path) -> None:
+    """`fleet demo` with an approval rule exits 0 and rejects exactly the versions under it."""
+    world, _ = build(SimSettings(models=30, seed=4))
+    below = sum(float(draws.metrics(4, m.id, 2)["Accuracy"]) < 0.8 for m in world.models())
+    done = fleet(
+        "demo", "--models", "30", "--seed", "4", "--time-scale", "5000", *FAST,
+        "--defaults.approval-rule", "Accuracy >= 0.8", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"{30 - below} of 30 models succeeded, {below} rejected by the approval rule" in (
+        done.stderr
+    )
+    strict = fleet(
+        "demo", "--models", "30", "--seed", "4", "--time-scale", "5000", *FAST, "--db", "b.db",
+        "--defaults.approval-rule", "Accuracy >= 0.8", "--fail-on-reject", cwd=tmp_path,
+    )  # fmt: skip
+    assert strict.returncode == 1, strict.stderr

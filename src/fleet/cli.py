@@ -152,6 +152,17 @@ def _add_setting_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
     for spec in flag_specs():
         if spec.path.startswith(skip):
             continue
+        if spec.switch:
+            group.add_argument(
+                spec.flag,
+                dest=f"setting:{spec.path}",
+                default=None,
+                nargs="?",
+                const="true",
+                metavar="true|false",
+                help=spec.help or None,
+            )
+            continue
         group.add_argument(
             spec.flag,
             dest=f"setting:{spec.path}",
@@ -387,7 +398,7 @@ async def _drive(
         _error("interrupted: the run's state is saved; run again with the same --run-id")
         return EXIT_SIGTERM if signalled[0] == signal.SIGTERM else EXIT_SIGINT
     assert result is not None
-    return _report(result)
+    return _report(result, fail_on_reject=settings.fail_on_reject)
 
 
 async def _watch_signals(
@@ -428,6 +439,7 @@ async def _show_progress(progress: Progress, interval: float) -> None:
             models_total=snap.models_total,
             models_succeeded=snap.models_succeeded,
             models_failed=snap.models_failed,
+            models_rejected=snap.models_rejected,
             elapsed_s=round(snap.elapsed_s, 1),
             eta_s=None if snap.eta_s() is None else round(snap.eta_s() or 0.0, 1),
             **{f"{stage}": _counts(states) for stage, states in snap.stages.items()},
@@ -443,8 +455,8 @@ def _progress_table(snap: ProgressSnapshot) -> Table:
     table = Table(
         title=(
             f"fleet: {snap.models_finished}/{snap.models_total} models finished "
-            f"({snap.models_failed} failed) · {snap.elapsed_s:.0f}s elapsed"
-            + (f" · ETA {eta:.0f}s" if eta is not None else "")
+            f"({snap.models_failed} failed, {snap.models_rejected} rejected) · "
+            f"{snap.elapsed_s:.0f}s elapsed" + (f" · ETA {eta:.0f}s" if eta is not None else "")
         ),
         title_justify="left",
         caption_justify="left",
@@ -472,12 +484,13 @@ def _progress_table(snap: ProgressSnapshot) -> Table:
     return table
 
 
-def _report(result: RunResult) -> int:
+def _report(result: RunResult, *, fail_on_reject: bool = False) -> int:
     out = _summary_stream()
     verb = "resumed" if result.resumed else "ran"
+    rejected = f", {len(result.rejected)} rejected by the approval rule" if result.rejected else ""
     out.write(
         f"run {result.run_id} ({verb}): {result.status}; {result.succeeded} of "
-        f"{result.models_total} models succeeded, {len(result.failed)} failed, "
+        f"{result.models_total} models succeeded{rejected}, {len(result.failed)} failed, "
         f"{result.pending} not finished, in {result.elapsed_s:.1f}s\n"
     )
     for failure in result.failed:
@@ -492,7 +505,9 @@ def _report(result: RunResult) -> int:
         _error(f"stopped admitting models: {result.reason}")
         _error(f"fix the cause, then: fleet run --retry-failed {result.run_id}")
         return EXIT_MODELS_FAILED
-    return EXIT_MODELS_FAILED if result.failed else EXIT_OK
+    if result.failed:
+        return EXIT_MODELS_FAILED
+    return EXIT_MODELS_FAILED if result.rejected and fail_on_reject else EXIT_OK
 
 
 # -- status ----------------------------------------------------------------------------------
@@ -535,6 +550,7 @@ async def _status_document(db: Path, run_id: str | None) -> dict[str, Any]:
                     {k: v for k, v in a.items() if k != "run_id"}
                     for a in attempts.get(model.spec.id, [])
                 ],
+                **_judgements(model.stages),
             }
         )
     return {
@@ -548,6 +564,21 @@ async def _status_document(db: Path, run_id: str | None) -> dict[str, Any]:
     }
 
 
+def _judgements(stages: Any) -> dict[str, Any]:
+    """The approval gate's decision (rule, values, comment) and the monitor flag, if any."""
+    approve = stages.get(Stage.APPROVE)
+    evaluate = stages.get(Stage.EVALUATE)
+    gate = None
+    if approve is not None and "decision" in approve.data:
+        gate = {k: approve.data.get(k) for k in ("decision", "rule", "comparisons", "comment")}
+    monitor = evaluate.data.get("monitor") if evaluate is not None else None
+    return {
+        "decision": gate["decision"] if gate else None,
+        "gate": gate,
+        "monitor": monitor,
+    }
+
+
 def _current_stage(stages: Any, order: tuple[Stage, ...]) -> tuple[Stage, Any]:
     """The stage a model is at: its failed or in-flight stage, else its first unfinished one."""
     for stage in order:
@@ -558,7 +589,8 @@ def _current_stage(stages: Any, order: tuple[Stage, ...]) -> tuple[Stage, Any]:
 
 
 def _print_status(document: dict[str, Any]) -> None:
-    console = Console()
+    # Off a terminal rich assumes 80 columns; a status goes to files and pagers: be wide.
+    console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(
         f"run {document['run_id']}: {document['status']} (started {document['created_at']})"
     )
@@ -566,16 +598,23 @@ def _print_status(document: dict[str, Any]) -> None:
         console.print(f"reason: {document['reason']}")
     counts = Table(title="stages", title_justify="left")
     counts.add_column("stage")
-    states = [s.value for s in StageState]
+    states = [
+        s.value for s in StageState if any(by.get(s.value) for by in document["stages"].values())
+    ]
     for state in states:
         counts.add_column(state, justify="right")
     for stage, by_state in document["stages"].items():
         counts.add_row(stage, *(str(by_state.get(state, 0)) for state in states))
     console.print(counts)
     models = Table(title="models", title_justify="left")
-    for column in ("name", "outcome", "stage", "state", "attempt", "job", "error"):
-        models.add_column(column)
+    for column in ("name", "outcome", "stage", "state", "attempt", "job", "decision", "note"):
+        models.add_column(column, overflow="fold")
     for row in document["models"]:
+        note = row["error"] or ""
+        if row["gate"] and row["gate"].get("comment") and not note:
+            note = row["gate"]["comment"]
+        if row["monitor"] and row["monitor"]["flag"] != "ok":
+            note = f"monitor {row['monitor']['flag']}: {row['monitor']['detail']}"
         models.add_row(
             row["name"],
             row["outcome"],
@@ -583,7 +622,8 @@ def _print_status(document: dict[str, Any]) -> None:
             row["state"],
             str(row["attempt"]),
             row["job_id"] or "",
-            row["error"] or "",
+            row["decision"] or "",
+            note,
         )
     console.print(models)
 

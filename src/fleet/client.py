@@ -163,6 +163,7 @@ class ModelOps(Protocol):
     async def deploy(self, trained_model_id: str, request: DeployRequest) -> Job: ...
     async def deployment_for_job(self, job_id: str) -> Deployment: ...
     async def active_deployments(self, model_id: str) -> list[Deployment]: ...
+    async def latest_version(self, model_id: str) -> str | None: ...
     async def retire(self, trained_model_id: str, deployment_id: str) -> Job: ...
 
 
@@ -294,6 +295,18 @@ class ModelOpsClient:
                 [_parse_deployment(d) async for d in self._pages(path, "deployments", params)]
             )
         return found
+
+    async def latest_version(self, model_id: str) -> str | None:
+        """The model's newest trained version (by createdAt), if it has any."""
+        path = "/api/trainedModels/search/findByModelId"
+        newest: tuple[datetime, str] | None = None
+        async for item in self._pages(
+            path, "trainedModels", {"modelId": _uuid(model_id), "sort": "createdAt,desc"}
+        ):
+            created = _timestamp(item.get("createdAt")) or datetime.min.replace(tzinfo=UTC)
+            if newest is None or created > newest[0]:
+                newest = (created, _req_str(item, "id"))
+        return None if newest is None else newest[1]
 
     # -- writes ------------------------------------------------------------------------------
 

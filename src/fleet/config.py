@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -29,6 +30,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -41,6 +43,7 @@ from pydantic_settings import (
 )
 
 from fleet.errors import ConfigError
+from fleet.policy import Rule
 from fleet.stages import STAGE_ORDER, Stage
 
 ENV_PREFIX = "FLEET_"
@@ -145,14 +148,46 @@ class Lifecycle(_Section):
     cron: str = Field("@once", description="@once, @manual or a cron expression")
     publish_only: bool = Field(default=False, description="publish without scheduling")
     approval_comments: str = Field("Approved by fleet", description="comment on approval")
+    approval_rule: str | None = Field(
+        None, description="approve only versions whose metrics pass it; reject the others"
+    )
+    on_missing_metric: Literal["reject", "fail"] = Field(
+        "reject", description="a metric the rule needs is missing: reject, or fail the model"
+    )
+    no_champion: Literal["allow", "reject"] = Field(
+        "allow", description="champion.* comparisons when nothing is deployed yet"
+    )
+    monitor_rule: str | None = Field(
+        None, description="after evaluation, flag versions whose metrics fail it"
+    )
+    trained_model_id: str | None = Field(
+        None, description="the version --from-stage starts from (default: see from_version)"
+    )
     retire_mode: RetireMode = Field("previous", description="previous, deployed or none")
 
     @field_validator(
-        "train_dataset_id", "evaluate_dataset_id", "dataset_connection_id", "dataset_template_id"
+        "train_dataset_id",
+        "evaluate_dataset_id",
+        "dataset_connection_id",
+        "dataset_template_id",
+        "trained_model_id",
     )
     @classmethod
     def _ids(cls, value: str | None) -> str | None:
         return None if value is None else _check_uuid(value)
+
+    @field_validator("approval_rule", "monitor_rule")
+    @classmethod
+    def _rule(cls, value: str | None) -> str | None:
+        if value is not None:
+            Rule.parse(value)  # a RuleError is a ValueError: reported with its column
+        return value
+
+    def approval(self) -> Rule | None:
+        return None if self.approval_rule is None else Rule.parse(self.approval_rule)
+
+    def monitor(self) -> Rule | None:
+        return None if self.monitor_rule is None else Rule.parse(self.monitor_rule)
 
 
 class ModelEntry(BaseModel):
@@ -212,6 +247,13 @@ class Settings(BaseSettings):
     stages: Annotated[tuple[Stage, ...], NoDecode] = Field(
         STAGE_ORDER, description="stages to run, comma-separated, in lifecycle order"
     )
+    from_stage: Stage | None = Field(
+        None, description="start at this stage from an existing version instead of training"
+    )
+    from_version: Literal["latest", "deployed"] = Field(
+        "latest", description="the version --from-stage starts from: latest or deployed"
+    )
+    fail_on_reject: bool = Field(default=False, description="exit 1 when a gate rejected a model")
     db: Path = Field(Path("fleet.db"), description="SQLite state file")
     progress_interval: PositiveFloat = Field(10.0, description="seconds between progress lines")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="")
@@ -228,11 +270,30 @@ class Settings(BaseSettings):
 
     @field_validator("stages")
     @classmethod
-    def _stage_prefix(cls, value: tuple[Stage, ...]) -> tuple[Stage, ...]:
-        if not value or value != STAGE_ORDER[: len(value)]:
+    def _stage_run(cls, value: tuple[Stage, ...]) -> tuple[Stage, ...]:
+        start = STAGE_ORDER.index(value[0]) if value else 0
+        if not value or value != STAGE_ORDER[start : start + len(value)]:
             order = ",".join(STAGE_ORDER)
-            raise ValueError(f"must be the first stages of {order}, in that order")
+            raise ValueError(f"must be consecutive stages of {order}, in that order")
         return value
+
+    def active_stages(self) -> tuple[Stage, ...]:
+        """The stages this run performs: `stages`, cut at `from_stage`."""
+        if self.from_stage is None:
+            return self.stages
+        return tuple(
+            s for s in self.stages if STAGE_ORDER.index(s) >= STAGE_ORDER.index(self.from_stage)
+        )
+
+    def first_stage(self) -> Stage:
+        """Where the run starts; stages before it adopt an existing version."""
+        return self.active_stages()[0]
+
+    @model_validator(mode="after")
+    def _from_stage_in_stages(self) -> Settings:
+        if not self.active_stages():
+            raise ValueError(f"from_stage {self.from_stage} is after the last of the stages")
+        return self
 
     @field_validator("models")
     @classmethod
@@ -356,6 +417,7 @@ class FlagSpec:
     flag: str  # e.g. "--limits.train"
     help: str
     choices: tuple[str, ...] | None
+    switch: bool = False  # a boolean: the bare flag means true
 
 
 def flag_specs() -> list[FlagSpec]:
@@ -375,7 +437,13 @@ def _walk_flags(model: type[BaseModel], prefix: str) -> Iterator[FlagSpec]:
             continue
         flag = "--" + path.replace("_", "-")
         choices = _literal_choices(annotation)
-        yield FlagSpec(path=path, flag=flag, help=info.description or "", choices=choices)
+        yield FlagSpec(
+            path=path,
+            flag=flag,
+            help=info.description or "",
+            choices=choices,
+            switch=annotation is bool,
+        )
 
 
 def _model_type(annotation: Any) -> type[BaseModel] | None:
@@ -387,6 +455,11 @@ def _model_type(annotation: Any) -> type[BaseModel] | None:
 def _literal_choices(annotation: Any) -> tuple[str, ...] | None:
     if get_origin(annotation) is Literal:
         return tuple(str(a) for a in get_args(annotation))
+    if get_origin(annotation) in {tuple, list}:
+        return None  # a list of values: checked by the model, not by the parser
+    for arg in (annotation, *get_args(annotation)):
+        if isinstance(arg, type) and issubclass(arg, Enum):
+            return tuple(str(member.value) for member in arg)
     return None
 
 

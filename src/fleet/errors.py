@@ -2,6 +2,7 @@
 
     FleetError
     ├── ConfigError               bad settings, flags or model lists (exit 2)
+    │   └── RuleError             an approval or monitor rule that does not parse (policy.py)
     ├── ApiError                  anything the ModelOps API answered or failed to answer
     │   ├── TransientApiError     timeouts, connection errors, 429, 500, 502, 503, 504 (retry_after)
     │   │   ├── OutcomeUnknown    a POST was sent but no answer came back: it may have been applied

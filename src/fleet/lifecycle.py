@@ -35,7 +35,16 @@ from fleet.errors import (
     ServerUnavailable,
     TransientApiError,
 )
-from fleet.stages import ALLOWED, DONE, JOB_TYPES, STARTABLE, Outcome, Stage, StageState
+from fleet.stages import (
+    ALLOWED,
+    DONE,
+    JOB_TYPES,
+    STAGE_ORDER,
+    STARTABLE,
+    Outcome,
+    Stage,
+    StageState,
+)
 from fleet.store import ModelRecord, StageRecord, Store, utc_now
 
 log = structlog.get_logger("fleet.lifecycle")
@@ -71,7 +80,9 @@ _FOUND_DONE = "already done on the server"
 
 class ProgressSink(Protocol):
     def moved(self, stage: Stage, before: StageState, after: StageState) -> None: ...
-    def model_finished(self, model: ModelRecord, failed: StageRecord | None) -> None: ...
+    def model_finished(
+        self, model: ModelRecord, failed: StageRecord | None, *, rejected: bool = False
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +102,9 @@ class Context:
     max_attempts: Mapping[Stage, int] = field(default_factory=dict)
     # Set on SIGTERM/SIGINT: submit nothing new, stop following jobs, keep what is recorded.
     draining: anyio.Event = field(default_factory=anyio.Event)
+    # Stages before this one adopt what the server has (`--from-stage`), from this version.
+    first_stage: Stage = Stage.TRAIN
+    from_version: str = "latest"
 
 
 class RunAborted(Exception):
@@ -156,7 +170,7 @@ async def run_model(ctx: Context, model: ModelRecord, stages: tuple[Stage, ...])
             if record.state is not S.FAILED and record.state not in DONE:
                 with structlog.contextvars.bound_contextvars(stage=stage.value):
                     try:
-                        record = await _RUNNERS[stage](ctx, model, records, record)
+                        record = await _runner(ctx, records, stage)(ctx, model, records, record)
                     except _StageFailed as failed:
                         record = await transition(ctx, record, S.FAILED, error=failed.reason)
                     except _Paused:
@@ -165,8 +179,24 @@ async def run_model(ctx: Context, model: ModelRecord, stages: tuple[Stage, ...])
             if record.state is S.FAILED:
                 ctx.progress.model_finished(model, record)
                 return Outcome.FAILED
+    if _rejected(records):
+        ctx.progress.model_finished(model, None, rejected=True)
+        return Outcome.REJECTED
     ctx.progress.model_finished(model, None)
     return Outcome.SUCCEEDED
+
+
+def _runner(ctx: Context, records: dict[Stage, StageRecord], stage: Stage) -> Runner:
+    if STAGE_ORDER.index(stage) < STAGE_ORDER.index(ctx.first_stage):
+        return _adopt
+    if stage in {Stage.DEPLOY, Stage.RETIRE} and _rejected(records):
+        return _skip_rejected
+    return _RUNNERS[stage]
+
+
+def _rejected(records: Mapping[Stage, StageRecord]) -> bool:
+    approve = records.get(Stage.APPROVE)
+    return approve is not None and approve.data.get("decision") == "rejected"
 
 
 # -- stage runners ---------------------------------------------------------------------------
@@ -213,7 +243,8 @@ async def _evaluate(
         metrics = latest_metrics(await _call(ctx, lambda: ctx.api.events(trained_model_id)))
         if metrics is None:
             raise _StageFailed("evaluation completed but the version has no EVALUATED event")
-        return await transition(ctx, done, S.SUCCEEDED, metrics=metrics)
+        data = {**done.data, "metrics": metrics, **_monitor(model, metrics)}
+        return await transition(ctx, done, S.SUCCEEDED, metrics=metrics, data=data)
 
     return await _job_stage(
         ctx, model, record, submit, trained_model_id=trained_model_id, finish=finish
@@ -223,29 +254,121 @@ async def _evaluate(
 async def _approve(
     ctx: Context, model: ModelRecord, records: dict[Stage, StageRecord], record: StageRecord
 ) -> StageRecord:
+    """Approve, or reject when the version fails its approval rule; the decision is recorded
+    with the intent, before the call, so a restart makes the same call."""
     trained_model_id = _trained_model(records)
-    comments = model.spec.lifecycle.approval_comments
-
-    async def approved() -> bool:
-        return any(
-            e.status == "APPROVED"
-            for e in await _call(ctx, lambda: ctx.api.events(trained_model_id))
-        )
-
     async with ctx.limiters[Stage.APPROVE]:
+        resumed = record.state is S.SUBMITTING
         if record.state in STARTABLE:
-            record = await _open_attempt(ctx, record, trained_model_id=trained_model_id)
-        elif await approved():
+            decision = await _decide(ctx, model, records, trained_model_id)
+            record = await _open_attempt(
+                ctx, record, trained_model_id=trained_model_id, data={**record.data, **decision}
+            )
+        verdict = "REJECTED" if record.data.get("decision") == "rejected" else "APPROVED"
+        call = ctx.api.reject if verdict == "REJECTED" else ctx.api.approve
+        comment = str(record.data.get("comment") or model.spec.lifecycle.approval_comments)
+
+        async def done() -> bool:
+            events = await _call(ctx, lambda: ctx.api.events(trained_model_id))
+            return any(e.status == verdict for e in events)
+
+        if resumed and await done():
             return await transition(ctx, record, S.SUCCEEDED, detail=_FOUND_AFTER_RESTART)
         for _ in range(_UNKNOWN_OUTCOME_TRIES):
             try:
-                await _call(ctx, lambda: ctx.api.approve(trained_model_id, comments))
+                await _call(ctx, lambda: call(trained_model_id, comment))
             except OutcomeUnknown:
-                if await approved():
+                if await done():
                     return await transition(ctx, record, S.SUCCEEDED, detail=_FOUND_AFTER_LOSS)
                 continue
-            return await transition(ctx, record, S.SUCCEEDED)
+            return await transition(ctx, record, S.SUCCEEDED, detail=comment)
         raise _StageFailed(_UNKNOWN_OUTCOME_FAILURE)
+
+
+async def _decide(
+    ctx: Context, model: ModelRecord, records: dict[Stage, StageRecord], trained_model_id: str
+) -> dict[str, Any]:
+    """Judge the new version by its approval rule: the decision, the rule, the values."""
+    spec = model.spec.lifecycle
+    rule = spec.approval()
+    if rule is None:
+        return {"decision": "approved", "comment": spec.approval_comments}
+    metrics = await _metrics_of(ctx, records, trained_model_id)
+    champion_id, champion = None, None
+    if rule.uses_champion:
+        champion_id, champion = await _champion(ctx, model, trained_model_id)
+    verdict = rule.evaluate(metrics, champion, no_champion_passes=spec.no_champion == "allow")
+    values = [
+        {"text": c.text, "left": c.left, "op": c.op, "right": c.right, "passed": c.passed}
+        for c in verdict.comparisons
+    ]
+    facts = {"rule": rule.text, "comparisons": values, "champion": champion_id}
+    if verdict.passed is None:
+        missing = ", ".join(verdict.missing)
+        if spec.on_missing_metric == "fail":
+            raise _StageFailed(f"approval rule needs {missing}, which the evaluation lacks")
+        comment = f"Rejected by fleet: no value for {missing}, needed by rule {rule.text}"
+        return {**facts, "decision": "rejected", "comment": comment}
+    if verdict.passed:
+        comment = f"{spec.approval_comments}. Rule {rule.text} passed: {verdict.describe()}"
+        return {**facts, "decision": "approved", "comment": comment}
+    comment = f"Rejected by fleet: rule {rule.text} failed: {verdict.describe()}"
+    return {**facts, "decision": "rejected", "comment": comment}
+
+
+async def _metrics_of(
+    ctx: Context, records: dict[Stage, StageRecord], trained_model_id: str
+) -> dict[str, str]:
+    """The version's metrics: from this run's evaluation, else from its newest EVALUATED event."""
+    evaluated = records.get(Stage.EVALUATE)
+    if evaluated is not None and evaluated.data.get("metrics"):
+        return dict(evaluated.data["metrics"])
+    events = await _call(ctx, lambda: ctx.api.events(trained_model_id))
+    return latest_metrics(events) or {}
+
+
+async def _champion(
+    ctx: Context, model: ModelRecord, trained_model_id: str
+) -> tuple[str | None, dict[str, str] | None]:
+    """The version in production for this model (not the new one) and its latest metrics."""
+    active = await _call(ctx, lambda: ctx.api.active_deployments(model.spec.id))
+    others = [d for d in active if d.trained_model_id and d.trained_model_id != trained_model_id]
+    if not others:
+        return None, None
+    champion_id = others[-1].trained_model_id
+    assert champion_id is not None
+    events = await _call(ctx, lambda: ctx.api.events(champion_id))
+    return champion_id, latest_metrics(events) or {}
+
+
+async def _adopt(
+    ctx: Context, model: ModelRecord, _records: dict[Stage, StageRecord], record: StageRecord
+) -> StageRecord:
+    """A stage before `--from-stage`: training adopts an existing version, the rest skip."""
+    if record.stage is not Stage.TRAIN:
+        return await transition(ctx, record, S.SKIPPED, detail="before from_stage")
+    named = model.spec.lifecycle.trained_model_id
+    version: str | None
+    if named is not None:
+        version, how = named, "named in the config"
+    elif ctx.from_version == "deployed":
+        active = await _call(ctx, lambda: ctx.api.active_deployments(model.spec.id))
+        version = active[-1].trained_model_id if active else None
+        how = "deployed"
+    else:
+        version = await _call(ctx, lambda: ctx.api.latest_version(model.spec.id))
+        how = "latest"
+    if version is None:
+        raise _StageFailed(f"no {how} trained version to start from")
+    return await transition(
+        ctx, record, S.SKIPPED, trained_model_id=version, detail=f"starts from the {how} version"
+    )
+
+
+async def _skip_rejected(
+    ctx: Context, _model: ModelRecord, _records: dict[Stage, StageRecord], record: StageRecord
+) -> StageRecord:
+    return await transition(ctx, record, S.SKIPPED, detail="the version was rejected")
 
 
 async def _deploy(
@@ -411,6 +534,20 @@ async def _open_attempt(ctx: Context, record: StageRecord, **changes: Any) -> St
         error=None,
         **changes,
     )
+
+
+def _monitor(model: ModelRecord, metrics: Mapping[str, str]) -> dict[str, Any]:
+    """Monitoring nights: flag a version whose fresh metrics fail the monitor rule."""
+    rule = model.spec.lifecycle.monitor()
+    if rule is None:
+        return {}
+    verdict = rule.evaluate(metrics, None, no_champion_passes=True)
+    flag = {True: "ok", False: "degraded", None: "unknown"}[verdict.passed]
+    if flag != "ok":
+        log.warning(
+            "fleet.monitor.flagged", model_id=model.spec.id, flag=flag, detail=verdict.describe()
+        )
+    return {"monitor": {"flag": flag, "rule": rule.text, "detail": verdict.describe()}}
 
 
 def _stop_if_draining(ctx: Context) -> None:

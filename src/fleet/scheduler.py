@@ -26,7 +26,7 @@ from fleet.client import ModelOps
 from fleet.config import Settings
 from fleet.errors import ApiError, FleetError, RunNotFound, ungrouped
 from fleet.lifecycle import Context, RunAborted, run_model, transition
-from fleet.stages import DONE, Outcome, Stage, StageState
+from fleet.stages import DONE, STAGE_ORDER, Outcome, Stage, StageState
 from fleet.store import Lease, ModelRecord, RunRecord, StageRecord, Store, utc_now
 
 log = structlog.get_logger("fleet.scheduler")
@@ -59,12 +59,13 @@ class ProgressSnapshot:
     models_total: int
     models_succeeded: int
     models_failed: int
+    models_rejected: int
     stages: dict[Stage, dict[StageState, int]]
     recent_failures: tuple[Failure, ...]
 
     @property
     def models_finished(self) -> int:
-        return self.models_succeeded + self.models_failed
+        return self.models_succeeded + self.models_failed + self.models_rejected
 
     def eta_s(self) -> float | None:
         """Time left at the rate models finished so far (None until one has)."""
@@ -83,6 +84,8 @@ class Progress:
     models_total: int = 0
     models_succeeded: int = 0
     models_failed: int = 0
+    # Rejected by an approval gate: finished, and not a failure.
+    models_rejected: int = 0
     counts: dict[Stage, Counter[StageState]] = field(default_factory=dict)
     failures: deque[Failure] = field(default_factory=lambda: deque(maxlen=5))
 
@@ -99,7 +102,12 @@ class Progress:
         counts[before] -= 1
         counts[after] += 1
 
-    def model_finished(self, model: ModelRecord, failed: StageRecord | None) -> None:
+    def model_finished(
+        self, model: ModelRecord, failed: StageRecord | None, *, rejected: bool = False
+    ) -> None:
+        if rejected:
+            self.models_rejected += 1
+            return
         if failed is None:
             self.models_succeeded += 1
             return
@@ -114,6 +122,7 @@ class Progress:
             models_total=self.models_total,
             models_succeeded=self.models_succeeded,
             models_failed=self.models_failed,
+            models_rejected=self.models_rejected,
             stages={stage: dict(counts) for stage, counts in self.counts.items()},
             recent_failures=tuple(self.failures),
         )
@@ -131,6 +140,7 @@ class RunResult:
     resumed: bool
     aborted: FleetError | None = None
     reason: str | None = None
+    rejected: tuple[str, ...] = ()  # names of models whose new version a gate rejected
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -168,11 +178,15 @@ async def run(
             if not (retry_failed and result.failed):
                 log.info("fleet.run.already_finished", run_id=run_id, status=existing.status)
                 return replace(result, status=existing.status)
-        stages = existing.stages if existing is not None else settings.stages
         if existing is None:
+            active = settings.active_stages()
+            stages = STAGE_ORDER[: STAGE_ORDER.index(active[-1]) + 1]
+            first = active[0]
             specs = settings.model_specs()
-            await store.create_run(run_id, stages, specs, _settings_summary(settings))
+            await store.create_run(run_id, stages, specs, _settings_summary(settings), first)
         else:
+            stages = existing.stages
+            first = existing.from_stage or Stage.TRAIN
             await store.set_run_status(run_id, RUN_RUNNING, finished=False)
         models = await store.models(run_id)
         ctx = Context(
@@ -186,6 +200,8 @@ async def run(
             rng=rng or random.Random(),  # noqa: S311 - jitter, not security
             max_attempts={stage: settings.attempts.of(stage) for stage in Stage},
             draining=stop,
+            first_stage=first,
+            from_version=settings.from_version,
         )
         if retry_failed:
             models = await _reopen_failed(ctx, models)
@@ -268,7 +284,7 @@ class FailurePolicy:
         if self.reason is not None:
             return False
         failed = progress.models_failed
-        finished = progress.models_failed + progress.models_succeeded
+        finished = failed + progress.models_succeeded + progress.models_rejected
         if self.max_failures is not None and failed > self.max_failures:
             self.reason = f"{failed} models failed, more than max_failures={self.max_failures}"
         elif (
@@ -371,10 +387,13 @@ async def summarize(
     succeeded = 0
     pending = 0
     failed: list[Failure] = []
+    rejected: list[str] = []
     for model in models:
         outcome = model_outcome(model)
         if outcome is Outcome.SUCCEEDED:
             succeeded += 1
+        elif outcome is Outcome.REJECTED:
+            rejected.append(model.spec.name)
         elif outcome is Outcome.FAILED:
             stage, reason = next(
                 (r.stage, r.error or "")
@@ -394,6 +413,7 @@ async def summarize(
         pending=pending,
         elapsed_s=elapsed_s,
         resumed=resumed,
+        rejected=tuple(rejected),
     )
 
 
@@ -402,6 +422,9 @@ def model_outcome(model: ModelRecord) -> Outcome:
     if any(s is StageState.FAILED for s in states):
         return Outcome.FAILED
     if all(s in DONE for s in states):
+        approve = model.stages.get(Stage.APPROVE)
+        if approve is not None and approve.data.get("decision") == "rejected":
+            return Outcome.REJECTED
         return Outcome.SUCCEEDED
     if all(s is StageState.PENDING for s in states):
         return Outcome.PENDING

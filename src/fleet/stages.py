@@ -44,6 +44,7 @@ class StageState(StrEnum):
     SUBMITTED = "submitted"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
+    REJECTED = "rejected"  # an approval gate turned the new version down: not a failure
     FAILED = "failed"
     SKIPPED = "skipped"
     RETRYING = "retrying"
@@ -83,4 +84,5 @@ class Outcome(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
+    REJECTED = "rejected"  # an approval gate turned the new version down: not a failure
     FAILED = "failed"

@@ -107,11 +107,14 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE runs ADD COLUMN reason TEXT;
     """,
+    """
+    ALTER TABLE runs ADD COLUMN from_stage TEXT;
+    """,
 )
 
 _INSERT_RUN = (
-    "INSERT INTO runs (id, created_at, updated_at, status, stages, settings)"
-    " VALUES (?, ?, ?, 'running', ?, ?)"
+    "INSERT INTO runs (id, created_at, updated_at, status, stages, settings, from_stage)"
+    " VALUES (?, ?, ?, 'running', ?, ?, ?)"
 )
 _INSERT_MODEL = (
     "INSERT INTO run_models (run_id, model_id, position, name, lifecycle) VALUES (?, ?, ?, ?, ?)"
@@ -171,6 +174,7 @@ class RunRecord:
     status: str
     stages: tuple[Stage, ...]
     reason: str | None = None
+    from_stage: Stage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,13 +333,19 @@ class Store:
             write.done.set()
 
     async def create_run(
-        self, run_id: str, stages: Sequence[Stage], specs: Sequence[ModelSpec], settings: str
+        self,
+        run_id: str,
+        stages: Sequence[Stage],
+        specs: Sequence[ModelSpec],
+        settings: str,
+        from_stage: Stage | None = None,
     ) -> None:
+        """A new run; with `from_stage`, the stages before it adopt what the server has."""
         now = self._iso()
         statements: list[tuple[str, Sequence[Any]]] = [
             (
                 _INSERT_RUN,
-                (run_id, now, now, ",".join(stages), settings),
+                (run_id, now, now, ",".join(stages), settings, from_stage),
             )
         ]
         for position, spec in enumerate(specs):
@@ -594,6 +604,7 @@ def _run(row: sqlite3.Row) -> RunRecord:
         status=row["status"],
         stages=tuple(Stage(s) for s in row["stages"].split(",") if s),
         reason=row["reason"],
+        from_stage=Stage(row["from_stage"]) if row["from_stage"] else None,
     )
 
 
