@@ -23,7 +23,7 @@ from fleet.config import ModelEntry, Settings, load_settings
 from fleet.store import Store
 from fleet.throttle import Breaker, Throttle
 
-BASE_URL = "http://sim.test/modelops/core"
+BASE_URL = "http://localhost/modelops/core"
 
 
 @dataclass

@@ -29,7 +29,7 @@ from rich.table import Table
 from fleet import __version__, sim
 from fleet import logging as fleet_logging
 from fleet.client import ModelOpsClient, RetryPolicy
-from fleet.config import ModelEntry, Settings, flag_specs, load_settings
+from fleet.config import ModelEntry, Settings, env_name, flag_specs, load_settings
 from fleet.errors import ConfigError, RunNotFound, StoreError, ungrouped
 from fleet.scheduler import (
     FINISHED_RUN_STATUSES,
@@ -71,8 +71,8 @@ _DEMO_SETTINGS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         code: int = args.command(args)
     except ConfigError as exc:
         _error(f"configuration error: {exc}")
@@ -98,12 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleet",
+        allow_abbrev=False,
         description="Run the Teradata ModelOps lifecycle of hundreds of models at once.",
     )
     parser.add_argument("--version", action="version", version=f"fleet {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    run_p = commands.add_parser("run", help="run (or resume) the lifecycle of every model")
+    run_p = commands.add_parser(
+        "run", help="run (or resume) the lifecycle of every model", allow_abbrev=False
+    )
     run_p.add_argument("--config", type=Path, help="fleet.toml to read (default ./fleet.toml)")
     which = run_p.add_mutually_exclusive_group()
     which.add_argument("--run-id", help="name of the run; the same id resumes it")
@@ -138,7 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim_p.set_defaults(command=_cmd_sim)
 
-    demo_p = commands.add_parser("demo", help="run fleet against a built-in emulator")
+    demo_p = commands.add_parser(
+        "demo", help="run fleet against a built-in emulator", allow_abbrev=False
+    )
     _add_sim_flags(demo_p, time_scale=_DEMO_TIME_SCALE)
     demo_p.add_argument("--db", type=Path, default=Path("fleet-demo.db"), help="state file")
     demo_p.add_argument("--run-id", help="name of the run; the same id resumes it")
@@ -147,7 +152,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _SecretOnCommandLine(argparse.Action):
+    """A secret given as a flag would show in `ps` and shell history: refuse it."""
+
+    def __call__(self, *_args: object, **_kwargs: object) -> None:
+        name = self.dest.removeprefix("secret:")
+        raise ConfigError(
+            f"{self.option_strings[0]}: secrets are not taken on the command line (they show "
+            f"in ps); set {env_name(name)} or api.{name.split('.')[-1]}_file"
+        )
+
+
 def _add_setting_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    for secret in ("api.token", "api.client_secret"):
+        if not secret.startswith(skip):
+            parser.add_argument(
+                "--" + secret.replace("_", "-"),
+                dest=f"secret:{secret}",
+                action=_SecretOnCommandLine,
+                help=argparse.SUPPRESS,
+            )
     group = parser.add_argument_group("settings (override fleet.toml and FLEET_* variables)")
     for spec in flag_specs():
         if spec.path.startswith(skip):
@@ -265,13 +289,15 @@ async def _run_with_client(
 ) -> int:
     assert settings.api.url is not None
     assert settings.api.project_id is not None
+    for warning in settings.warnings:
+        log.warning("fleet.config.secret_in_file", detail=warning)
     verify: bool | str = settings.api.verify_tls
     if settings.api.verify_tls and settings.api.ca_bundle is not None:
         verify = str(settings.api.ca_bundle)
     async with ModelOpsClient(
         settings.api.url,
         settings.api.project_id,
-        settings.api.bearer(),
+        settings.api.token_source(),
         verify=verify,
         timeout_s=settings.api.timeout,
         max_connections=settings.max_connections,
@@ -636,8 +662,11 @@ def _configure_logging(settings: Settings, *, explicit: bool) -> None:
     if sys.stdout.isatty() and not explicit and level == "info":
         level = "warning"  # the live display shows progress; per-stage lines would drown it
     fleet_logging.configure(level=level)
-    if settings.api.token is not None or settings.api.token_file is not None:
-        fleet_logging.redactor.add(settings.api.bearer())
+    secret = settings.api.client_secret
+    if secret is not None:
+        fleet_logging.redactor.add(secret.get_secret_value())
+    if settings.api.token is not None:
+        fleet_logging.redactor.add(settings.api.token.get_secret_value())
 
 
 def _summary_stream() -> TextIO:

@@ -21,6 +21,7 @@ import httpx
 import stamina
 
 from fleet import __version__
+from fleet.auth import ClientCredentials, StaticToken, TokenSource
 from fleet.errors import (
     ApiError,
     AuthError,
@@ -185,7 +186,7 @@ class ModelOpsClient:
         self,
         base_url: str,
         project_id: str,
-        token: str,
+        token: str | TokenSource,
         *,
         verify: bool | str = True,
         timeout_s: float = 30.0,
@@ -205,7 +206,6 @@ class ModelOpsClient:
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={
-                "Authorization": f"Bearer {token}",
                 "AOA-Project-ID": project_id,
                 "VMO-Project-ID": project_id,
                 "Accept": "application/json, application/hal+json",
@@ -219,6 +219,9 @@ class ModelOpsClient:
             transport=transport,
         )
         self._project_id = project_id
+        self._auth: TokenSource = StaticToken(token) if isinstance(token, str) else token
+        if isinstance(self._auth, ClientCredentials):
+            self._auth.attach(self._http)
         # Requests wait here rather than in httpcore's pool, whose queue costs
         # O(connections x waiting requests) on every request (a third of fleet's CPU at 300
         # models in flight before this).
@@ -412,7 +415,13 @@ class ModelOpsClient:
         await self.throttle.wait()
         try:
             async with self._slots:
-                response = await self._http.request(method, path, params=params, json=body)
+                token = await self._auth.token()
+                response = await self._request(method, path, token, params, body)
+                if response.status_code == 401:  # noqa: PLR2004
+                    # Once: an expired or rotated token gets renewed and the request sent
+                    # again (a 401 was not applied); a second 401 stops the run.
+                    token = await self._auth.renew()
+                    response = await self._request(method, path, token, params, body)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             self.breaker.failure()
             # The request never left this machine: nothing can have been applied.
@@ -432,6 +441,17 @@ class ModelOpsClient:
             raise
         self._judge(response)
         return _read(response, method, path)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        token: str,
+        params: Mapping[str, str] | None,
+        body: Mapping[str, Any] | None,
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"}
+        return await self._http.request(method, path, params=params, json=body, headers=headers)
 
     def _judge(self, response: httpx.Response) -> None:
         """Tell the throttle and the breaker how the server took a request."""

@@ -12,6 +12,7 @@ is expected. Nothing here does I/O beyond reading the config, token and model fi
 from __future__ import annotations
 
 import csv
+import ipaddress
 import json
 import os
 import tomllib
@@ -23,10 +24,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
+import httpx
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -42,6 +45,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fleet.auth import ClientCredentials, StaticToken, TokenFile, TokenSource
 from fleet.errors import ConfigError
 from fleet.policy import Rule
 from fleet.stages import STAGE_ORDER, Stage
@@ -72,8 +76,20 @@ class ApiSettings(_Section):
     outage_budget: PositiveFloat = Field(
         600.0, description="seconds the server may fail every request before the run stops"
     )
+    auth: Literal["bearer", "client_credentials"] = Field(
+        "bearer", description="bearer (a token) or client_credentials (OAuth2)"
+    )
+    token_url: str | None = Field(None, description="OAuth2 token URL (client_credentials)")
+    client_id: str | None = Field(None, description="OAuth2 client id (client_credentials)")
+    client_secret: SecretStr | None = Field(
+        None, description="OAuth2 client secret: set FLEET_API__CLIENT_SECRET"
+    )
+    client_secret_file: Path | None = Field(None, description="file holding the client secret")
+    allow_insecure_http: bool = Field(
+        default=False, description="allow http:// to hosts other than this machine"
+    )
 
-    @field_validator("url")
+    @field_validator("url", "token_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is None:
@@ -81,6 +97,42 @@ class ApiSettings(_Section):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _plain_http_only_to_loopback(self) -> ApiSettings:
+        for name in ("url", "token_url"):
+            value = getattr(self, name)
+            if value and value.startswith("http://") and not self.allow_insecure_http:
+                host = httpx.URL(value).host
+                if not _is_loopback(host):
+                    raise ValueError(
+                        f"{name} {value} sends the token unencrypted to {host}: use https://, "
+                        "or set api.allow_insecure_http = true if you really mean it"
+                    )
+        return self
+
+    def token_source(self) -> TokenSource:
+        """Where requests get their bearer token from, per `auth`."""
+        if self.auth == "client_credentials":
+            if not self.token_url or not self.client_id:
+                raise ConfigError(
+                    "api.auth = client_credentials needs api.token_url and api.client_id"
+                )
+            return ClientCredentials(self.token_url, self.client_id, self._client_secret())
+        if self.token is not None:
+            return StaticToken(self.bearer())
+        if self.token_file is not None:
+            return TokenFile(self.token_file)
+        raise ConfigError("api.token: missing; set FLEET_API__TOKEN or api.token_file")
+
+    def _client_secret(self) -> str:
+        if self.client_secret is not None and self.client_secret.get_secret_value().strip():
+            return self.client_secret.get_secret_value()
+        if self.client_secret_file is not None:
+            return _read_secret(self.client_secret_file, "api.client_secret_file")
+        raise ConfigError(
+            "api.client_secret: missing; set FLEET_API__CLIENT_SECRET or api.client_secret_file"
+        )
 
     @field_validator("project_id")
     @classmethod
@@ -96,6 +148,15 @@ class ApiSettings(_Section):
         if self.token_file is None:
             raise ConfigError("api.token: missing; set FLEET_API__TOKEN or api.token_file")
         return _read_token(self.token_file)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Limits(_Section):
@@ -260,6 +321,12 @@ class Settings(BaseSettings):
     defaults: Lifecycle = Field(default_factory=Lifecycle)
     models: tuple[ModelEntry, ...] = ()
     models_file: Path | None = Field(None, description="CSV or JSONL file of models")
+    # Things worth saying once logging is set up (a secret kept in the config file, say).
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -332,7 +399,7 @@ class Settings(BaseSettings):
                 "api.project_id: missing; set it in fleet.toml, FLEET_API__PROJECT_ID "
                 "or --api.project-id"
             )
-        self.api.bearer()
+        self.api.token_source()
         if self.api.ca_bundle is not None and not self.api.ca_bundle.is_file():
             raise ConfigError(f"api.ca_bundle: {self.api.ca_bundle} is not a readable file")
 
@@ -406,6 +473,14 @@ def load_settings(
         _toml_path.reset(token)
     if settings.api.token_file is not None and settings.api.token is None:
         _read_token(settings.api.token_file)
+    api_table = toml.get("api")
+    api_in_file: dict[str, Any] = api_table if isinstance(api_table, dict) else {}
+    settings._warnings.extend(  # noqa: SLF001 - load_settings builds the object it annotates
+        f"api.{name} is in {config}: anyone who can read the file can use it; prefer "
+        f"{env_name('api.' + name)} or api.{name}_file"
+        for name in ("token", "client_secret")
+        if name in api_in_file
+    )
     return settings
 
 
@@ -433,7 +508,7 @@ def _walk_flags(model: type[BaseModel], prefix: str) -> Iterator[FlagSpec]:
         if nested is not None:
             yield from _walk_flags(nested, f"{path}.")
             continue
-        if name in {"token", "models", "hyperparameters"}:
+        if name in {"token", "client_secret", "models", "hyperparameters"}:
             continue
         flag = "--" + path.replace("_", "-")
         choices = _literal_choices(annotation)
@@ -533,7 +608,8 @@ def _first_error_line(exc: ValidationError, prefix: str, sources: _Sources | Non
             message = "unknown setting; check its spelling against fleet.toml's comments"
         elif error["type"] == "missing":
             message = "missing"
-        origin = f" (from {sources.of(path)})" if sources is not None and path else ""
+        source = sources.of(path) if sources is not None and path else "default"
+        origin = f" (from {source})" if source != "default" else ""
         lines.append(f"{where}{origin}: {message}")
     extra = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
     return lines[0] + extra
@@ -552,13 +628,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _read_token(path: Path) -> str:
+    return _read_secret(path, "api.token_file")
+
+
+def _read_secret(path: Path, setting: str) -> str:
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        secret = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"api.token_file: cannot read {path} ({exc.strerror})") from None
-    if not token:
-        raise ConfigError(f"api.token_file: {path} is empty")
-    return token
+        raise ConfigError(f"{setting}: cannot read {path} ({exc.strerror})") from None
+    if not secret:
+        raise ConfigError(f"{setting}: {path} is empty")
+    return secret
 
 
 def load_models_file(path: Path) -> list[ModelEntry]:

@@ -240,6 +240,7 @@ class Store:
     async def open(
         cls, path: Path | str, *, now: Callable[[], datetime] = utc_now
     ) -> AsyncIterator[Self]:
+        _create_private(Path(path))
         try:
             conn = await aiosqlite.connect(str(path), isolation_level=None)
         except sqlite3.Error as exc:
@@ -556,6 +557,18 @@ class Store:
 
     def _iso(self) -> str:
         return self._now().isoformat(timespec="milliseconds")
+
+
+def _create_private(path: Path) -> None:
+    """A new state file is readable by its owner only (SQLite gives its -wal and -shm files
+    the same mode)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create state file {path}: {exc.strerror}") from exc
+    os.close(fd)
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:
