@@ -13,6 +13,7 @@ import pytest
 import respx
 
 from fleet.client import (
+    MAX_BODY_BYTES,
     Deployment,
     DeployRequest,
     EvaluateRequest,
@@ -823,3 +824,15 @@ async def test_a_request_waits_out_an_outage_that_ends(mock):
 
 def _job_json() -> dict[str, str]:
     return {"id": JOB_ID, "status": "RUNNING", "type": "TRAINING"}
+
+
+async def test_an_oversized_answer_is_refused_not_held(mock, api):
+    """An answer past MAX_BODY_BYTES is a ProtocolError (GET) or an unknown outcome (POST)."""
+    huge = b"[" + b"0," * (MAX_BODY_BYTES // 2) + b"0]"
+    mock.get(f"{API}/jobs/{JOB_ID}").respond(200, content=huge)
+    mock.post(f"{API}/models/{MODEL_ID}/train").respond(200, content=huge)
+
+    with pytest.raises(ProtocolError, match="over"):
+        await api.get_job(JOB_ID)
+    with pytest.raises(OutcomeUnknown, match="over"):
+        await api.train(MODEL_ID, TRAIN)

@@ -40,6 +40,8 @@ _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # so a POST that got one may be sent again; any other failure of a POST may have been applied.
 _REFUSED_STATUSES = frozenset({429, 503})
 _PAGE_SIZE = 100
+# The largest answer fleet reads: a page of 100 jobs with their metadata is ~200 KB.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 _T = TypeVar("_T")
 
 
@@ -451,7 +453,15 @@ class ModelOpsClient:
         body: Mapping[str, Any] | None,
     ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"}
-        return await self._http.request(method, path, params=params, json=body, headers=headers)
+        request = self._http.build_request(method, path, params=params, json=body, headers=headers)
+        response = await self._http.send(request, stream=True)
+        try:
+            content = await _bounded_body(response, method, path)
+        finally:
+            await response.aclose()
+        return httpx.Response(
+            response.status_code, headers=response.headers, content=content, request=request
+        )
 
     def _judge(self, response: httpx.Response) -> None:
         """Tell the throttle and the breaker how the server took a request."""
@@ -464,6 +474,32 @@ class ModelOpsClient:
         self.breaker.success()
         if status < 400:  # noqa: PLR2004
             self.throttle.succeeded()
+
+
+async def _bounded_body(response: httpx.Response, method: str, path: str) -> bytes:
+    """The (decompressed) body, refused past MAX_BODY_BYTES: a broken or hostile server
+    cannot make fleet hold gigabytes in memory."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ProtocolError(
+            f"{method} {path}: answer of {declared} bytes is over {MAX_BODY_BYTES}",
+            method=method,
+            path=path,
+            status=response.status_code,
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ProtocolError(
+                f"{method} {path}: answer is over {MAX_BODY_BYTES} bytes",
+                method=method,
+                path=path,
+                status=response.status_code,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _read(response: httpx.Response, method: str, path: str) -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""Property tests of the config loader: any file, variables or flags give settings or one
+ConfigError line, never another exception."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fleet.config import Settings, flag_specs, load_settings
+from fleet.errors import ConfigError
+
+PATHS = [spec.path for spec in flag_specs()]
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=30)
+    | st.sampled_from(["train,evaluate", "deploy,train", "Accuracy >= 0.8", "Accuracy >>", "-1"])
+)
+
+
+def _outcome(**kwargs: Any) -> Settings | ConfigError:
+    try:
+        return load_settings(use_default_file=False, **kwargs)
+    except ConfigError as exc:
+        message = str(exc)
+        assert "\n" not in message.strip() or "(in:" in message
+        assert "Traceback" not in message
+        return exc
+
+
+@settings(max_examples=200, deadline=None)
+@given(flags=st.dictionaries(st.sampled_from(PATHS), SCALARS.map(str), max_size=6))
+def test_any_flags_give_settings_or_a_config_error(flags: dict[str, str]) -> None:
+    """Flag values of any shape are validated into settings or refused with ConfigError."""
+    _outcome(config=None, flags=flags, env={})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    env=st.dictionaries(
+        st.sampled_from([f"FLEET_{p.replace('.', '__').upper()}" for p in PATHS])
+        | st.text(alphabet="ABCDEFGHIJ_", min_size=1, max_size=8).map(lambda s: f"FLEET_{s}"),
+        st.text(max_size=20),
+        max_size=5,
+    )
+)
+def test_any_environment_gives_settings_or_a_config_error(env: dict[str, str]) -> None:
+    """FLEET_* variables, known or not, with any text are validated or refused."""
+    _outcome(config=None, flags={}, env=env)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "nan"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    entries=st.dictionaries(
+        st.sampled_from(PATHS) | st.text(alphabet="abcxyz_", min_size=1, max_size=6),
+        SCALARS.filter(lambda v: v is not None),
+        max_size=6,
+    ),
+    garbage=st.text(max_size=40),
+)
+def test_any_toml_file_gives_settings_or_a_config_error(
+    entries: dict[str, object], garbage: str
+) -> None:
+    """A TOML file with any keys and values (or not TOML at all) loads or is refused."""
+    tables: dict[str, list[str]] = {}
+    for path, value in entries.items():
+        table, _, key = path.rpartition(".")
+        tables.setdefault(table, []).append(f"{key} = {_toml_value(value)}")
+    text = "\n".join(tables.pop("", []))
+    for table, lines in tables.items():
+        text += f"\n[{table}]\n" + "\n".join(lines)
+    with tempfile.TemporaryDirectory() as directory:
+        for body in (text, garbage):
+            path = Path(directory) / "fleet.toml"
+            path.write_text(body)
+            _outcome(config=path, flags={}, env={})
