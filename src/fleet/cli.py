@@ -139,6 +139,13 @@ def _parser() -> argparse.ArgumentParser:
     sim_p.add_argument(
         "--models-csv", type=Path, help="also write the models as a CSV for --models-file"
     )
+    sim_p.add_argument("--client-id", help="accept OAuth2 client credentials for this client")
+    sim_p.add_argument("--client-secret", help="the emulator's test client secret")
+    sim_p.add_argument(
+        "--token-lifetime", type=float, default=3600.0, help="issued tokens' life (sim seconds)"
+    )
+    sim_p.add_argument("--tls-cert", type=Path, help="serve HTTPS with this PEM certificate")
+    sim_p.add_argument("--tls-key", type=Path, help="the certificate's PEM key")
     sim_p.set_defaults(command=_cmd_sim)
 
     demo_p = commands.add_parser(
@@ -344,7 +351,14 @@ async def _demo(settings: Settings, sim_settings: sim.SimSettings, run_id: str |
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
-    settings = _sim_settings(args, token=args.token, project_id=args.project_id)
+    settings = _sim_settings(
+        args,
+        token=args.token,
+        project_id=args.project_id,
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        token_lifetime_s=args.token_lifetime,
+    )
     if not 0 <= args.port <= 65535:  # noqa: PLR2004
         raise ConfigError("--port: must be between 0 and 65535")
     fleet_logging.configure(level="warning")
@@ -359,7 +373,17 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         )
 
     try:
-        anyio.run(functools.partial(sim.serve_forever, app, args.host, args.port, on_ready=ready))
+        anyio.run(
+            functools.partial(
+                sim.serve_forever,
+                app,
+                args.host,
+                args.port,
+                on_ready=ready,
+                ssl_certfile=str(args.tls_cert) if args.tls_cert else None,
+                ssl_keyfile=str(args.tls_key) if args.tls_key else None,
+            )
+        )
     except KeyboardInterrupt:
         return EXIT_OK
     except OSError as exc:

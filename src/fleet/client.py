@@ -425,6 +425,15 @@ class ModelOpsClient:
                     token = await self._auth.renew()
                     response = await self._request(method, path, token, params, body)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            if _untrusted_certificate(exc):
+                # No retry will change the certificate: say what to do, and stop.
+                raise ApiError(
+                    f"the TLS certificate of {self._http.base_url} is not trusted "
+                    f"({_describe(exc)}); set api.ca_bundle to the PEM file of the CA that "
+                    "signed it",
+                    method=method,
+                    path=path,
+                ) from exc
             self.breaker.failure()
             # The request never left this machine: nothing can have been applied.
             raise TransientApiError(
@@ -603,6 +612,15 @@ def _server_message(response: httpx.Response) -> str:
             str(data.get("message") or data.get("error") or "") if isinstance(data, dict) else ""
         )
     return _ECHOED_TOKEN.sub(r"\1[redacted]", message[:500])
+
+
+def _untrusted_certificate(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _describe(exc: httpx.TransportError) -> str:

@@ -154,6 +154,25 @@ def test_after_fault_settings_are_validated(changes, message):
         SimSettings(**changes)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"client_id": "fleet"}, "client_id and client_secret must be set together"),
+        ({"client_secret": "s3cret"}, "client_id and client_secret must be set together"),
+        ({"client_id": "a:b", "client_secret": "s3cret"}, "without ':'"),
+        ({"client_id": "", "client_secret": "s3cret"}, "client_id must be non-empty"),
+        ({"client_id": "fleet", "client_secret": ""}, "client_secret must not be empty"),
+        ({"token_lifetime_s": 0.0}, "token_lifetime_s must be positive"),
+        ({"token_lifetime_s": float("inf")}, "token_lifetime_s must be positive"),
+        ({"token_lifetime_s": float("nan")}, "token_lifetime_s must be positive"),
+    ],
+)
+def test_client_credential_settings_are_validated(changes, message):
+    """Client credentials come both or neither, usable in HTTP Basic, with a finite lifetime."""
+    with pytest.raises(ValueError, match=message):
+        SimSettings(**changes)
+
+
 def test_fault_methods_may_target_one_method_or_none():
     """fault_methods accepts GET, POST, both, or nothing at all."""
     for methods in [("GET",), ("POST",), ("GET", "POST"), ()]:

@@ -1,15 +1,15 @@
 """The emulator's HTTP face: ModelOps' REST routes over a `World`, as a Starlette app.
 
 Every API request goes through the same gate, in the order a real deployment applies it:
-authentication, project membership, gateway faults, then the world catches up with the clock
-and the route runs. A fault answers before the route runs, so a faulted POST creates nothing;
-only a dropped or delayed answer comes after the route, so its POST did take effect.
+authentication (the static token or one issued by the OAuth2 token URL), project membership,
+gateway faults, then the world catches up with the clock and the route runs. A fault answers
+before the route runs, so a faulted POST creates nothing; only a dropped or delayed answer
+comes after the route, so its POST did take effect.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 import uuid
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from fleet.sim import views
 from fleet.sim.faults import DroppedResponse, Fault, FaultInjector
+from fleet.sim.oauth import TOKEN_PATH, TokenEndpoint, Tokens
 from fleet.sim.paging import hal_page, page_request
 from fleet.sim.world import InvalidRequestError, NotFoundError, SimError
 
@@ -38,16 +39,24 @@ if TYPE_CHECKING:
 PREFIX = "/modelops/core"
 _HAL = "application/hal+json"
 _PROJECT_HEADERS = ("aoa-project-id", "vmo-project-id")
+_EXPIRED_CHALLENGE = 'Bearer error="invalid_token", error_description="The access token expired"'
 
 
 def create_app(world: World) -> Starlette:
-    """The ModelOps API under `/modelops/core`, plus `GET /_sim/stats`."""
-    api = _Api(world)
+    """The ModelOps API under `/modelops/core`, plus `GET /_sim/stats`.
+
+    With a `client_id` configured, also the OAuth2 token URL `POST /oauth2/token` (outside the
+    API: no bearer token, no faults).
+    """
+    tokens = Tokens(world)
+    api = _Api(world, tokens)
     routes = [
         Route(PREFIX + path, api.gate(method, path, handler), methods=[method])
         for method, path, handler in api.routes()
     ]
     routes.append(Route("/_sim/stats", api.stats, methods=["GET"]))
+    if world.settings.client_id is not None:
+        routes.append(Route(TOKEN_PATH, TokenEndpoint(world, tokens).handle, methods=["POST"]))
     return Starlette(routes=routes, exception_handlers={HTTPException: api.unrouted})
 
 
@@ -56,10 +65,10 @@ def _hal(payload: JsonObject) -> JSONResponse:
 
 
 class _Api:
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, tokens: Tokens) -> None:
         self._world = world
         self._faults = FaultInjector(world.settings)
-        self._token = world.settings.token.encode()
+        self._tokens = tokens
         self._project_id = world.project.id.lower()
 
     def routes(self) -> list[tuple[str, str, Handler]]:
@@ -135,10 +144,15 @@ class _Api:
 
     def _admit(self, request: Request) -> Response | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        # compare_digest: a token check should not leak, by timing, how much of it matched.
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), self._token):
-            message = "Full authentication is required to access this resource"
-            return self._error(request, 401, message, {"WWW-Authenticate": "Bearer"})
+        state = self._tokens.check(token) if scheme.lower() == "bearer" else "unknown"
+        if state != "valid":
+            self._world.count_token_rejection()
+            if state == "expired":
+                message, challenge = "The access token expired", _EXPIRED_CHALLENGE
+            else:
+                message = "Full authentication is required to access this resource"
+                challenge = "Bearer"
+            return self._error(request, 401, message, {"WWW-Authenticate": challenge})
         project = next((request.headers[h] for h in _PROJECT_HEADERS if h in request.headers), None)
         if project is None:
             return self._error(

@@ -1,4 +1,4 @@
-"""Serving the emulator over real HTTP on loopback, as an async context manager."""
+"""Serving the emulator over real HTTP (or HTTPS) on loopback, as an async context manager."""
 
 from __future__ import annotations
 
@@ -47,8 +47,21 @@ def _drops_unlogged() -> Iterator[None]:
 
 
 @asynccontextmanager
-async def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-    """Serve `app` until the block exits; yields the base URL including `/modelops/core`."""
+async def serve(
+    app: ASGIApp,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+) -> AsyncIterator[str]:
+    """Serve `app` until the block exits; yields the base URL including `/modelops/core`.
+
+    With `ssl_certfile` (PEM, the server certificate and its chain; the key too unless
+    `ssl_keyfile` is given) it serves HTTPS and the URL starts with `https://`.
+    """
+    if ssl_keyfile is not None and ssl_certfile is None:
+        raise ValueError("ssl_keyfile needs ssl_certfile")
     config = uvicorn.Config(
         app,
         host=host,
@@ -57,16 +70,22 @@ async def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIt
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
+    # Loaded here rather than when the server starts, so an unreadable certificate or key is
+    # raised to the caller as itself, not from inside the server's task.
+    config.load()
     server = _Server(config)
+    scheme = "https" if ssl_certfile is not None else "http"
     # After `Config`, which (re)configures uvicorn's loggers.
     with _drops_unlogged():
-        async with _serving(server, host, port) as base_url:
+        async with _serving(server, scheme, host, port) as base_url:
             yield base_url
 
 
 @asynccontextmanager
-async def _serving(server: _Server, host: str, port: int) -> AsyncIterator[str]:
+async def _serving(server: _Server, scheme: str, host: str, port: int) -> AsyncIterator[str]:
     stopped = anyio.Event()
     failed: list[BaseException] = []
 
@@ -90,7 +109,7 @@ async def _serving(server: _Server, host: str, port: int) -> AsyncIterator[str]:
             if server.started:
                 bound_port = server.servers[0].sockets[0].getsockname()[1]
                 shown_host = f"[{host}]" if ":" in host else host
-                yield f"http://{shown_host}:{bound_port}{PREFIX}"
+                yield f"{scheme}://{shown_host}:{bound_port}{PREFIX}"
         except Exception as exc:  # noqa: BLE001 - re-raised below
             body_error = exc
         finally:
@@ -114,9 +133,13 @@ async def serve_forever(
     port: int = 8000,
     *,
     on_ready: Callable[[str], object] | None = None,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
 ) -> None:
     """Serve until cancelled; `on_ready` receives the base URL once it listens."""
-    async with serve(app, host, port) as base_url:
+    async with serve(
+        app, host, port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile
+    ) as base_url:
         if on_ready is not None:
             on_ready(base_url)
         await anyio.sleep_forever()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ class SimSettings:
     see `World.job_will_fail`), the others per API request whose method is in `fault_methods`.
     `drop_rate` and `delay_after_rate` strike after the request took effect: its answer is cut
     off mid-body (the client sees a transport error), or sent only after `delay_after_s`.
+
+    With `client_id` and `client_secret` set, `POST /oauth2/token` hands out access tokens
+    (OAuth2 client credentials) that expire `token_lifetime_s` later on the emulator's clock;
+    the static `token` keeps working alongside them.
     """
 
     models: int = 200  # named store-0001 ... store-0200
@@ -70,6 +75,9 @@ class SimSettings:
     delay_after_s: float = 5.0  # real seconds a handled request holds back its answer
     fault_methods: tuple[str, ...] = ("GET", "POST")  # the methods the HTTP faults strike
     initial_deployed: bool = True  # every model starts with a version deployed last night
+    client_id: str | None = None  # None: no token URL, only the static `token`
+    client_secret: str | None = None  # set together with client_id
+    token_lifetime_s: float = 3600.0  # simulated seconds an issued access token is valid
 
     def __post_init__(self) -> None:
         if self.models < 0:
@@ -90,6 +98,18 @@ class SimSettings:
             raise ValueError(
                 f"fault_methods must be a tuple of GET and POST, got {self.fault_methods!r}"
             )
+        self._check_client_credentials()
+
+    def _check_client_credentials(self) -> None:
+        if (self.client_id is None) != (self.client_secret is None):
+            raise ValueError("client_id and client_secret must be set together")
+        # HTTP Basic splits the credentials at the first colon, so an id cannot contain one.
+        if self.client_id is not None and (not self.client_id or ":" in self.client_id):
+            raise ValueError(f"client_id must be non-empty and without ':', got {self.client_id!r}")
+        if self.client_secret == "":
+            raise ValueError("client_secret must not be empty")
+        if not 0 < self.token_lifetime_s < math.inf:
+            raise ValueError(f"token_lifetime_s must be positive, got {self.token_lifetime_s}")
 
 
 class SimError(Exception):
@@ -137,6 +157,8 @@ class World:
         self._jobs_by_type: Counter[str] = Counter(dict.fromkeys(draws.JOB_TYPES, 0))
         self._requests: Counter[str] = Counter()
         self._faults: Counter[str] = Counter(dict.fromkeys(_FAULT_KINDS, 0))
+        self._tokens_issued = 0
+        self._token_rejections = 0
         self.train_dataset_id = draws.uuid_from(self._ids)
         self.eval_dataset_id = draws.uuid_from(self._ids)
         self._populate(start)
@@ -311,6 +333,12 @@ class World:
     def count_fault(self, kind: str) -> None:
         self._faults[kind] += 1
 
+    def count_token_issued(self) -> None:
+        self._tokens_issued += 1
+
+    def count_token_rejection(self) -> None:
+        self._token_rejections += 1
+
     def stats(self) -> dict[str, Any]:
         self.advance()
         return {
@@ -324,6 +352,9 @@ class World:
             "models": len(self._model_list),
             "active_deployments": len(self._active),
             "faults": dict(self._faults),
+            "tokens_issued": self._tokens_issued,  # by the OAuth2 token URL
+            # API requests refused with 401: no bearer token, an unknown one or an expired one.
+            "token_rejections": self._token_rejections,
         }
 
     # -- internals --------------------------------------------------------------------------
