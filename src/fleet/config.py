@@ -159,19 +159,23 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class Limits(_Section):
+class _PerStage(_Section):
+    """One number per stage, looked up by stage."""
+
+    def of(self, stage: Stage) -> int:
+        value: int = getattr(self, stage.value)
+        return value
+
+
+class Limits(_PerStage):
     train: PositiveInt = Field(20, description="training jobs running at once")
     evaluate: PositiveInt = Field(20, description="evaluation jobs running at once")
     approve: PositiveInt = Field(20, description="approval calls at once")
     deploy: PositiveInt = Field(20, description="deployment jobs running at once")
     retire: PositiveInt = Field(20, description="retirement jobs running at once")
 
-    def of(self, stage: Stage) -> int:
-        limit: int = getattr(self, stage.value)
-        return limit
 
-
-class Attempts(_Section):
+class Attempts(_PerStage):
     """Tries of a stage whose remote job ends in ERROR (1: no retry)."""
 
     train: PositiveInt = Field(1, description="tries of a training that ends in ERROR")
@@ -179,10 +183,6 @@ class Attempts(_Section):
     approve: PositiveInt = Field(1, description="tries of an approval")
     deploy: PositiveInt = Field(1, description="tries of a deployment that ends in ERROR")
     retire: PositiveInt = Field(1, description="tries of a retirement that ends in ERROR")
-
-    def of(self, stage: Stage) -> int:
-        attempts: int = getattr(self, stage.value)
-        return attempts
 
 
 class Resources(_Section):
