@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import functools
 import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,8 +30,8 @@ from rich.table import Table
 
 from fleet import __version__, sim
 from fleet import logging as fleet_logging
-from fleet.client import ModelOpsClient, RetryPolicy
-from fleet.config import ModelEntry, Settings, env_name, flag_specs, load_settings
+from fleet.client import ModelOps, ModelOpsClient, RetryPolicy
+from fleet.config import ModelEntry, ModelSpec, Settings, env_name, flag_specs, load_settings
 from fleet.errors import ConfigError, RunNotFound, StoreError, ungrouped
 from fleet.scheduler import (
     FINISHED_RUN_STATUSES,
@@ -41,8 +43,17 @@ from fleet.scheduler import (
     model_outcome,
     run,
 )
+from fleet.selection import (
+    PlanRow,
+    discovered,
+    plan_new,
+    plan_resume,
+    select,
+    specs_with,
+    totals,
+)
 from fleet.sim.world import RATE_FIELDS
-from fleet.stages import Stage, StageState
+from fleet.stages import Outcome, Stage, StageState
 from fleet.store import LeaseHeld, Store
 from fleet.throttle import Breaker, Throttle
 
@@ -118,8 +129,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RUN_ID",
         help="re-run a run's failed models from their failed stage",
     )
+    _add_selection_flags(run_p)
     _add_setting_flags(run_p)
     run_p.set_defaults(command=_cmd_run)
+
+    plan_p = commands.add_parser(
+        "plan", help="what `fleet run` would do, changing nothing", allow_abbrev=False
+    )
+    plan_p.add_argument("--config", type=Path, help="fleet.toml to read (default ./fleet.toml)")
+    plan_p.add_argument("--run-id", help="the run to resume (default: a new run)")
+    plan_p.add_argument("--json", action="store_true", help="print JSON")
+    _add_selection_flags(plan_p)
+    _add_setting_flags(plan_p)
+    plan_p.set_defaults(command=_cmd_plan)
 
     status_p = commands.add_parser("status", help="where each model of a run is")
     status_p.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
@@ -204,6 +226,24 @@ def _add_setting_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
         )
 
 
+def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model selection")
+    group.add_argument(
+        "--models",
+        dest="select_globs",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only models whose id or name matches (repeatable)",
+    )
+    group.add_argument(
+        "--tag", dest="select_tags", action="append", default=[], help="only models with a tag"
+    )
+    group.add_argument(
+        "--only-failed", metavar="RUN_ID", help="only the models that failed in that run"
+    )
+
+
 def _add_sim_flags(parser: argparse.ArgumentParser, time_scale: float | None = None) -> None:
     defaults = sim.SimSettings()
     parser.add_argument("--models", type=int, default=defaults.models, help="models to serve")
@@ -269,8 +309,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, _setting_flags(args))
     settings.require_api()
     _configure_logging(settings, explicit=args.__dict__.get("setting:log_level") is not None)
-    if not (args.resume or args.retry_failed) and not settings.model_specs():
-        raise ConfigError("models: none configured; add [[models]] entries or a models_file")
     run_id = args.retry_failed or args.run_id
     if (args.resume or args.retry_failed) and not settings.db.is_file():
         raise ConfigError(f"--db: {settings.db} does not exist; name the state file of the run")
@@ -278,9 +316,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_id = anyio.run(_unfinished_run, settings.db)
     return anyio.run(
         functools.partial(
-            _run_with_client, settings, run_id, retry_failed=args.retry_failed is not None
+            _run_with_client,
+            settings,
+            run_id,
+            retry_failed=args.retry_failed is not None,
+            selection=_Selection.of(args),
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    globs: tuple[str, ...]
+    tags: tuple[str, ...]
+    only_failed: str | None
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> _Selection:
+        return cls(tuple(args.select_globs), tuple(args.select_tags), args.only_failed)
+
+
+async def _chosen_models(
+    settings: Settings, selection: _Selection, api: ModelOps | None
+) -> list[ModelSpec]:
+    """The models of a new run: config + discovery, narrowed by the selection flags."""
+    found = await discovered(api, settings) if api is not None else []
+    only = None
+    if selection.only_failed is not None:
+        async with Store.open(settings.db) as store:
+            models = await store.models((await store.run(selection.only_failed)).id)
+        only = frozenset(m.spec.id for m in models if model_outcome(m) is Outcome.FAILED)
+    specs = select(
+        specs_with(settings, found), globs=selection.globs, tags=selection.tags, only=only
+    )
+    if not specs:
+        raise ConfigError(
+            "models: none selected; add [[models]], a models_file or [discover] names, "
+            "or loosen --models/--tag/--only-failed"
+        )
+    return specs
 
 
 async def _unfinished_run(db: Path) -> str:
@@ -292,7 +366,11 @@ async def _unfinished_run(db: Path) -> str:
 
 
 async def _run_with_client(
-    settings: Settings, run_id: str | None, *, retry_failed: bool = False
+    settings: Settings,
+    run_id: str | None,
+    *,
+    retry_failed: bool = False,
+    selection: _Selection | None = None,
 ) -> int:
     assert settings.api.url is not None
     assert settings.api.project_id is not None
@@ -312,7 +390,17 @@ async def _run_with_client(
         throttle=Throttle(max_rps=settings.max_rps),
         breaker=Breaker(budget_s=settings.api.outage_budget),
     ) as api:
-        return await _drive(settings, api, run_id, retry_failed=retry_failed)
+        specs = None
+        if not retry_failed and not await _run_exists(settings.db, run_id):
+            specs = await _chosen_models(settings, selection or _Selection((), (), None), api)
+        return await _drive(settings, api, run_id, retry_failed=retry_failed, specs=specs)
+
+
+async def _run_exists(db: Path, run_id: str | None) -> bool:
+    if run_id is None or not await anyio.Path(db).is_file():
+        return False
+    async with Store.open(db) as store:
+        return await store.find_run(run_id) is not None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -403,6 +491,57 @@ def _write_models_csv(path: Path, world: sim.World) -> None:
     _say(f"wrote {len(world.models())} models to {path}")
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, _setting_flags(args))
+    _configure_logging(settings, explicit=False)
+    rows, header = anyio.run(_plan, settings, args.run_id, _Selection.of(args))
+    counts = totals(rows)
+    if args.json:
+        document = {
+            "run": header,
+            "totals": counts,
+            "models": [dataclasses.asdict(row) for row in rows],
+        }
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        return EXIT_OK
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(header)
+    table = Table(title="plan", title_justify="left")
+    for column in ("name", "action", "detail"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.name, row.action, row.detail)
+    console.print(table)
+    console.print("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return EXIT_OK
+
+
+async def _plan(
+    settings: Settings, run_id: str | None, selection: _Selection
+) -> tuple[list[PlanRow], str]:
+    """Read only: the state file is opened read-only, the server only asked for models."""
+    if run_id is not None and await anyio.Path(settings.db).is_file():
+        async with Store.open(settings.db, readonly=True) as store:
+            record = await store.find_run(run_id)
+            if record is not None:
+                models = await store.models(run_id)
+                header = f"run {run_id} ({record.status}) would resume:"
+                return plan_resume(models, record.stages), header
+    api: ModelOpsClient | None = None
+    if settings.discover.names:
+        settings.require_api()
+        assert settings.api.url is not None
+        assert settings.api.project_id is not None
+        api = ModelOpsClient(settings.api.url, settings.api.project_id, settings.api.token_source())
+    try:
+        specs = await _chosen_models(settings, selection, api)
+    finally:
+        if api is not None:
+            await api.aclose()
+    stages = ",".join(settings.active_stages())
+    return plan_new(specs, settings), f"a new run of {len(specs)} models ({stages}) would:"
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     db = args.db or Path(os.environ.get("FLEET_DB") or "fleet.db")
     if not db.is_file():
@@ -419,7 +558,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 async def _drive(
-    settings: Settings, api: ModelOpsClient, run_id: str | None, *, retry_failed: bool = False
+    settings: Settings,
+    api: ModelOpsClient,
+    run_id: str | None,
+    *,
+    retry_failed: bool = False,
+    specs: list[ModelSpec] | None = None,
 ) -> int:
     progress = Progress()
     signalled: list[int] = []
@@ -438,6 +582,7 @@ async def _drive(
                     progress=progress,
                     stop=stop,
                     retry_failed=retry_failed,
+                    specs=specs,
                 )
                 tg.cancel_scope.cancel()
 

@@ -20,9 +20,12 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import time as dt_time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 from pydantic import (
@@ -258,11 +261,20 @@ class ModelEntry(BaseModel):
 
     id: str
     name: str | None = None
+    tags: tuple[str, ...] = ()
+    priority: int = 0
 
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
         return _check_uuid(value)
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _split_tags(cls, value: object) -> object:
+        if isinstance(value, str):  # a CSV cell: "eu, large"
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     def overrides(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -275,6 +287,26 @@ class ModelSpec:
     id: str
     name: str
     lifecycle: Lifecycle
+    tags: tuple[str, ...] = ()
+    priority: int = 0
+
+
+class Discovery(_Section):
+    """Select the project's models from the API instead of listing them."""
+
+    names: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="name globs of the models to take, comma-separated"
+    )
+    exclude: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="name globs of the models to leave out, comma-separated"
+    )
+
+    @field_validator("names", "exclude", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
 
 class Settings(BaseSettings):
@@ -321,6 +353,14 @@ class Settings(BaseSettings):
     defaults: Lifecycle = Field(default_factory=Lifecycle)
     models: tuple[ModelEntry, ...] = ()
     models_file: Path | None = Field(None, description="CSV or JSONL file of models")
+    discover: Discovery = Field(default_factory=Discovery)
+    deadline: str | None = Field(
+        None, description="HH:MM after which no new training starts (in timezone)"
+    )
+    timezone: str = Field("UTC", description="time zone of the deadline, e.g. Europe/Berlin")
+    max_duration: PositiveFloat | None = Field(
+        None, description="seconds after the start past which no new training starts"
+    )
     # Things worth saying once logging is set up (a secret kept in the config file, say).
     _warnings: list[str] = PrivateAttr(default_factory=list)
 
@@ -355,6 +395,39 @@ class Settings(BaseSettings):
     def first_stage(self) -> Stage:
         """Where the run starts; stages before it adopt an existing version."""
         return self.active_stages()[0]
+
+    @field_validator("deadline")
+    @classmethod
+    def _hh_mm(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                time_of_day(value)
+            except ValueError:
+                raise ValueError("must be HH:MM (24-hour), e.g. 05:30") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (e.g. UTC, Europe/Berlin)") from None
+        return value
+
+    def stop_training_at(self, started: datetime) -> datetime | None:
+        """When no new training may start: the earlier of the deadline and max_duration."""
+        limits: list[datetime] = []
+        if self.max_duration is not None:
+            limits.append(started + timedelta(seconds=self.max_duration))
+        if self.deadline is not None:
+            zone = ZoneInfo(self.timezone)
+            local = started.astimezone(zone)
+            at = datetime.combine(local.date(), time_of_day(self.deadline), zone)
+            if at <= local:  # a deadline earlier than now is tomorrow morning's
+                at += timedelta(days=1)
+            limits.append(at)
+        return min(limits) if limits else None
 
     @model_validator(mode="after")
     def _from_stage_in_stages(self) -> Settings:
@@ -422,7 +495,15 @@ class Settings(BaseSettings):
                 raise ConfigError(
                     _first_error_line(exc, prefix=f"models[{entry.id}]", sources=None)
                 ) from None
-            specs.append(ModelSpec(id=entry.id, name=entry.name or entry.id, lifecycle=lifecycle))
+            specs.append(
+                ModelSpec(
+                    id=entry.id,
+                    name=entry.name or entry.id,
+                    lifecycle=lifecycle,
+                    tags=entry.tags,
+                    priority=entry.priority,
+                )
+            )
         return specs
 
 
@@ -719,6 +800,13 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
         else:
             merged[key] = value
     return merged
+
+
+def time_of_day(text: str) -> dt_time:
+    hours, _, minutes = text.partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2):  # noqa: PLR2004
+        raise ValueError(text)
+    return dt_time(int(hours), int(minutes))
 
 
 def _check_uuid(value: str) -> str:

@@ -105,6 +105,8 @@ class Context:
     # Stages before this one adopt what the server has (`--from-stage`), from this version.
     first_stage: Stage = Stage.TRAIN
     from_version: str = "latest"
+    # Past this time no new training starts (the run deadline); the rest goes on.
+    stop_training_at: datetime | None = None
 
 
 class RunAborted(Exception):
@@ -113,6 +115,10 @@ class RunAborted(Exception):
 
 class _Paused(Exception):
     """The run is draining: this model stops where it is, to be picked up by the next start."""
+
+
+class _Deferred(Exception):
+    """Past the run's deadline: this model's training waits for the next run."""
 
 
 class _StageFailed(Exception):
@@ -175,6 +181,8 @@ async def run_model(ctx: Context, model: ModelRecord, stages: tuple[Stage, ...])
                         record = await transition(ctx, record, S.FAILED, error=failed.reason)
                     except _Paused:
                         return Outcome.RUNNING
+                    except _Deferred:
+                        return Outcome.PENDING
                 records[stage] = record
             if record.state is S.FAILED:
                 ctx.progress.model_finished(model, record)
@@ -498,6 +506,7 @@ async def _job_stage(
         while True:
             if record.state in STARTABLE:
                 _stop_if_draining(ctx)
+                _defer_training_past_deadline(ctx, record)
                 data = dict(record.data)
                 if before is not None and record.state is S.PENDING:
                     data.update(await before())
@@ -548,6 +557,12 @@ def _monitor(model: ModelRecord, metrics: Mapping[str, str]) -> dict[str, Any]:
             "fleet.monitor.flagged", model_id=model.spec.id, flag=flag, detail=verdict.describe()
         )
     return {"monitor": {"flag": flag, "rule": rule.text, "detail": verdict.describe()}}
+
+
+def _defer_training_past_deadline(ctx: Context, record: StageRecord) -> None:
+    deadline = ctx.stop_training_at
+    if record.stage is Stage.TRAIN and deadline is not None and ctx.now() >= deadline:
+        raise _Deferred
 
 
 def _stop_if_draining(ctx: Context) -> None:

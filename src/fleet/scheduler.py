@@ -14,7 +14,7 @@ import secrets
 import socket
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -23,7 +23,7 @@ import anyio
 import structlog
 
 from fleet.client import ModelOps
-from fleet.config import Settings
+from fleet.config import ModelSpec, Settings
 from fleet.errors import ApiError, FleetError, RunNotFound, ungrouped
 from fleet.lifecycle import Context, RunAborted, run_model, transition
 from fleet.stages import DONE, STAGE_ORDER, Outcome, Stage, StageState
@@ -159,6 +159,7 @@ async def run(
     rng: random.Random | None = None,
     stop: anyio.Event | None = None,
     retry_failed: bool = False,
+    specs: Sequence[ModelSpec] | None = None,
 ) -> RunResult:
     """Run (or resume) the lifecycle of every model; the run's state is in `store`.
 
@@ -182,7 +183,7 @@ async def run(
             active = settings.active_stages()
             stages = STAGE_ORDER[: STAGE_ORDER.index(active[-1]) + 1]
             first = active[0]
-            specs = settings.model_specs()
+            specs = settings.model_specs() if specs is None else specs
             await store.create_run(run_id, stages, specs, _settings_summary(settings), first)
         else:
             stages = existing.stages
@@ -202,6 +203,7 @@ async def run(
             draining=stop,
             first_stage=first,
             from_version=settings.from_version,
+            stop_training_at=settings.stop_training_at(utc_now()),
         )
         if retry_failed:
             models = await _reopen_failed(ctx, models)
@@ -240,7 +242,7 @@ async def run(
         result = await summarize(
             store, record, elapsed_s=time.monotonic() - started, resumed=existing is not None
         )
-        status, reason = _final_status(result, aborted, stop, policy)
+        status, reason = _final_status(result, aborted, stop, policy, ctx.stop_training_at)
         await store.set_run_status(
             run_id, status, finished=status in FINISHED_RUN_STATUSES, reason=reason
         )
@@ -258,7 +260,11 @@ async def run(
 
 
 def _final_status(
-    result: RunResult, aborted: FleetError | None, stop: anyio.Event, policy: FailurePolicy
+    result: RunResult,
+    aborted: FleetError | None,
+    stop: anyio.Event,
+    policy: FailurePolicy,
+    deadline: datetime | None,
 ) -> tuple[str, str | None]:
     if aborted is not None:
         return RUN_ABORTED, str(aborted)
@@ -266,6 +272,12 @@ def _final_status(
         return RUN_HALTED, policy.reason
     if stop.is_set() and result.pending:
         return RUN_INTERRUPTED, "stopped by a signal"
+    if deadline is not None and result.pending and utc_now() >= deadline:
+        at = deadline.isoformat(timespec="minutes")
+        return (
+            RUN_INCOMPLETE,
+            f"deadline {at} reached: {result.pending} models left for the next run",
+        )
     return result.status, None
 
 

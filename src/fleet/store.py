@@ -238,16 +238,21 @@ class Store:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, path: Path | str, *, now: Callable[[], datetime] = utc_now
+        cls, path: Path | str, *, now: Callable[[], datetime] = utc_now, readonly: bool = False
     ) -> AsyncIterator[Self]:
-        _create_private(Path(path))
+        """The state file; `readonly` (for `fleet plan`) neither creates nor migrates it."""
         try:
-            conn = await aiosqlite.connect(str(path), isolation_level=None)
+            if readonly:
+                uri = f"{(await anyio.Path(path).resolve()).as_uri()}?mode=ro"
+                conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            else:
+                _create_private(Path(path))
+                conn = await aiosqlite.connect(str(path), isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open state file {path}: {exc}") from exc
         store = cls(conn, now, str(path))
         try:
-            await store._prepare(path)
+            await (store._check_schema(path) if readonly else store._prepare(path))
             with ungrouped():
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(store._writer)
@@ -259,6 +264,17 @@ class Store:
             store._send.close()
             store._receive.close()
             await conn.close()
+
+    async def _check_schema(self, path: Path | str) -> None:
+        try:
+            async with self._conn.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot use state file {path}: {exc}") from exc
+        if (int(row[0]) if row else 0) != len(_MIGRATIONS):
+            raise StoreError(
+                f"state file {path} is from another fleet version; run `fleet run` to upgrade it"
+            )
 
     async def _prepare(self, path: Path | str) -> None:
         try:

@@ -1,0 +1,105 @@
+"""Which models a run takes, in which order, and what it would do with each (`fleet plan`).
+
+Models come from the config (inline and `models_file`) and, with `[discover]`, from the
+project's model list on the server; `--models` globs, `--tag` and `--only-failed` narrow them;
+`priority` orders admission (higher first, config order among equals).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from fleet.client import ModelOps
+from fleet.config import ModelEntry, ModelSpec, Settings
+from fleet.stages import DONE, STAGE_ORDER, Stage, StageState
+from fleet.store import ModelRecord
+
+
+async def discovered(api: ModelOps, settings: Settings) -> list[ModelEntry]:
+    """The project's models whose names match `[discover] names` and not `exclude`."""
+    names, exclude = settings.discover.names, settings.discover.exclude
+    if not names:
+        return []
+    return [
+        ModelEntry(id=model.id, name=model.name)
+        for model in await api.list_models()
+        if any(fnmatchcase(model.name, g) for g in names)
+        and not any(fnmatchcase(model.name, g) for g in exclude)
+    ]
+
+
+def specs_with(settings: Settings, extra: Iterable[ModelEntry]) -> list[ModelSpec]:
+    """The config's models plus discovered ones; a configured entry wins over a discovered one."""
+    configured = {entry.id for entry in settings.models}
+    added = tuple(entry for entry in extra if entry.id not in configured)
+    return settings.model_copy(update={"models": (*settings.models, *added)}).model_specs()
+
+
+def select(
+    specs: Sequence[ModelSpec],
+    *,
+    globs: Sequence[str] = (),
+    tags: Sequence[str] = (),
+    only: frozenset[str] | None = None,
+) -> list[ModelSpec]:
+    """The models matching every filter given, highest priority first (stable)."""
+    chosen = [
+        spec
+        for spec in specs
+        if (not globs or any(fnmatchcase(spec.id, g) or fnmatchcase(spec.name, g) for g in globs))
+        and (not tags or set(tags) & set(spec.tags))
+        and (only is None or spec.id in only)
+    ]
+    return sorted(chosen, key=lambda spec: -spec.priority)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRow:
+    model_id: str
+    name: str
+    action: str  # submit | adopt | reconcile | poll | retry | skip | nothing
+    detail: str
+
+
+def plan_new(specs: Sequence[ModelSpec], settings: Settings) -> list[PlanRow]:
+    """What a new run would do first for each model."""
+    first = settings.first_stage()
+    if first is Stage.TRAIN:
+        return [PlanRow(s.id, s.name, "submit", "train, then the stages after it") for s in specs]
+    return [
+        PlanRow(s.id, s.name, "adopt", f"start from the {settings.from_version} version at {first}")
+        for s in specs
+    ]
+
+
+def plan_resume(models: Sequence[ModelRecord], stages: Sequence[Stage]) -> list[PlanRow]:
+    """What resuming an unfinished run would do next for each model."""
+    return [_next_step(model, stages) for model in models]
+
+
+def _next_step(model: ModelRecord, stages: Sequence[Stage]) -> PlanRow:
+    spec = model.spec
+    for stage in sorted(stages, key=STAGE_ORDER.index):
+        record = model.stages[stage]
+        state = record.state
+        if state in DONE:
+            continue
+        if state is StageState.FAILED:
+            return PlanRow(spec.id, spec.name, "nothing", f"failed at {stage}: {record.error}")
+        if state is StageState.PENDING:
+            return PlanRow(spec.id, spec.name, "submit", f"{stage}")
+        if state is StageState.SUBMITTING:
+            return PlanRow(
+                spec.id, spec.name, "reconcile", f"look for the {stage} job; submit if absent"
+            )
+        if state is StageState.RETRYING:
+            return PlanRow(spec.id, spec.name, "retry", f"{stage}, attempt {record.attempt + 1}")
+        return PlanRow(spec.id, spec.name, "poll", f"{stage} job {record.job_id}")
+    return PlanRow(spec.id, spec.name, "skip", "done")
+
+
+def totals(rows: Iterable[PlanRow]) -> Mapping[str, int]:
+    return dict(Counter(row.action for row in rows))
