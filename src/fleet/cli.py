@@ -26,6 +26,7 @@ import anyio
 import structlog
 from rich.console import Console
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from fleet import __version__, sim
@@ -647,16 +648,19 @@ def _counts(states: dict[StageState, int]) -> dict[str, int]:
 
 def _progress_table(snap: ProgressSnapshot) -> Table:
     eta = snap.eta_s()
+    per_minute = snap.models_finished / snap.elapsed_s * 60 if snap.elapsed_s > 0 else 0.0
     table = Table(
         title=(
             f"fleet: {snap.models_finished}/{snap.models_total} models finished "
             f"({snap.models_failed} failed, {snap.models_rejected} rejected) · "
-            f"{snap.elapsed_s:.0f}s elapsed" + (f" · ETA {eta:.0f}s" if eta is not None else "")
+            f"{per_minute:.1f}/min · {snap.elapsed_s:.0f}s elapsed"
+            + (f" · ETA {eta:.0f}s" if eta is not None else "")
         ),
         title_justify="left",
         caption_justify="left",
     )
     table.add_column("stage")
+    table.add_column("done", width=24)
     for state in ("pending", "in flight", "succeeded", "skipped", "failed"):
         table.add_column(state, justify="right")
     for stage, states in snap.stages.items():
@@ -664,8 +668,10 @@ def _progress_table(snap: ProgressSnapshot) -> Table:
             states.get(s, 0)
             for s in (StageState.SUBMITTING, StageState.SUBMITTED, StageState.RUNNING)
         )
+        done = sum(states.get(s, 0) for s in (StageState.SUCCEEDED, StageState.SKIPPED))
         table.add_row(
             stage.value,
+            ProgressBar(total=max(snap.models_total, 1), completed=done, width=24),
             str(states.get(StageState.PENDING, 0)),
             str(in_flight),
             str(states.get(StageState.SUCCEEDED, 0)),

@@ -11,6 +11,7 @@ import json
 import re
 import ssl
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -181,6 +182,16 @@ class RetryPolicy:
     jitter_s: float = 0.5
 
 
+@dataclass(slots=True)
+class ClientStats:
+    """What the client sent and what went wrong, for the run's metrics."""
+
+    requests: Counter[str] = field(default_factory=Counter)  # by HTTP method
+    polls: int = 0  # GETs of one job's status
+    errors: Counter[str] = field(default_factory=Counter)  # 4xx, 5xx, 429, timeout, connection
+    retries: int = 0
+
+
 class ModelOpsClient:
     """Async client for one ModelOps project. Use as `async with ModelOpsClient(...) as api:`."""
 
@@ -202,6 +213,7 @@ class ModelOpsClient:
         # Shared by every request: one 429 slows them all; a server down pauses them all.
         self.throttle = throttle or Throttle()
         self.breaker = breaker or Breaker()
+        self.stats = ClientStats()
         verify_arg: bool | ssl.SSLContext = (
             ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
         )
@@ -396,6 +408,8 @@ class ModelOpsClient:
                     wait_max=policy.max_s,
                     wait_jitter=policy.jitter_s,
                 ):
+                    if attempt.num > 1:
+                        self.stats.retries += 1
                     with attempt:
                         return await self._send_once(method, path, params=params, body=body)
             except TransientApiError as exc:
@@ -415,6 +429,9 @@ class ModelOpsClient:
     ) -> dict[str, Any]:
         await self.breaker.admit()
         await self.throttle.wait()
+        self.stats.requests[method] += 1
+        if method == "GET" and path.startswith("/api/jobs/"):
+            self.stats.polls += 1
         try:
             async with self._slots:
                 token = await self._auth.token()
@@ -425,6 +442,7 @@ class ModelOpsClient:
                     token = await self._auth.renew()
                     response = await self._request(method, path, token, params, body)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            self.stats.errors["connection"] += 1
             if _untrusted_certificate(exc):
                 # No retry will change the certificate: say what to do, and stop.
                 raise ApiError(
@@ -442,6 +460,9 @@ class ModelOpsClient:
                 path=path,
             ) from exc
         except httpx.TransportError as exc:
+            self.stats.errors[
+                "timeout" if isinstance(exc, httpx.TimeoutException) else "connection"
+            ] += 1
             self.breaker.failure()
             error = OutcomeUnknown if method == "POST" else TransientApiError
             raise error(
@@ -475,6 +496,8 @@ class ModelOpsClient:
     def _judge(self, response: httpx.Response) -> None:
         """Tell the throttle and the breaker how the server took a request."""
         status = response.status_code
+        if status >= 400:  # noqa: PLR2004
+            self.stats.errors["429" if status == 429 else f"{status // 100}xx"] += 1  # noqa: PLR2004
         if status in _REFUSED_STATUSES:
             self.throttle.overloaded(_retry_after(response.headers.get("Retry-After")))
         if status >= 500:  # noqa: PLR2004

@@ -88,6 +88,7 @@ class Progress:
     models_rejected: int = 0
     counts: dict[Stage, Counter[StageState]] = field(default_factory=dict)
     failures: deque[Failure] = field(default_factory=lambda: deque(maxlen=5))
+    submissions: Counter[Stage] = field(default_factory=Counter)
 
     def start(self, models: list[ModelRecord], stages: tuple[Stage, ...]) -> None:
         self.started = self.clock()
@@ -101,6 +102,8 @@ class Progress:
         counts = self.counts.setdefault(stage, Counter())
         counts[before] -= 1
         counts[after] += 1
+        if after is StageState.SUBMITTING:
+            self.submissions[stage] += 1
 
     def model_finished(
         self, model: ModelRecord, failed: StageRecord | None, *, rejected: bool = False
