@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cli_support import (
     FAST,
@@ -226,3 +228,29 @@ def test_demo_with_a_gate_rejects_the_versions_below_it(tmp_path: Path) -> None:
         "--defaults.approval-rule", "Accuracy >= 0.8", "--fail-on-reject", cwd=tmp_path,
     )  # fmt: skip
     assert strict.returncode == 1, strict.stderr
+
+
+def test_run_writes_metrics_and_reports_in_every_format(tmp_path: Path) -> None:
+    """--metrics-file parses back as Prometheus text; fleet report renders md/json/junit/html."""
+    with emulator(tmp_path, "--models", "8", "--time-scale", "5000", "--job-error-rate", "0.2",
+                  "--seed", "2") as url:  # fmt: skip
+        done = fleet(
+            *run_args(tmp_path, "night"), "--metrics-file", "fleet.prom", cwd=tmp_path,
+            env=run_env(url),
+        )  # fmt: skip
+    assert done.returncode in {0, 1}, done.stderr
+    families = {
+        f.name: f for f in text_string_to_metric_families((tmp_path / "fleet.prom").read_text())
+    }
+    models = {s.labels["outcome"]: s.value for s in families["fleet_models"].samples}
+    assert sum(models.values()) == 8
+    assert "fleet_stage_duration_seconds" in families
+    for fmt in ("md", "json", "junit", "html"):
+        out = tmp_path / f"report.{fmt}"
+        shown = fleet("report", "night", "--format", fmt, "--output", str(out), cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert out.stat().st_mode & 0o777 == 0o600
+    cases = ET.parse(tmp_path / "report.junit").getroot().iter("testcase")
+    assert len(list(cases)) == 8
+    assert json.loads((tmp_path / "report.json").read_text())
+    assert "<svg" in (tmp_path / "report.html").read_text()

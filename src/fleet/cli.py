@@ -17,6 +17,8 @@ import json
 import os
 import signal
 import sys
+import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,9 @@ from fleet import __version__, sim
 from fleet import logging as fleet_logging
 from fleet.client import ModelOps, ModelOpsClient, RetryPolicy
 from fleet.config import ModelEntry, ModelSpec, Settings, env_name, flag_specs, load_settings
-from fleet.errors import ConfigError, RunNotFound, StoreError, ungrouped
+from fleet.errors import ConfigError, FleetError, RunNotFound, StoreError, ungrouped
+from fleet.metrics import RunFigures, push, write_textfile
+from fleet.report import build_report, render
 from fleet.scheduler import (
     FINISHED_RUN_STATUSES,
     RUN_HALTED,
@@ -134,15 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_setting_flags(run_p)
     run_p.set_defaults(command=_cmd_run)
 
-    plan_p = commands.add_parser(
-        "plan", help="what `fleet run` would do, changing nothing", allow_abbrev=False
-    )
-    plan_p.add_argument("--config", type=Path, help="fleet.toml to read (default ./fleet.toml)")
-    plan_p.add_argument("--run-id", help="the run to resume (default: a new run)")
-    plan_p.add_argument("--json", action="store_true", help="print JSON")
-    _add_selection_flags(plan_p)
-    _add_setting_flags(plan_p)
-    plan_p.set_defaults(command=_cmd_plan)
+    _add_plan_parser(commands)
 
     status_p = commands.add_parser("status", help="where each model of a run is")
     status_p.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
@@ -151,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     status_p.add_argument("--json", action="store_true", help="print JSON")
     status_p.set_defaults(command=_cmd_status)
+
+    _add_report_parser(commands)
 
     sim_p = commands.add_parser("sim", help="serve the ModelOps emulator over HTTP")
     sim_p.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -225,6 +223,35 @@ def _add_setting_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
             metavar=None if spec.choices else "VALUE",
             help=spec.help or None,
         )
+
+
+def _add_plan_parser(commands: Any) -> None:
+    plan_p = commands.add_parser(
+        "plan", help="what `fleet run` would do, changing nothing", allow_abbrev=False
+    )
+    plan_p.add_argument("--config", type=Path, help="fleet.toml to read (default ./fleet.toml)")
+    plan_p.add_argument("--run-id", help="the run to resume (default: a new run)")
+    plan_p.add_argument("--json", action="store_true", help="print JSON")
+    _add_selection_flags(plan_p)
+    _add_setting_flags(plan_p)
+    plan_p.set_defaults(command=_cmd_plan)
+
+
+def _add_report_parser(commands: Any) -> None:
+    report_p = commands.add_parser("report", help="what happened to each model of a run")
+    report_p.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
+    report_p.add_argument(
+        "--db", type=Path, default=None, help="state file (default $FLEET_DB or fleet.db)"
+    )
+    report_p.add_argument(
+        "--format", choices=("md", "json", "junit", "html"), default="md", help="report format"
+    )
+    report_p.add_argument("--output", "-o", type=Path, help="write to this file (mode 0600)")
+    report_p.add_argument("--previous", metavar="RUN_ID", help="compare with this run")
+    report_p.add_argument(
+        "--slower-factor", type=float, default=1.5, help="a stage this much slower is reported"
+    )
+    report_p.set_defaults(command=_cmd_report)
 
 
 def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
@@ -543,6 +570,41 @@ async def _plan(
     return plan_new(specs, settings), f"a new run of {len(specs)} models ({stages}) would:"
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    db = args.db or Path(os.environ.get("FLEET_DB") or "fleet.db")
+    if not db.is_file():
+        raise ConfigError(f"--db: {db} does not exist; pass the state file of a run")
+    if args.slower_factor <= 1:
+        raise ConfigError("--slower-factor: must be greater than 1")
+    text = anyio.run(
+        _render_report, db, args.run_id, args.previous, args.slower_factor, args.format
+    )
+    if args.output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return EXIT_OK
+    try:
+        _write_private(args.output, text)
+    except OSError as exc:
+        raise ConfigError(f"--output: cannot write {args.output} ({exc.strerror})") from None
+    _say(f"wrote {args.format} report to {args.output}")
+    return EXIT_OK
+
+
+async def _render_report(
+    db: Path, run_id: str | None, previous: str | None, slower_factor: float, fmt: str
+) -> str:
+    async with Store.open(db, readonly=True) as store:
+        built = await build_report(store, run_id, previous=previous, slower_factor=slower_factor)
+    return render(built, fmt)  # type: ignore[arg-type]
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Reports name models, jobs and errors: readable by their owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     db = args.db or Path(os.environ.get("FLEET_DB") or "fleet.db")
     if not db.is_file():
@@ -575,6 +637,7 @@ async def _drive(
 
             async def run_then_stop() -> None:
                 nonlocal result
+                started = time.time()
                 result = await run(
                     settings,
                     api,
@@ -584,6 +647,9 @@ async def _drive(
                     stop=stop,
                     retry_failed=retry_failed,
                     specs=specs,
+                )
+                await _publish_metrics(
+                    settings, store, result=result, progress=progress, api=api, started=started
                 )
                 tg.cancel_scope.cancel()
 
@@ -595,6 +661,56 @@ async def _drive(
         return EXIT_SIGTERM if signalled[0] == signal.SIGTERM else EXIT_SIGINT
     assert result is not None
     return _report(result, fail_on_reject=settings.fail_on_reject)
+
+
+async def _publish_metrics(
+    settings: Settings,
+    store: Store,
+    *,
+    result: RunResult,
+    progress: Progress,
+    api: ModelOpsClient,
+    started: float,
+) -> None:
+    """The run's Prometheus metrics, to a textfile and/or a Pushgateway, if configured."""
+    if settings.metrics_file is None and settings.pushgateway is None:
+        return
+    models = await store.models(result.run_id)
+    durations: dict[str, list[float]] = {}
+    for model in models:
+        for stage, record in model.stages.items():
+            if record.state is StageState.SUCCEEDED and record.submitted_at and record.finished_at:
+                seconds = (record.finished_at - record.submitted_at).total_seconds()
+                durations.setdefault(stage.value, []).append(max(seconds, 0.0))
+    figures = RunFigures(
+        run_id=result.run_id,
+        status=result.status,
+        started_at=started,
+        finished_at=max(time.time(), started),
+        models_by_outcome=dict(Counter(model_outcome(m).value for m in models)),
+        stage_durations=durations,
+        submissions={stage.value: n for stage, n in progress.submissions.items()},
+        polls=api.stats.polls,
+        requests=dict(api.stats.requests),
+        http_errors=dict(api.stats.errors),
+        retries=api.stats.retries,
+        throttle_waits=api.throttle.overloads,
+        throttle_wait_seconds=api.throttle.waited_s,
+        breaker_opened=api.breaker.opened,
+    )
+    project = api.project_id
+    if settings.metrics_file is not None:
+        try:
+            write_textfile(figures, settings.metrics_file, project=project)
+        except FleetError as exc:
+            log.warning(
+                "fleet.metrics.write_failed", path=str(settings.metrics_file), error=str(exc)
+            )
+    if settings.pushgateway is not None:
+        try:
+            push(figures, settings.pushgateway, project=project)
+        except FleetError as exc:
+            log.warning("fleet.metrics.push_failed", error=str(exc))
 
 
 async def _watch_signals(

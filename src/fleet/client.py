@@ -241,6 +241,10 @@ class ModelOpsClient:
         # models in flight before this).
         self._slots = anyio.CapacityLimiter(max_connections)
 
+    @property
+    def project_id(self) -> str:
+        return self._project_id
+
     async def __aenter__(self) -> Self:
         await self._http.__aenter__()
         return self

@@ -354,6 +354,10 @@ class Settings(BaseSettings):
     models: tuple[ModelEntry, ...] = ()
     models_file: Path | None = Field(None, description="CSV or JSONL file of models")
     discover: Discovery = Field(default_factory=Discovery)
+    metrics_file: Path | None = Field(
+        None, description="write Prometheus metrics here for node-exporter's textfile collector"
+    )
+    pushgateway: str | None = Field(None, description="push Prometheus metrics to this URL")
     deadline: str | None = Field(
         None, description="HH:MM after which no new training starts (in timezone)"
     )

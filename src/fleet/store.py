@@ -496,6 +496,16 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------------
 
+    async def previous_run(self, run_id: str) -> RunRecord | None:
+        """The run started just before `run_id` in this file, if any."""
+        rows = await self._fetch(
+            "SELECT * FROM runs WHERE (created_at, rowid) <"
+            " (SELECT created_at, rowid FROM runs WHERE id = ?)"
+            " ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (run_id,),
+        )
+        return _run(rows[0]) if rows else None
+
     async def latest_unfinished_run(self, finished: frozenset[str]) -> RunRecord | None:
         marks = ",".join("?" * len(finished))
         rows = await self._fetch(
