@@ -136,3 +136,29 @@ def test_plan_changes_nothing_and_run_takes_only_the_selection(tmp_path: Path) -
             cwd=tmp_path, env=run_env(url),
         )  # fmt: skip
     assert "skip 9" in resumed_plan.stdout
+
+
+@pytest.mark.e2e
+def test_only_failed_runs_the_failures_of_an_earlier_run(tmp_path: Path) -> None:
+    """--only-failed RUN_ID starts a new run of just the models that failed in that one."""
+    with emulator(
+        tmp_path, "--models", "20", "--time-scale", "5000", "--job-error-rate", "0.2", "--seed", "9"
+    ) as url:
+        config = str(empty_config(tmp_path))
+        first = fleet(
+            "run", "--run-id", "a", "--models-file", "models.csv", "--config", config,
+            "--poll-interval", "0.05", cwd=tmp_path, env=run_env(url),
+        )  # fmt: skip
+        assert first.returncode == 1, first.stderr
+        failed = {
+            m["name"]
+            for m in json.loads(fleet("status", "a", "--json", cwd=tmp_path).stdout)["models"]
+            if m["outcome"] == "failed"
+        }
+        again = fleet(
+            "run", "--run-id", "b", "--models-file", "models.csv", "--only-failed", "a",
+            "--config", config, "--poll-interval", "0.05", cwd=tmp_path, env=run_env(url),
+        )  # fmt: skip
+    assert again.returncode in {0, 1}, again.stderr
+    second = json.loads(fleet("status", "b", "--json", cwd=tmp_path).stdout)
+    assert {m["name"] for m in second["models"]} == failed
