@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,6 @@ import anyio
 import structlog
 from rich.console import Console
 from rich.live import Live
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from fleet import __version__, sim
@@ -36,14 +34,13 @@ from fleet import logging as fleet_logging
 from fleet.client import ModelOps, ModelOpsClient, RetryPolicy
 from fleet.config import ModelEntry, ModelSpec, Settings, env_name, flag_specs, load_settings
 from fleet.errors import ConfigError, FleetError, RunNotFound, StoreError, ungrouped
-from fleet.metrics import RunFigures, push, write_textfile
+from fleet.metrics import figures_of, push, write_textfile
 from fleet.report import build_report, render
 from fleet.scheduler import (
     FINISHED_RUN_STATUSES,
     RUN_HALTED,
     LeaseLost,
     Progress,
-    ProgressSnapshot,
     RunResult,
     model_outcome,
     run,
@@ -58,9 +55,10 @@ from fleet.selection import (
     totals,
 )
 from fleet.sim.world import RATE_FIELDS
-from fleet.stages import Outcome, Stage, StageState
+from fleet.stages import Outcome, StageState
 from fleet.store import LeaseHeld, Store
 from fleet.throttle import Breaker, Throttle
+from fleet.views import progress_table, status_document, status_view
 
 EXIT_OK = 0
 EXIT_MODELS_FAILED = 1
@@ -609,11 +607,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     db = args.db or Path(os.environ.get("FLEET_DB") or "fleet.db")
     if not db.is_file():
         raise ConfigError(f"--db: {db} does not exist; pass the state file of a run")
-    document = anyio.run(_status_document, db, args.run_id)
+    document = anyio.run(status_document, db, args.run_id)
     if args.json:
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
-        _print_status(document)
+        # Off a terminal rich assumes 80 columns; a status goes to files and pagers: be wide.
+        console = Console(width=None if sys.stdout.isatty() else 200)
+        for part in status_view(document):
+            console.print(part)
     return EXIT_OK
 
 
@@ -675,29 +676,7 @@ async def _publish_metrics(
     """The run's Prometheus metrics, to a textfile and/or a Pushgateway, if configured."""
     if settings.metrics_file is None and settings.pushgateway is None:
         return
-    models = await store.models(result.run_id)
-    durations: dict[str, list[float]] = {}
-    for model in models:
-        for stage, record in model.stages.items():
-            if record.state is StageState.SUCCEEDED and record.submitted_at and record.finished_at:
-                seconds = (record.finished_at - record.submitted_at).total_seconds()
-                durations.setdefault(stage.value, []).append(max(seconds, 0.0))
-    figures = RunFigures(
-        run_id=result.run_id,
-        status=result.status,
-        started_at=started,
-        finished_at=max(time.time(), started),
-        models_by_outcome=dict(Counter(model_outcome(m).value for m in models)),
-        stage_durations=durations,
-        submissions={stage.value: n for stage, n in progress.submissions.items()},
-        polls=api.stats.polls,
-        requests=dict(api.stats.requests),
-        http_errors=dict(api.stats.errors),
-        retries=api.stats.retries,
-        throttle_waits=api.throttle.overloads,
-        throttle_wait_seconds=api.throttle.waited_s,
-        breaker_opened=api.breaker.opened,
-    )
+    figures = await figures_of(store, result, progress, api, started_at=started)
     project = api.project_id
     if settings.metrics_file is not None:
         try:
@@ -741,7 +720,7 @@ async def _show_progress(progress: Progress, interval: float) -> None:
         console = Console()
         with Live(console=console, refresh_per_second=4, transient=True) as live:
             while True:
-                live.update(_progress_table(progress.snapshot()))
+                live.update(progress_table(progress.snapshot()))
                 await anyio.sleep(0.25)
     while True:
         await anyio.sleep(interval)
@@ -760,45 +739,6 @@ async def _show_progress(progress: Progress, interval: float) -> None:
 
 def _counts(states: dict[StageState, int]) -> dict[str, int]:
     return {state.value: count for state, count in states.items() if count}
-
-
-def _progress_table(snap: ProgressSnapshot) -> Table:
-    eta = snap.eta_s()
-    per_minute = snap.models_finished / snap.elapsed_s * 60 if snap.elapsed_s > 0 else 0.0
-    table = Table(
-        title=(
-            f"fleet: {snap.models_finished}/{snap.models_total} models finished "
-            f"({snap.models_failed} failed, {snap.models_rejected} rejected) · "
-            f"{per_minute:.1f}/min · {snap.elapsed_s:.0f}s elapsed"
-            + (f" · ETA {eta:.0f}s" if eta is not None else "")
-        ),
-        title_justify="left",
-        caption_justify="left",
-    )
-    table.add_column("stage")
-    table.add_column("done", width=24)
-    for state in ("pending", "in flight", "succeeded", "skipped", "failed"):
-        table.add_column(state, justify="right")
-    for stage, states in snap.stages.items():
-        in_flight = sum(
-            states.get(s, 0)
-            for s in (StageState.SUBMITTING, StageState.SUBMITTED, StageState.RUNNING)
-        )
-        done = sum(states.get(s, 0) for s in (StageState.SUCCEEDED, StageState.SKIPPED))
-        table.add_row(
-            stage.value,
-            ProgressBar(total=max(snap.models_total, 1), completed=done, width=24),
-            str(states.get(StageState.PENDING, 0)),
-            str(in_flight),
-            str(states.get(StageState.SUCCEEDED, 0)),
-            str(states.get(StageState.SKIPPED, 0)),
-            str(states.get(StageState.FAILED, 0)),
-        )
-    for failure in snap.recent_failures:
-        table.caption = (table.caption or "") + (
-            f"\nfailed: {failure.name} at {failure.stage}: {failure.reason[:120]}"
-        )
-    return table
 
 
 def _report(result: RunResult, *, fail_on_reject: bool = False) -> int:
@@ -828,121 +768,6 @@ def _report(result: RunResult, *, fail_on_reject: bool = False) -> int:
 
 
 # -- status ----------------------------------------------------------------------------------
-
-
-async def _status_document(db: Path, run_id: str | None) -> dict[str, Any]:
-    async with Store.open(db) as store:
-        record = await store.run(run_id) if run_id else await store.latest_run()
-        if record is None:
-            raise RunNotFound(f"{db} holds no run yet")
-        models = await store.models(record.id)
-        attempts: dict[str, list[dict[str, Any]]] = {}
-        for attempt in await store.attempts(record.id):
-            attempts.setdefault(attempt.pop("model_id"), []).append(attempt)
-    counts: dict[str, dict[str, int]] = {stage.value: {} for stage in record.stages}
-    rows = []
-    for model in models:
-        current = _current_stage(model.stages, record.stages)
-        for stage, stage_record in model.stages.items():
-            bucket = counts[stage.value]
-            bucket[stage_record.state.value] = bucket.get(stage_record.state.value, 0) + 1
-        rows.append(
-            {
-                "model_id": model.spec.id,
-                "name": model.spec.name,
-                "outcome": model_outcome(model).value,
-                "stage": current[0].value,
-                "state": current[1].state.value,
-                "job_id": current[1].job_id,
-                "trained_model_id": model.stages[Stage.TRAIN].trained_model_id
-                if Stage.TRAIN in model.stages
-                else None,
-                "deployment_id": model.stages[Stage.DEPLOY].deployment_id
-                if Stage.DEPLOY in model.stages
-                else None,
-                "attempt": current[1].attempt,
-                "error": current[1].error,
-                "metrics": dict(model.metrics),
-                "attempts": [
-                    {k: v for k, v in a.items() if k != "run_id"}
-                    for a in attempts.get(model.spec.id, [])
-                ],
-                **_judgements(model.stages),
-            }
-        )
-    return {
-        "run_id": record.id,
-        "status": record.status,
-        "reason": record.reason,
-        "created_at": record.created_at.isoformat(),
-        "finished_at": record.finished_at.isoformat() if record.finished_at else None,
-        "stages": counts,
-        "models": rows,
-    }
-
-
-def _judgements(stages: Any) -> dict[str, Any]:
-    """The approval gate's decision (rule, values, comment) and the monitor flag, if any."""
-    approve = stages.get(Stage.APPROVE)
-    evaluate = stages.get(Stage.EVALUATE)
-    gate = None
-    if approve is not None and "decision" in approve.data:
-        gate = {k: approve.data.get(k) for k in ("decision", "rule", "comparisons", "comment")}
-    monitor = evaluate.data.get("monitor") if evaluate is not None else None
-    return {
-        "decision": gate["decision"] if gate else None,
-        "gate": gate,
-        "monitor": monitor,
-    }
-
-
-def _current_stage(stages: Any, order: tuple[Stage, ...]) -> tuple[Stage, Any]:
-    """The stage a model is at: its failed or in-flight stage, else its first unfinished one."""
-    for stage in order:
-        record = stages[stage]
-        if record.state not in {StageState.SUCCEEDED, StageState.SKIPPED}:
-            return stage, record
-    return order[-1], stages[order[-1]]
-
-
-def _print_status(document: dict[str, Any]) -> None:
-    # Off a terminal rich assumes 80 columns; a status goes to files and pagers: be wide.
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    console.print(
-        f"run {document['run_id']}: {document['status']} (started {document['created_at']})"
-    )
-    if document["reason"]:
-        console.print(f"reason: {document['reason']}")
-    counts = Table(title="stages", title_justify="left")
-    counts.add_column("stage")
-    states = [
-        s.value for s in StageState if any(by.get(s.value) for by in document["stages"].values())
-    ]
-    for state in states:
-        counts.add_column(state, justify="right")
-    for stage, by_state in document["stages"].items():
-        counts.add_row(stage, *(str(by_state.get(state, 0)) for state in states))
-    console.print(counts)
-    models = Table(title="models", title_justify="left")
-    for column in ("name", "outcome", "stage", "state", "attempt", "job", "decision", "note"):
-        models.add_column(column, overflow="fold")
-    for row in document["models"]:
-        note = row["error"] or ""
-        if row["gate"] and row["gate"].get("comment") and not note:
-            note = row["gate"]["comment"]
-        if row["monitor"] and row["monitor"]["flag"] != "ok":
-            note = f"monitor {row['monitor']['flag']}: {row['monitor']['detail']}"
-        models.add_row(
-            row["name"],
-            row["outcome"],
-            row["stage"],
-            row["state"],
-            str(row["attempt"]),
-            row["job_id"] or "",
-            row["decision"] or "",
-            note,
-        )
-    console.print(models)
 
 
 # -- output ----------------------------------------------------------------------------------

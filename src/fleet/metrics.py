@@ -30,6 +30,8 @@ import functools
 import http.client
 import math
 import os
+import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +49,11 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from fleet.client import ModelOpsClient
 from fleet.errors import ApiError, ConfigError
-from fleet.stages import Outcome, Stage
+from fleet.scheduler import Progress, RunResult, model_outcome
+from fleet.stages import Outcome, Stage, StageState
+from fleet.store import Store
 
 # From an approval call that returns at once to a training job of a couple of hours.
 STAGE_BUCKETS_S: tuple[float, ...] = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
@@ -339,3 +344,37 @@ def _error_body(exc: HTTPError) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+async def figures_of(
+    store: Store,
+    result: RunResult,
+    progress: Progress,
+    client: ModelOpsClient,
+    *,
+    started_at: float,
+) -> RunFigures:
+    """Gather a finished run's figures from its state, its progress counts and its client."""
+    models = await store.models(result.run_id)
+    durations: dict[str, list[float]] = {}
+    for model in models:
+        for stage, record in model.stages.items():
+            if record.state is StageState.SUCCEEDED and record.submitted_at and record.finished_at:
+                seconds = (record.finished_at - record.submitted_at).total_seconds()
+                durations.setdefault(stage.value, []).append(max(seconds, 0.0))
+    return RunFigures(
+        run_id=result.run_id,
+        status=result.status,
+        started_at=started_at,
+        finished_at=max(time.time(), started_at),
+        models_by_outcome=dict(Counter(model_outcome(m).value for m in models)),
+        stage_durations=durations,
+        submissions={stage.value: n for stage, n in progress.submissions.items()},
+        polls=client.stats.polls,
+        requests=dict(client.stats.requests),
+        http_errors=dict(client.stats.errors),
+        retries=client.stats.retries,
+        throttle_waits=client.throttle.overloads,
+        throttle_wait_seconds=client.throttle.waited_s,
+        breaker_opened=client.breaker.opened,
+    )

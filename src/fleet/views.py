@@ -1,0 +1,173 @@
+"""What the CLI shows: the live progress table, the status document and its tables.
+
+These build rich renderables and plain data; `cli.py` decides where they are printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from fleet.errors import RunNotFound
+from fleet.scheduler import ProgressSnapshot, model_outcome
+from fleet.stages import Stage, StageState
+from fleet.store import Store
+
+
+def progress_table(snap: ProgressSnapshot) -> Table:
+    eta = snap.eta_s()
+    per_minute = snap.models_finished / snap.elapsed_s * 60 if snap.elapsed_s > 0 else 0.0
+    table = Table(
+        title=(
+            f"fleet: {snap.models_finished}/{snap.models_total} models finished "
+            f"({snap.models_failed} failed, {snap.models_rejected} rejected) · "
+            f"{per_minute:.1f}/min · {snap.elapsed_s:.0f}s elapsed"
+            + (f" · ETA {eta:.0f}s" if eta is not None else "")
+        ),
+        title_justify="left",
+        caption_justify="left",
+    )
+    table.add_column("stage")
+    table.add_column("done", width=24)
+    for state in ("pending", "in flight", "succeeded", "skipped", "failed"):
+        table.add_column(state, justify="right")
+    for stage, states in snap.stages.items():
+        in_flight = sum(
+            states.get(s, 0)
+            for s in (StageState.SUBMITTING, StageState.SUBMITTED, StageState.RUNNING)
+        )
+        done = sum(states.get(s, 0) for s in (StageState.SUCCEEDED, StageState.SKIPPED))
+        table.add_row(
+            stage.value,
+            ProgressBar(total=max(snap.models_total, 1), completed=done, width=24),
+            str(states.get(StageState.PENDING, 0)),
+            str(in_flight),
+            str(states.get(StageState.SUCCEEDED, 0)),
+            str(states.get(StageState.SKIPPED, 0)),
+            str(states.get(StageState.FAILED, 0)),
+        )
+    for failure in snap.recent_failures:
+        table.caption = (table.caption or "") + (
+            f"\nfailed: {failure.name} at {failure.stage}: {failure.reason[:120]}"
+        )
+    return table
+
+
+async def status_document(db: Path, run_id: str | None) -> dict[str, Any]:
+    async with Store.open(db) as store:
+        record = await store.run(run_id) if run_id else await store.latest_run()
+        if record is None:
+            raise RunNotFound(f"{db} holds no run yet")
+        models = await store.models(record.id)
+        attempts: dict[str, list[dict[str, Any]]] = {}
+        for attempt in await store.attempts(record.id):
+            attempts.setdefault(attempt.pop("model_id"), []).append(attempt)
+    counts: dict[str, dict[str, int]] = {stage.value: {} for stage in record.stages}
+    rows = []
+    for model in models:
+        current = _current_stage(model.stages, record.stages)
+        for stage, stage_record in model.stages.items():
+            bucket = counts[stage.value]
+            bucket[stage_record.state.value] = bucket.get(stage_record.state.value, 0) + 1
+        rows.append(
+            {
+                "model_id": model.spec.id,
+                "name": model.spec.name,
+                "outcome": model_outcome(model).value,
+                "stage": current[0].value,
+                "state": current[1].state.value,
+                "job_id": current[1].job_id,
+                "trained_model_id": model.stages[Stage.TRAIN].trained_model_id
+                if Stage.TRAIN in model.stages
+                else None,
+                "deployment_id": model.stages[Stage.DEPLOY].deployment_id
+                if Stage.DEPLOY in model.stages
+                else None,
+                "attempt": current[1].attempt,
+                "error": current[1].error,
+                "metrics": dict(model.metrics),
+                "attempts": [
+                    {k: v for k, v in a.items() if k != "run_id"}
+                    for a in attempts.get(model.spec.id, [])
+                ],
+                **judgements(model.stages),
+            }
+        )
+    return {
+        "run_id": record.id,
+        "status": record.status,
+        "reason": record.reason,
+        "created_at": record.created_at.isoformat(),
+        "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+        "stages": counts,
+        "models": rows,
+    }
+
+
+def judgements(stages: Any) -> dict[str, Any]:
+    """The approval gate's decision (rule, values, comment) and the monitor flag, if any."""
+    approve = stages.get(Stage.APPROVE)
+    evaluate = stages.get(Stage.EVALUATE)
+    gate = None
+    if approve is not None and "decision" in approve.data:
+        gate = {k: approve.data.get(k) for k in ("decision", "rule", "comparisons", "comment")}
+    monitor = evaluate.data.get("monitor") if evaluate is not None else None
+    return {
+        "decision": gate["decision"] if gate else None,
+        "gate": gate,
+        "monitor": monitor,
+    }
+
+
+def _current_stage(stages: Any, order: tuple[Stage, ...]) -> tuple[Stage, Any]:
+    """The stage a model is at: its failed or in-flight stage, else its first unfinished one."""
+    for stage in order:
+        record = stages[stage]
+        if record.state not in {StageState.SUCCEEDED, StageState.SKIPPED}:
+            return stage, record
+    return order[-1], stages[order[-1]]
+
+
+def status_view(document: dict[str, Any]) -> list[RenderableType]:
+    """The status of a run as text lines and tables, in the order they are shown."""
+    shown: list[RenderableType] = []
+    shown.append(
+        f"run {document['run_id']}: {document['status']} (started {document['created_at']})"
+    )
+    if document["reason"]:
+        shown.append(f"reason: {document['reason']}")
+    counts = Table(title="stages", title_justify="left")
+    counts.add_column("stage")
+    states = [
+        s.value for s in StageState if any(by.get(s.value) for by in document["stages"].values())
+    ]
+    for state in states:
+        counts.add_column(state, justify="right")
+    for stage, by_state in document["stages"].items():
+        counts.add_row(stage, *(str(by_state.get(state, 0)) for state in states))
+    shown.append(counts)
+    models = Table(title="models", title_justify="left")
+    for column in ("name", "outcome", "stage", "state", "attempt", "job", "decision", "note"):
+        models.add_column(column, overflow="fold")
+    for row in document["models"]:
+        note = row["error"] or ""
+        if row["gate"] and row["gate"].get("comment") and not note:
+            note = row["gate"]["comment"]
+        if row["monitor"] and row["monitor"]["flag"] != "ok":
+            note = f"monitor {row['monitor']['flag']}: {row['monitor']['detail']}"
+        models.add_row(
+            row["name"],
+            row["outcome"],
+            row["stage"],
+            row["state"],
+            str(row["attempt"]),
+            row["job_id"] or "",
+            row["decision"] or "",
+            note,
+        )
+    shown.append(models)
+    return shown
