@@ -83,26 +83,29 @@ _DEMO_SETTINGS = {
 }
 
 
+# Each error a command may end with: its exit code and how its one line starts. The last
+# row catches what was not foreseen (an invalid transition, say): one line all the same.
+_EXITS: tuple[tuple[type[FleetError] | tuple[type[FleetError], ...], int, str], ...] = (
+    (ConfigError, EXIT_USAGE, "configuration error: "),
+    (RunNotFound, EXIT_USAGE, ""),
+    ((LeaseHeld, LeaseLost), EXIT_LOCKED, ""),
+    (StoreError, EXIT_CANNOT_PROCEED, "state file error: "),
+    (FleetError, EXIT_CANNOT_PROCEED, "the run could not proceed: "),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
         code: int = args.command(args)
-    except ConfigError as exc:
-        _error(f"configuration error: {exc}")
-        return EXIT_USAGE
-    except RunNotFound as exc:
-        _error(str(exc))
-        return EXIT_USAGE
-    except (LeaseHeld, LeaseLost) as exc:
-        _error(str(exc))
-        return EXIT_LOCKED
-    except StoreError as exc:
-        _error(f"state file error: {exc}")
-        return EXIT_CANNOT_PROCEED
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_SIGINT
+    except FleetError as exc:
+        _, exit_code, prefix = next(row for row in _EXITS if isinstance(exc, row[0]))
+        _error(f"{prefix}{exc}")
+        return exit_code
     return code
 
 

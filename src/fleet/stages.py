@@ -69,6 +69,8 @@ ALLOWED: frozenset[tuple[StageState, StageState]] = frozenset(
         (S.SUBMITTING, S.RETRYING),
         (S.FAILED, S.RETRYING),
         (S.RETRYING, S.SUBMITTING),
+        # A stage before --from-stage whose adoption failed, reopened by --retry-failed.
+        (S.RETRYING, S.SKIPPED),
     }
 )
 # A stage ready to open a new attempt.
