@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -110,3 +111,22 @@ def empty_config(tmp_path: Path) -> Path:
     if not path.exists():
         path.write_text('[api]\nproject_id = "5f1a3c9e-8d2b-4e7a-9c61-0f2d4b8a7e13"\n')
     return path
+
+
+def events_until(proc: subprocess.Popen[str], wanted: str, count: int) -> int:
+    """Read the process's JSON lines until `count` events named `wanted` (or its end)."""
+    assert proc.stdout is not None
+    seen = 0
+    for line in proc.stdout:
+        if f'"event": "{wanted}"' in line:
+            seen += 1
+            if seen >= count:
+                break
+    return seen
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    if proc.stdout is not None:
+        proc.stdout.close()

@@ -20,8 +20,10 @@ from cli_support import (
     TOKEN,
     empty_config,
     emulator,
+    events_until,
     fleet,
     json_lines,
+    kill,
     run_args,
     run_env,
     sim_stats,
@@ -93,17 +95,8 @@ def test_a_killed_run_resumes_without_a_second_job(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        assert proc.stdout is not None
-        submitted = 0
-        for line in proc.stdout:
-            if '"fleet.stage.submitted"' in line:
-                submitted += 1
-                if submitted == 45:
-                    break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        proc.stdout.close()
-        assert submitted == 45
+        assert events_until(proc, "fleet.stage.submitted", 45) == 45
+        kill(proc)
         again = fleet(*run_args(tmp_path, "night-1"), cwd=tmp_path, env=run_env(url))
         assert again.returncode == 0, again.stderr
         assert "40 of 40 models succeeded" in again.stderr
@@ -116,10 +109,7 @@ def test_sigterm_stops_the_run_with_143_and_it_resumes(tmp_path: Path) -> None:
         proc = start(
             run_args(tmp_path, "n"), tmp_path, url, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if '"fleet.stage.running"' in line:
-                break
+        assert events_until(proc, "fleet.stage.running", 1) == 1
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 143, err

@@ -791,13 +791,7 @@ async def test_an_outage_past_its_budget_raises_server_unavailable(mock):
     time = InstantTime()
     route = mock.get(f"{API}/jobs/{JOB_ID}").respond(503)
     breaker = Breaker(threshold=2, budget_s=60, clock=time.clock, sleep=time.sleep)
-    async with ModelOpsClient(
-        BASE_URL,
-        PROJECT_ID,
-        TOKEN,
-        throttle=Throttle(clock=time.clock, sleep=time.sleep),
-        breaker=breaker,
-    ) as api:
+    async with _client_with(breaker, time) as api:
         with pytest.raises(ServerUnavailable, match="budget 60"):
             await api.get_job(JOB_ID)
     assert breaker.opened == 1
@@ -810,16 +804,15 @@ async def test_a_request_waits_out_an_outage_that_ends(mock):
     answers = [httpx.ConnectError("refused")] * 8 + [httpx.Response(200, json=_job_json())]
     mock.get(f"{API}/jobs/{JOB_ID}").mock(side_effect=answers)
     breaker = Breaker(threshold=2, budget_s=600, clock=time.clock, sleep=time.sleep)
-    async with ModelOpsClient(
-        BASE_URL,
-        PROJECT_ID,
-        TOKEN,
-        throttle=Throttle(clock=time.clock, sleep=time.sleep),
-        breaker=breaker,
-    ) as api:
+    async with _client_with(breaker, time) as api:
         job = await api.get_job(JOB_ID)
     assert job.id == JOB_ID
     assert not breaker.is_open
+
+
+def _client_with(breaker: Breaker, time: InstantTime) -> ModelOpsClient:
+    throttle = Throttle(clock=time.clock, sleep=time.sleep)
+    return ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN, throttle=throttle, breaker=breaker)
 
 
 def _job_json() -> dict[str, str]:

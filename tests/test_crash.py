@@ -21,7 +21,9 @@ import pytest
 from cli_support import (
     TOKEN,
     emulator,
+    events_until,
     fleet,
+    kill,
     run_args,
     run_env,
     sim_stats,
@@ -29,25 +31,6 @@ from cli_support import (
 )
 
 pytestmark = pytest.mark.e2e
-
-
-def _events_until(proc: subprocess.Popen[str], wanted: str, count: int) -> int:
-    """Read the process's JSON lines until `count` events named `wanted` (or its end)."""
-    assert proc.stdout is not None
-    seen = 0
-    for line in proc.stdout:
-        if f'"event": "{wanted}"' in line:
-            seen += 1
-            if seen >= count:
-                break
-    return seen
-
-
-def _kill(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def _integrity(db: Path) -> str:
@@ -72,10 +55,10 @@ def test_torture_random_sigkills_never_submit_twice(tmp_path: Path) -> None:
                 stderr=subprocess.DEVNULL,
             )
             # Any transition is a moment: intent written, job recorded, poll, success.
-            if _events_until(proc, "fleet.stage.submitting", rng.randint(5, 60)) == 0:
+            if events_until(proc, "fleet.stage.submitting", rng.randint(5, 60)) == 0:
                 proc.wait(timeout=60)
                 break
-            _kill(proc)
+            kill(proc)
             kills += 1
         done = fleet(*run_args(tmp_path, "night"), cwd=tmp_path, env=run_env(url))
         stats = sim_stats(url)
@@ -106,12 +89,12 @@ def test_sigkill_after_the_server_applied_a_post_before_its_answer(tmp_path: Pat
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        assert _events_until(proc, "fleet.stage.submitting", 1) == 1
+        assert events_until(proc, "fleet.stage.submitting", 1) == 1
         # The intent is committed; kill once the server has applied the POST (its answer is
         # held back for 1.5 s, so fleet cannot have recorded the job id yet).
         while sim_stats(url)["jobs_total"] == 0:
             assert proc.poll() is None
-        _kill(proc)
+        kill(proc)
         before = json.loads(fleet("status", "n", "--json", cwd=tmp_path).stdout)
         states = {m["state"] for m in before["models"] if m["stage"] == "train"}
         assert "submitting" in states
@@ -132,7 +115,7 @@ def test_sigterm_drains_within_the_grace_period_then_resumes(tmp_path: Path) -> 
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        assert _events_until(proc, "fleet.stage.running", 5) == 5
+        assert events_until(proc, "fleet.stage.running", 5) == 5
         jobs_at_signal = sim_stats(url)["jobs_total"]
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -160,7 +143,7 @@ def test_a_second_run_on_the_same_state_file_is_refused(tmp_path: Path) -> None:
         first = start(
             run_args(tmp_path, "n"), tmp_path, url, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        assert _events_until(first, "fleet.run.started", 1) == 1
+        assert events_until(first, "fleet.run.started", 1) == 1
         second = fleet(*run_args(tmp_path, "other"), cwd=tmp_path, env=run_env(url))
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=30)
@@ -201,7 +184,7 @@ def test_an_outage_past_its_budget_stops_with_exit_3_and_resumes(tmp_path: Path)
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        assert _events_until(proc, "fleet.stage.running", 3) == 3
+        assert events_until(proc, "fleet.stage.running", 3) == 3
     # The emulator is gone now (its context ended): every request fails to connect.
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
