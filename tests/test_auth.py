@@ -32,7 +32,7 @@ def _client(token: object) -> ModelOpsClient:
 
 async def test_a_static_token_rejected_stops_with_a_clear_error() -> None:
     """A 401 on a token from the environment is an AuthError after one request."""
-    with respx.mock() as mock:
+    with respx.mock(using="httpx") as mock:
         route = mock.get(f"{BASE}/api/jobs/{JOB}").respond(401)
         async with _client(StaticToken("static-tok-1")) as api:
             with pytest.raises(AuthError, match="cannot be renewed"):
@@ -54,7 +54,7 @@ async def test_a_rotated_token_file_is_read_again_after_a_401(tmp_path: Path) ->
             return httpx.Response(401)
         return _job()
 
-    with respx.mock() as mock:
+    with respx.mock(using="httpx") as mock:
         mock.get(f"{BASE}/api/jobs/{JOB}").mock(side_effect=answer)
         async with _client(source) as api:
             job = await api.get_job(JOB)
@@ -66,7 +66,7 @@ async def test_a_token_file_that_still_holds_the_rejected_token_stops(tmp_path: 
     """Renewing from an unchanged file is an AuthError: two requests, no loop."""
     path = tmp_path / "token"
     path.write_text("same-token-cccc")
-    with respx.mock() as mock:
+    with respx.mock(using="httpx") as mock:
         route = mock.get(f"{BASE}/api/jobs/{JOB}").respond(401)
         async with _client(TokenFile(path)) as api:
             with pytest.raises(AuthError, match="still holds the same token"):
@@ -78,7 +78,7 @@ async def test_client_credentials_fetch_cache_and_renew_before_expiry() -> None:
     """One token fetch serves many requests; past its life minus a margin a new one is had."""
     time = InstantTime()
     issued = iter(["access-1-xxxxxx", "access-2-yyyyyy"])
-    with respx.mock() as mock:
+    with respx.mock(using="httpx") as mock:
         token_route = mock.post(TOKEN_URL).mock(
             side_effect=lambda _: httpx.Response(
                 200, json={"access_token": next(issued), "expires_in": 600}
@@ -103,7 +103,7 @@ async def test_client_credentials_fetch_cache_and_renew_before_expiry() -> None:
 
 async def test_client_credentials_renew_once_on_401_then_stop() -> None:
     """A 401 fetches a new token and retries once; a second 401 is an AuthError."""
-    with respx.mock() as mock:
+    with respx.mock(using="httpx") as mock:
         mock.post(TOKEN_URL).respond(200, json={"access_token": "tok-zzzzzz", "expires_in": 3600})
         route = mock.get(f"{BASE}/api/jobs/{JOB}").respond(401)
         async with _client(ClientCredentials(TOKEN_URL, "fleet", SECRET)) as api:
@@ -114,7 +114,7 @@ async def test_client_credentials_renew_once_on_401_then_stop() -> None:
 
 async def test_refused_client_credentials_are_an_auth_error() -> None:
     """The token URL refusing the client is an AuthError naming the settings to check."""
-    with respx.mock() as mock:
+    with respx.mock(using="httpx") as mock:
         mock.post(TOKEN_URL).respond(401, json={"error": "invalid_client"})
         async with _client(ClientCredentials(TOKEN_URL, "fleet", SECRET)) as api:
             with pytest.raises(AuthError, match="client credentials") as caught:

@@ -475,7 +475,7 @@ async def _call(
     method: str, status: int, body: bytes, content_type: str | None
 ) -> Job | FleetError:
     headers = {"Content-Type": content_type} if content_type else {}
-    with respx.mock(assert_all_called=False) as mock:
+    with respx.mock(using="httpx", assert_all_called=False) as mock:
         mock.route(method=method, url__startswith=API).respond(
             status, content=body, headers=headers
         )

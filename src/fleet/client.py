@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, Self, TypeVar
 
+import aiohttp
 import anyio
 import httpx
 import stamina
+from httpx_aiohttp import AiohttpTransport
 
 from fleet import __version__
 from fleet.auth import ClientCredentials, StaticToken, TokenSource
@@ -217,6 +219,9 @@ class ModelOpsClient:
         verify_arg: bool | ssl.SSLContext = (
             ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
         )
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={
@@ -227,10 +232,8 @@ class ModelOpsClient:
             },
             timeout=timeout_s,
             verify=verify_arg,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            transport=transport,
+            limits=limits,
+            transport=transport or _AiohttpTransport(verify=verify_arg, limits=limits),
         )
         self._project_id = project_id
         self._auth: TokenSource = StaticToken(token) if isinstance(token, str) else token
@@ -766,3 +769,60 @@ __all__ = [
     "TrainRequest",
     "latest_metrics",
 ]
+
+
+class _AiohttpTransport(AiohttpTransport):
+    """httpx-aiohttp, with failures sorted the way `_send_once` relies on.
+
+    httpx-aiohttp maps every `aiohttp.ClientConnectionError`, a server that hung up after
+    reading the request included, to `httpx.ConnectTimeout`, which fleet reads as "never
+    sent" and may resend: a POST would then be applied twice. Here only a connection that
+    was never made is a connect error; any other failure is a read error, whose outcome is
+    unknown.
+    """
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await super().handle_async_request(request)
+        except httpx.TransportError as exc:
+            raise _sorted_failure(exc.__cause__ or exc) from exc.__cause__
+        except (aiohttp.ClientError, TimeoutError) as exc:  # what httpx-aiohttp leaves unmapped
+            raise _sorted_failure(exc) from exc
+        response.stream = _SortedFailures(response.stream)
+        return response
+
+
+class _SortedFailures(httpx.AsyncByteStream):
+    """A response body whose read failures are sorted like the request's own."""
+
+    def __init__(self, stream: httpx.AsyncByteStream | httpx.SyncByteStream) -> None:
+        assert isinstance(stream, httpx.AsyncByteStream)
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except httpx.TransportError as exc:
+            raise _sorted_failure(exc.__cause__ or exc) from exc.__cause__
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _sorted_failure(exc) from exc
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _sorted_failure(cause: BaseException) -> BaseException:
+    if isinstance(cause, httpx.TransportError):
+        return cause
+    if not isinstance(cause, aiohttp.ClientError | TimeoutError):
+        return cause
+    message = str(cause) or type(cause).__name__
+    if isinstance(cause, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(message)
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        # Refused, unresolvable, or a TLS handshake that failed: nothing was sent.
+        return httpx.ConnectError(message)
+    if isinstance(cause, aiohttp.ServerTimeoutError):
+        return httpx.ReadTimeout(message)
+    return httpx.ReadError(message)
