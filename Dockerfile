@@ -77,9 +77,10 @@ LABEL org.opencontainers.image.title="fleet" \
       fleet.config="/etc/fleet/fleet.toml (FLEET_CONFIG) plus FLEET_* variables; token from FLEET_API__TOKEN or FLEET_API__TOKEN_FILE"
 
 # A fixed, non-root uid/gid (10001), so a volume's owner and Kubernetes' runAsUser/fsGroup
-# can be set to match. /data is the only place fleet writes.
-RUN groupadd --system --gid 10001 fleet \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
+# can be set to match. /data is the only place fleet writes. --no-log-init: useradd would
+# otherwise grow /var/log/lastlog and faillog to the size of uid 10001's offset.
+RUN groupadd --gid 10001 fleet \
+    && useradd --uid 10001 --gid 10001 --no-log-init --no-create-home --home-dir /data \
         --shell /usr/sbin/nologin fleet \
     && mkdir -p /data /etc/fleet \
     && chown 10001:10001 /data \
