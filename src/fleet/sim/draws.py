@@ -7,6 +7,7 @@ requests happen to arrive.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import uuid
@@ -21,6 +22,9 @@ _UNIFORM_BOUNDS_S = {
     "DEPLOYMENT": (5.0, 30.0),
     "RETIREMENT": (3.0, 15.0),
 }
+# Each job's duration is its model's base duration times a log-normal jitter, at most ±15%.
+_JITTER_SIGMA = 0.05
+_JITTER_LOW, _JITTER_HIGH = 0.85, 1.15
 _METRIC_NAMES = ("Accuracy", "Recall", "Precision", "f1-score")
 _METRIC_BOUNDS = (0.60, 0.99)
 
@@ -40,25 +44,45 @@ def model_id(seed: int, index: int) -> str:
 
 
 def job_duration(seed: int, model: str, job_type: str, nth: int) -> float:
-    """Simulated seconds the `nth` (1-based) job of `job_type` for `model` runs."""
-    rng = _rng(seed, model, job_type, nth)
+    """Simulated seconds the `nth` (1-based) job of `job_type` for `model` runs.
+
+    A model's base duration for the type, times a small jitter per job, kept within the type's
+    bounds: a model that trains for 20 minutes tonight trains for about 20 minutes every night,
+    which is what lets a client predict a job's end from its history.
+    """
+    low, high = _bounds(job_type)
+    jitter_rng = _rng(seed, model, job_type, nth, "jitter")
+    jitter = min(max(jitter_rng.lognormvariate(0.0, _JITTER_SIGMA), _JITTER_LOW), _JITTER_HIGH)
+    return min(max(base_duration(seed, model, job_type) * jitter, low), high)
+
+
+@functools.lru_cache(maxsize=65_536)  # seeding a generator costs more than the draw
+def base_duration(seed: int, model: str, job_type: str) -> float:
+    """The typical duration of a model's jobs of `job_type`, which each job jitters around."""
+    low, high = _bounds(job_type)
+    rng = _rng(seed, model, job_type, "base")
     if job_type == "TRAINING":
-        low, high = _TRAINING_BOUNDS_S
         return min(
             max(rng.lognormvariate(math.log(_TRAINING_MEDIAN_S), _TRAINING_SIGMA), low), high
         )
+    return rng.uniform(low, high)
+
+
+def _bounds(job_type: str) -> tuple[float, float]:
+    if job_type == "TRAINING":
+        return _TRAINING_BOUNDS_S
     try:
-        low, high = _UNIFORM_BOUNDS_S[job_type]
+        return _UNIFORM_BOUNDS_S[job_type]
     except KeyError:
         raise ValueError(f"unknown job type {job_type!r}; expected one of {JOB_TYPES}") from None
-    return rng.uniform(low, high)
 
 
 def job_fails(seed: int, model: str, job_type: str, nth: int, error_rate: float) -> bool:
     """Whether that job ends in ERROR; independent of its duration draw."""
     if job_type not in JOB_TYPES:
         raise ValueError(f"unknown job type {job_type!r}; expected one of {JOB_TYPES}")
-    return _rng(seed, model, job_type, nth, "fail").random() < error_rate
+    # Without errors no draw is needed: random() < 0 never holds.
+    return error_rate > 0 and _rng(seed, model, job_type, nth, "fail").random() < error_rate
 
 
 def metrics(seed: int, model: str, version: int) -> dict[str, str]:
