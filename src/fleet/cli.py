@@ -302,6 +302,12 @@ def _add_sim_flags(parser: argparse.ArgumentParser, time_scale: float | None = N
         default="GET,POST",
         help="methods the HTTP faults apply to (GET,POST)",
     )
+    parser.add_argument(
+        "--no-batch-finders",
+        dest="batch_finders",
+        action="store_false",
+        help="answer like a 7.3 server: no jobs findByStatusIn, no sort=updatedAt",
+    )
 
 
 def _setting_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -325,6 +331,7 @@ def _sim_settings(args: argparse.Namespace, **extra: Any) -> sim.SimSettings:
             **{name: getattr(args, name) for name in RATE_FIELDS},
             delay_after_s=args.delay_after_s,
             fault_methods=tuple(m.strip().upper() for m in args.fault_methods.split(",")),
+            batch_finders=args.batch_finders,
             **extra,
         )
     except ValueError as exc:

@@ -54,3 +54,117 @@ async def test_initial_state_creates_no_jobs(client, world):
         "delay_after",
         "job_error",
     }
+
+
+JOBS_URL = "http://sim/_sim/jobs"
+
+
+async def test_stats_tell_the_clock_the_first_request_and_the_last_job_end(client, clock, world):
+    """now, first_request_at (optionally at or after `since`) and last_job_end_at are simulated."""
+    start = clock.now()
+    stats = (await client.get(STATS_URL)).json()
+    assert stats["now"] == start
+    assert stats["first_request_at"] is None
+    assert stats["last_job_end_at"] is None
+    clock.advance(10)
+    model_id = world.models()[0].id
+    job = (await client.post(f"/api/models/{model_id}/train", json={})).json()
+    clock.advance(3600)
+    await client.get("/api/models")
+    stats = (await client.get(STATS_URL)).json()
+    assert stats["now"] == start + 3610
+    assert stats["first_request_at"] == start + 10
+    assert stats["last_job_end_at"] == world.job(job["id"]).ends_at
+    later = (await client.get(STATS_URL, params={"since": start + 11})).json()
+    assert later["first_request_at"] == start + 3610
+    none = (await client.get(STATS_URL, params={"since": start + 5000})).json()
+    assert none["first_request_at"] is None
+    assert (await client.get(STATS_URL, params={"since": "soon"})).status_code == 400
+
+
+async def test_sim_jobs_lists_each_job_with_its_times_and_is_not_a_request(client, clock, world):
+    """/_sim/jobs gives id, type, model, creation, end, outcome and detection of every job."""
+    model_id = world.models()[0].id
+    job = (await client.post(f"/api/models/{model_id}/train", json={})).json()
+    (running,) = (await client.get(JOBS_URL)).json()
+    assert running == {
+        "id": job["id"],
+        "type": "TRAINING",
+        "model_id": model_id,
+        "created_at": clock.now(),
+        "ends_at": world.job(job["id"]).ends_at,
+        "outcome": None,
+        "detected_at": None,
+    }
+    clock.advance(3600)
+    (done,) = (await client.get(JOBS_URL)).json()
+    assert done["outcome"] == "COMPLETED"
+    assert (await client.get(STATS_URL)).json()["requests_total"] == 1
+
+
+async def first_jobs(client, clock, world) -> tuple[dict, dict]:
+    """Trainings of the first two models, both ended."""
+    first, second = (m.id for m in world.models()[:2])
+    a = (await client.post(f"/api/models/{first}/train", json={})).json()
+    b = (await client.post(f"/api/models/{second}/train", json={})).json()
+    clock.advance(3600)
+    return a, b
+
+
+def detected(world, job: dict) -> float | None:
+    return world.job(job["id"]).detected_at
+
+
+async def test_a_job_is_detected_by_the_first_request_about_its_model(client, clock, world):
+    """Any id of the model counts (its job, version, the model); listings and finders do not."""
+    a, b = await first_jobs(client, clock, world)
+    await client.get("/api/jobs", params={"projection": "expandJob"})
+    await client.get("/api/jobs/search/findByStatusIn", params={"status": "COMPLETED"})
+    await client.get("/api/models")
+    assert detected(world, a) is None
+    assert detected(world, b) is None
+    clock.advance(5)
+    await client.get(f"/api/jobs/{a['id']}", params={"projection": "expandJob"})
+    assert detected(world, a) == clock.now()
+    assert detected(world, b) is None
+    clock.advance(5)
+    await client.get(f"/api/trainedModels/{b['trainedModelId']}/events")
+    assert detected(world, b) == clock.now()
+    clock.advance(5)
+    await client.get(f"/api/models/{a['modelId']}")
+    assert detected(world, a) == clock.now() - 10  # the first request after the end counts
+
+
+async def test_detection_reads_queries_and_bodies_but_not_refused_requests(client, clock, world):
+    """A finder's query or a POST body naming the model's ids detects; a 401 does not."""
+    a, b = await first_jobs(client, clock, world)
+    await client.get(f"/api/models/{a['modelId']}", headers={"Authorization": "Bearer wrong"})
+    assert detected(world, a) is None
+    clock.advance(1)
+    await client.get(
+        "/api/trainedModels/search/findByModelIdAndStatus",
+        params={"modelId": a["modelId"].upper(), "status": "DEPLOYED"},
+    )
+    assert detected(world, a) == clock.now()
+    # A refused retire: the path names a's version, the body b's deployment; both are about.
+    (b_deployment,) = world.trained_models_of(b["modelId"])[0].deployments
+    clock.advance(1)
+    response = await client.post(
+        f"/api/trainedModels/{a['trainedModelId']}/retire",
+        json={"deploymentId": b_deployment.id},
+    )
+    assert response.status_code == 400
+    assert detected(world, b) == clock.now()
+
+
+async def test_a_request_before_the_end_does_not_detect(client, clock, world):
+    """Polling a running job is not detection; the first poll after its end is."""
+    model_id = world.models()[0].id
+    job = (await client.post(f"/api/models/{model_id}/train", json={})).json()
+    ends_at = world.job(job["id"]).ends_at
+    clock.advance(ends_at - clock.now() - 1)
+    await client.get(f"/api/jobs/{job['id']}")
+    assert detected(world, job) is None
+    clock.advance(1)
+    await client.get(f"/api/jobs/{job['id']}")
+    assert detected(world, job) == ends_at

@@ -10,6 +10,7 @@ comes after the route, so its POST did take effect.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from starlette.routing import Route
 from fleet.sim import views
 from fleet.sim.faults import DroppedResponse, Fault, FaultInjector
 from fleet.sim.oauth import TOKEN_PATH, TokenEndpoint, Tokens
-from fleet.sim.paging import hal_page, page_request
+from fleet.sim.paging import PageRequest, hal_page, page_request
 from fleet.sim.world import InvalidRequestError, NotFoundError, SimError
 
 if TYPE_CHECKING:
@@ -40,10 +41,17 @@ PREFIX = "/modelops/core"
 _HAL = "application/hal+json"
 _PROJECT_HEADERS = ("aoa-project-id", "vmo-project-id")
 _EXPIRED_CHALLENGE = 'Bearer error="invalid_token", error_description="The access token expired"'
+_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+_JOB_SORTS = frozenset({"createdAt"})
+_JOB_SORTS_WITH_UPDATED = frozenset({"createdAt", "updatedAt"})
 
 
 def create_app(world: World) -> Starlette:
-    """The ModelOps API under `/modelops/core`, plus `GET /_sim/stats`.
+    """The ModelOps API under `/modelops/core`, plus `GET /_sim/stats` and `GET /_sim/jobs`.
+
+    `/_sim/stats?since=T` takes `first_request_at` as the first API request at or after the
+    simulated time T. `/_sim/jobs` lists every job with its simulated creation, end and
+    detection times, for the benchmark. Neither is an API request: they are not counted.
 
     With a `client_id` configured, also the OAuth2 token URL `POST /oauth2/token` (outside the
     API: no bearer token, no faults).
@@ -55,6 +63,7 @@ def create_app(world: World) -> Starlette:
         for method, path, handler in api.routes()
     ]
     routes.append(Route("/_sim/stats", api.stats, methods=["GET"]))
+    routes.append(Route("/_sim/jobs", api.sim_jobs, methods=["GET"]))
     if world.settings.client_id is not None:
         routes.append(Route(TOKEN_PATH, TokenEndpoint(world, tokens).handle, methods=["POST"]))
     return Starlette(routes=routes, exception_handlers={HTTPException: api.unrouted})
@@ -70,14 +79,21 @@ class _Api:
         self._faults = FaultInjector(world.settings)
         self._tokens = tokens
         self._project_id = world.project.id.lower()
+        # A 7.3 server has neither the finder nor updatedAt among the sortable properties.
+        self._batch_finders = world.settings.batch_finders
+        self._job_sorts = _JOB_SORTS_WITH_UPDATED if self._batch_finders else _JOB_SORTS
 
     def routes(self) -> list[tuple[str, str, Handler]]:
+        finders: list[tuple[str, str, Handler]] = []
+        if self._batch_finders:
+            finders.append(("GET", "/api/jobs/search/findByStatusIn", self.find_jobs_by_status))
         return [
             ("GET", "/api/projects/{project_id}", self.get_project),
             ("GET", "/api/models", self.list_models),
             ("GET", "/api/models/{model_id}", self.get_model),
             ("POST", "/api/models/{model_id}/train", self.train),
             ("GET", "/api/jobs", self.list_jobs),
+            *finders,
             ("GET", "/api/jobs/{job_id}", self.get_job),
             ("GET", "/api/trainedModels/search/findByModelId", self.find_versions),
             ("GET", "/api/trainedModels/search/findByModelIdAndStatus", self.find_versions),
@@ -131,7 +147,8 @@ class _Api:
         return endpoint
 
     async def _handle(self, request: Request, handler: Handler) -> Response:
-        self._world.advance()
+        now = self._world.advance()
+        self._world.note_request(await _named_ids(request), now)
         try:
             return await handler(request)
         except SimError as exc:
@@ -176,8 +193,15 @@ class _Api:
         message = f"{exc.detail}: {request.method} {request.url.path}"
         return self._error(request, exc.status_code, message, exc.headers)
 
-    async def stats(self, _request: Request) -> Response:
-        return JSONResponse(self._world.stats())
+    async def stats(self, request: Request) -> Response:
+        since = request.query_params.get("since")
+        try:
+            return JSONResponse(self._world.stats(None if since is None else float(since)))
+        except ValueError:
+            return JSONResponse({"error": f"since must be a number, got {since!r}"}, 400)
+
+    async def sim_jobs(self, _request: Request) -> Response:
+        return JSONResponse(self._world.job_records())
 
     # -- routes -----------------------------------------------------------------------------
 
@@ -205,12 +229,27 @@ class _Api:
         return self._job(job, expand=False)
 
     async def list_jobs(self, request: Request) -> Response:
-        paging = page_request(request.query_params, entity="Job")
+        paging = page_request(request.query_params, entity="Job", sortable=self._job_sorts)
+        if paging.sort_by == "updatedAt":
+            return self._jobs_page(request, paging, None)
         jobs = self._world.jobs()
         expand = request.query_params.get("projection") == "expandJob"
         now = self._world.now()
         items = [views.job(j, self._project_id, now, expand=expand) for j in paging.window(jobs)]
         return _hal(hal_page("jobs", items, paging, len(jobs)))
+
+    async def find_jobs_by_status(self, request: Request) -> Response:
+        # Spring binds a List<String> from "A,B" and from repeated parameters alike.
+        statuses = frozenset(
+            status.strip()
+            for value in request.query_params.getlist("status")
+            for status in value.split(",")
+            if status.strip()
+        )
+        if not statuses:
+            raise InvalidRequestError(_missing_parameter("status", "List"))
+        paging = page_request(request.query_params, entity="Job", sortable=self._job_sorts)
+        return self._jobs_page(request, paging, statuses)
 
     async def get_job(self, request: Request) -> Response:
         job = self._world.job(_path_id(request, "job_id"))
@@ -291,6 +330,21 @@ class _Api:
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def _jobs_page(
+        self, request: Request, paging: PageRequest, statuses: frozenset[str] | None
+    ) -> Response:
+        jobs, total, now = self._world.find_jobs(
+            statuses,
+            "updatedAt" if paging.sort_by == "updatedAt" else "createdAt",
+            paging.offset,
+            paging.size,
+            descending=paging.descending,
+        )
+        expand = request.query_params.get("projection") == "expandJob"
+        # Shown as of the time they were matched at, so each carries a status it matched.
+        items = [views.job(j, self._project_id, now, expand=expand) for j in jobs]
+        return _hal(hal_page("jobs", items, paging, total))
+
     def _job(self, job: Job, *, expand: bool) -> Response:
         return _hal(views.job(job, self._project_id, self._world.now(), expand=expand))
 
@@ -299,6 +353,14 @@ class _Api:
         events = self._world.events_of(trained_model_id)
         items = [views.event(e, self._project_id) for e in paging.window(events)]
         return _hal(hal_page("trainedModelEvents", items, paging, len(events)))
+
+
+async def _named_ids(request: Request) -> list[str]:
+    """The ids a request names in its path, its query or its body (for `note_request`)."""
+    text = request.scope["path"] + "?" + request.scope["query_string"].decode("latin-1")
+    if request.method == "POST":  # read once here; Starlette keeps it for the route
+        text += (await request.body()).decode("latin-1")
+    return [found.lower() for found in _UUID.findall(text)]
 
 
 def _uuid(value: str) -> str:

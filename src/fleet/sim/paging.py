@@ -2,6 +2,7 @@
 
 Every collection the emulator lists is kept in creation order, so sorting by `createdAt` is
 reading it forwards or backwards, and a page costs O(size), not a sort of the whole collection.
+Jobs sorted by `updatedAt` come from the world's job index instead (`index.py`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class PageRequest:
     page: int
     size: int
     descending: bool
+    sort_by: str | None = None  # the property named by `sort`, if any
+
+    @property
+    def offset(self) -> int:
+        return self.page * self.size
 
     def window(self, items: Listing[T_co]) -> list[T_co]:
         start = self.page * self.size
@@ -60,16 +66,18 @@ def page_request(
     page = _int(params.get("page"), 0)
     size = _int(params.get("size"), DEFAULT_SIZE)
     descending = newest_first
+    sort_by = None
     sort = params.get("sort")
     if sort:
-        field, _, direction = sort.partition(",")
-        if field not in sortable:
-            raise InvalidRequestError(f"No property '{field}' found for type '{entity}'")
+        sort_by, _, direction = sort.partition(",")
+        if sort_by not in sortable:
+            raise InvalidRequestError(f"No property '{sort_by}' found for type '{entity}'")
         descending = direction.strip().lower() == "desc"
     return PageRequest(
         page=max(page, 0),
         size=min(size, MAX_SIZE) if size > 0 else DEFAULT_SIZE,
         descending=descending,
+        sort_by=sort_by,
     )
 
 

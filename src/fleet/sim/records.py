@@ -13,7 +13,7 @@ from typing import Any
 JsonObject = dict[str, Any]
 
 # Queue phases as fractions of a job's duration, then RUNNING until the end.
-_QUEUE_PHASES = (("CREATED", 0.0), ("SCHEDULED", 0.015), ("ASSIGNED", 0.03), ("RUNNING", 0.045))
+QUEUE_PHASES = (("CREATED", 0.0), ("SCHEDULED", 0.015), ("ASSIGNED", 0.03), ("RUNNING", 0.045))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +73,8 @@ class Job:
     events_seen: int
     deployment_id: str | None = None
     outcome: str | None = None
+    # For the benchmark: when a request about this job's model first arrived after it ended.
+    detected_at: float | None = None
 
     def status_at(self, now: float) -> str:
         if self.outcome is not None:
@@ -84,14 +86,23 @@ class Job:
             return self.ends_at
         return self._phase(now)[1]
 
+    def phase(self, number: int) -> tuple[str, float]:
+        """The `number`-th queue status (0: CREATED ... 3: RUNNING) and when it starts.
+
+        The world schedules status changes at exactly these times, so the status a job shows
+        and the status it is indexed under never disagree.
+        """
+        name, fraction = QUEUE_PHASES[number]
+        return name, self.created_at + fraction * (self.ends_at - self.created_at)
+
     def _phase(self, now: float) -> tuple[str, float]:
-        duration = self.ends_at - self.created_at
-        elapsed = now - self.created_at
-        status, started = _QUEUE_PHASES[0][0], self.created_at
-        for name, fraction in _QUEUE_PHASES:
-            if elapsed >= fraction * duration:
-                status, started = name, self.created_at + fraction * duration
-        return status, started
+        current = QUEUE_PHASES[0][0], self.created_at
+        for number in range(len(QUEUE_PHASES)):
+            name, started = self.phase(number)
+            if now < started:
+                break
+            current = name, started
+        return current
 
 
 @dataclass(slots=True, eq=False)

@@ -1,31 +1,47 @@
 """The in-memory ModelOps: projects, models, versions, jobs and deployments, with no HTTP.
 
 Nothing runs in the background. Every call first `advance()`s the world to the clock's time,
-completing due jobs in completion order, so the emulator is as deterministic as its clock.
-Every lookup goes through a dict or an append-only list, so it stays fast with 10,000 models
-and tens of thousands of jobs.
+applying due status changes (a job's queue phases, then its end) in time order, so the emulator
+is as deterministic as its clock. Every lookup goes through a dict, an append-only list or the
+job index (`index.py`), so it stays fast with 10,000 models and tens of thousands of jobs.
+
+The world also records, for the benchmark and at no cost to the answers, when each job's end
+was first noticed: the first request about its model after it ended (`note_request`).
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
 import random
-from collections import Counter
+from array import array
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fleet.sim import draws
-from fleet.sim.records import Deployment, Event, Job, JsonObject, Model, Project, TrainedModel
+from fleet.sim.index import JobIndex, Order
+from fleet.sim.records import (
+    QUEUE_PHASES,
+    Deployment,
+    Event,
+    Job,
+    JsonObject,
+    Model,
+    Project,
+    TrainedModel,
+)
 
 if TYPE_CHECKING:
     from _collections_abc import dict_values
-    from collections.abc import Sequence
+    from collections.abc import Collection, Iterable, Sequence
 
     from fleet.sim.clock import Clock
 
 _DAY = 86_400.0
+_END = -1  # the phase number of a job's end in the schedule of status changes
 _FAULT_KINDS = ("http_500", "http_503", "http_429", "slow", "drop", "delay_after", "job_error")
 _FAULT_METHODS = frozenset({"GET", "POST"})
 # A version can be approved only from EVALUATED; evaluating again never demotes a decision.
@@ -78,6 +94,9 @@ class SimSettings:
     client_id: str | None = None  # None: no token URL, only the static `token`
     client_secret: str | None = None  # set together with client_id
     token_lifetime_s: float = 3600.0  # simulated seconds an issued access token is valid
+    # GET /api/jobs/search/findByStatusIn and sort=updatedAt on GET /api/jobs, as the aoa 7.0
+    # client knew them; False answers like a 7.3 server: 404 and 400.
+    batch_finders: bool = True
 
     def __post_init__(self) -> None:
         if self.models < 0:
@@ -146,7 +165,11 @@ class World:
         self._versions: dict[str, list[TrainedModel]] = {}
         self._jobs: dict[str, Job] = {}
         self._job_list: list[Job] = []
-        self._due: list[tuple[float, int, str]] = []  # heap of (ends_at, seq, job id)
+        # Heap of (time, seq, job id, phase): the job's next status change, where phase
+        # numbers `Job.phase()` and `_END` is its end. Without batch finders nothing needs
+        # the queue phases, so only ends are scheduled.
+        self._due: list[tuple[float, int, str, int]] = []
+        self._index = JobIndex() if settings.batch_finders else None
         self._jobs_per_key: Counter[tuple[str, str]] = Counter()
         self._deployments: dict[str, Deployment] = {}
         self._deployment_by_job: dict[str, Deployment] = {}
@@ -159,6 +182,12 @@ class World:
         self._faults: Counter[str] = Counter(dict.fromkeys(_FAULT_KINDS, 0))
         self._tokens_issued = 0
         self._token_rejections = 0
+        # Measurement: arrival times of API requests, the model each known id belongs to,
+        # and per model the jobs that ended and no request about the model has seen since.
+        self._request_times = array("d")
+        self._owner: dict[str, str] = {}
+        self._unnoticed: dict[str, deque[Job]] = {}
+        self._last_end: float | None = None
         self.train_dataset_id = draws.uuid_from(self._ids)
         self.eval_dataset_id = draws.uuid_from(self._ids)
         self._populate(start)
@@ -168,12 +197,25 @@ class World:
     def now(self) -> float:
         return self._clock.now()
 
-    def advance(self) -> None:
-        """Complete, in completion order, every job whose end time has passed."""
+    def advance(self) -> float:
+        """Apply, in time order, every status change that is due; returns the time it is now."""
         now = self._clock.now()
-        while self._due and self._due[0][0] <= now:
-            _, _, job_id = heapq.heappop(self._due)
-            self._finish(self._jobs[job_id])
+        due = self._due
+        while due and due[0][0] <= now:
+            _, _, job_id, phase = heapq.heappop(due)
+            job = self._jobs[job_id]
+            if phase == _END:
+                self._finish(job)
+                continue
+            assert self._index is not None  # phases are only scheduled for the index
+            self._index.changed(job, QUEUE_PHASES[phase][0])
+            following = phase + 1
+            if following < len(QUEUE_PHASES):
+                at = job.phase(following)[1]
+                heapq.heappush(due, (at, next(self._seq), job.id, following))
+            else:
+                heapq.heappush(due, (job.ends_at, next(self._seq), job.id, _END))
+        return now
 
     def duration(self, model_id: str, job_type: str, nth: int) -> float:
         """Simulated seconds the `nth` (1-based) job of `job_type` for a model takes."""
@@ -207,6 +249,26 @@ class World:
         """All jobs, oldest first."""
         self.advance()
         return self._job_list
+
+    def find_jobs(
+        self,
+        statuses: Collection[str] | None,
+        order: Order,
+        offset: int,
+        limit: int,
+        *,
+        descending: bool,
+    ) -> tuple[list[Job], int, float]:
+        """A page of the jobs whose status now is one of `statuses` (None: any status).
+
+        Returns the page, how many jobs match, and the time "now" they were matched at: show
+        them as of that time, so each shows a status it was selected by.
+        """
+        if self._index is None:
+            raise NotFoundError("Job finders by status are not offered by this server")
+        now = self.advance()
+        jobs = self._index.page(statuses, order, offset, limit, descending=descending)
+        return jobs, self._index.count(statuses), now
 
     def trained_model(self, trained_model_id: str) -> TrainedModel:
         self.advance()
@@ -265,6 +327,7 @@ class World:
         )
         versions.append(tm)
         self._trained[tm.id] = tm
+        self._owner[tm.id] = model.id
         automation = _automation("base", _dict(request, "automationOverrides"))
         metadata = {"trainingRequest": request, **_job_context(request), "automation": automation}
         return self._start_job("TRAINING", tm, metadata, job_id=job_id)
@@ -329,6 +392,34 @@ class World:
 
     def count_request(self, route: str) -> None:
         self._requests[route] += 1
+        self._request_times.append(self._clock.now())
+
+    def note_request(self, ids: Iterable[str], at: float) -> None:
+        """A request naming these ids arrived at `at`: the jobs of their models that had
+        ended by then are noticed now (a job's `detected_at`). Unknown ids are ignored."""
+        for entity_id in ids:
+            model_id = self._owner.get(entity_id)
+            unnoticed = self._unnoticed.get(model_id) if model_id is not None else None
+            # Ended jobs queue in end order; a concurrent request may have advanced the world
+            # past `at`, so only the ones that ended by then count.
+            while unnoticed and unnoticed[0].ends_at <= at:
+                unnoticed.popleft().detected_at = at
+
+    def job_records(self) -> list[JsonObject]:
+        """What the benchmark needs of each job, in simulated seconds since the epoch."""
+        self.advance()
+        return [
+            {
+                "id": job.id,
+                "type": job.type,
+                "model_id": job.model_id,
+                "created_at": job.created_at,
+                "ends_at": job.ends_at,
+                "outcome": job.outcome,
+                "detected_at": job.detected_at,
+            }
+            for job in self._job_list
+        ]
 
     def count_fault(self, kind: str) -> None:
         self._faults[kind] += 1
@@ -339,9 +430,16 @@ class World:
     def count_token_rejection(self) -> None:
         self._token_rejections += 1
 
-    def stats(self) -> dict[str, Any]:
-        self.advance()
+    def stats(self, since: float | None = None) -> dict[str, Any]:
+        """Counts since the start; `first_request_at` is the first API request at or after
+        `since` (default: the first of all), or None."""
+        now = self.advance()
+        times = self._request_times
+        first = bisect.bisect_left(times, since) if since is not None else 0
         return {
+            "now": now,
+            "first_request_at": times[first] if first < len(times) else None,
+            "last_job_end_at": self._last_end,
             "requests_total": self._requests.total(),
             "requests_by_route": dict(self._requests),
             "jobs_by_type": dict(self._jobs_by_type),
@@ -384,7 +482,8 @@ class World:
         job_id: str | None = None,
         deployment_id: str | None = None,
     ) -> Job:
-        now = self._clock.now()
+        # Every change due by now is applied first: the index's change log stays in time order.
+        now = self.advance()
         key = (tm.model_id, job_type)
         self._jobs_per_key[key] += 1
         nth = self._jobs_per_key[key]
@@ -402,7 +501,12 @@ class World:
         )
         self._jobs[job.id] = job
         self._job_list.append(job)
-        heapq.heappush(self._due, (job.ends_at, next(self._seq), job.id))
+        self._owner[job.id] = job.model_id
+        if self._index is None:
+            heapq.heappush(self._due, (job.ends_at, next(self._seq), job.id, _END))
+        else:
+            self._index.added(job, job.status_at(now))
+            heapq.heappush(self._due, (job.phase(1)[1], next(self._seq), job.id, 1))
         self._jobs_by_type[job_type] += 1
         self._max_per_key = max(self._max_per_key, nth)
         self._running += 1
@@ -411,11 +515,14 @@ class World:
 
     def _finish(self, job: Job) -> None:
         self._running -= 1
+        self._last_end = job.ends_at
+        self._unnoticed.setdefault(job.model_id, deque()).append(job)
+        job.outcome = "ERROR" if job.will_fail else "COMPLETED"
+        if self._index is not None:
+            self._index.changed(job, job.outcome)
         if job.will_fail:
-            job.outcome = "ERROR"
             self._faults["job_error"] += 1
             return
-        job.outcome = "COMPLETED"
         tm, at = job.trained_model, job.ends_at
         if job.type == "TRAINING":
             self._transition(tm, "TRAINED", at, job_id=job.id, set_status=True)
@@ -449,6 +556,7 @@ class World:
             cron=str(request.get("cron", "@once")),
         )
         self._deployments[deployment.id] = deployment
+        self._owner[deployment.id] = tm.model_id
         self._deployment_by_job[job_id] = deployment
         self._active[deployment.id] = deployment
         tm.deployments.append(deployment)
@@ -496,6 +604,7 @@ class World:
             )
             self._models[model.id] = model
             self._model_list.append(model)
+            self._owner[model.id] = model.id
             self._versions[model.id] = []
             if self.settings.initial_deployed:
                 self._deploy_last_night(model, start)
@@ -520,6 +629,7 @@ class World:
         )
         self._versions[model.id].append(tm)
         self._trained[tm.id] = tm
+        self._owner[tm.id] = model.id
         self._transition(tm, "TRAINED", trained_at, job_id=train_job, set_status=True)
         self._transition(
             tm,
