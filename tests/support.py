@@ -35,6 +35,10 @@ class VirtualTime:
         self.clock.advance(self.sim_seconds_per_sleep)
         await anyio.lowlevel.checkpoint()
 
+    def monotonic(self) -> float:
+        """The clock `sleep` moves: the engine's notion of elapsed time."""
+        return self.clock.now()
+
 
 class InstantTime:
     """A clock for a client's throttle and breaker that jumps over every pause at once."""

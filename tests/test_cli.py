@@ -109,7 +109,7 @@ def test_sigterm_stops_the_run_with_143_and_it_resumes(tmp_path: Path) -> None:
         proc = start(
             run_args(tmp_path, "n"), tmp_path, url, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        assert events_until(proc, "fleet.stage.running", 1) == 1
+        assert events_until(proc, "fleet.stage.submitted", 1) == 1
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 143, err

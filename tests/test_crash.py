@@ -115,7 +115,7 @@ def test_sigterm_drains_within_the_grace_period_then_resumes(tmp_path: Path) -> 
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        assert events_until(proc, "fleet.stage.running", 5) == 5
+        assert events_until(proc, "fleet.stage.submitted", 5) == 5
         jobs_at_signal = sim_stats(url)["jobs_total"]
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -184,7 +184,7 @@ def test_an_outage_past_its_budget_stops_with_exit_3_and_resumes(tmp_path: Path)
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        assert events_until(proc, "fleet.stage.running", 3) == 3
+        assert events_until(proc, "fleet.stage.submitted", 3) == 3
     # The emulator is gone now (its context ended): every request fails to connect.
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err

@@ -22,7 +22,12 @@ from support import Emulated, emulated, settings_for
 async def _run(env: Emulated, db: Path, run_id: str, **flags: object) -> scheduler.RunResult:
     async with Store.open(db) as store:
         return await scheduler.run(
-            settings_for(env, db, **flags), env.api, store, run_id=run_id, sleep=env.time.sleep
+            settings_for(env, db, **flags),
+            env.api,
+            store,
+            run_id=run_id,
+            sleep=env.time.sleep,
+            clock=env.time.monotonic,
         )
 
 

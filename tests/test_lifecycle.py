@@ -31,8 +31,16 @@ def _context(env: Emulated, store: Store, run_id: str = "r1") -> lifecycle.Conte
         poll_interval=1.0,
         progress=progress,
         sleep=env.time.sleep,
+        clock=env.time.monotonic,
         rng=random.Random(1),
     )
+
+
+async def _run_model(
+    ctx: lifecycle.Context, model: ModelRecord, stages: tuple[Stage, ...]
+) -> lifecycle.Outcome:
+    async with lifecycle.watching(ctx) as watched:
+        return await lifecycle.run_model(watched, model, stages)
 
 
 async def _one_model(env: Emulated, store: Store, run_id: str = "r1") -> ModelRecord:
@@ -66,7 +74,7 @@ async def test_a_model_runs_every_stage_and_logs_each_step(tmp_path: Path) -> No
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
         with capture_logs() as logs:
-            outcome = await lifecycle.run_model(_context(env, store), model, STAGE_ORDER)
+            outcome = await _run_model(_context(env, store), model, STAGE_ORDER)
         done = (await store.models("r1"))[0]
     assert outcome.value == "succeeded"
     assert {r.state for r in done.stages.values()} == {S.SUCCEEDED}
@@ -93,7 +101,7 @@ async def test_resume_adopts_a_job_submitted_before_the_crash(tmp_path: Path) ->
         # The POST reached the server, then the process died before recording the job id.
         job = await env.api.train(model.spec.id, _train_request(model.spec.lifecycle))
         resumed = replace(model, stages={**model.stages, Stage.TRAIN: record})
-        outcome = await lifecycle.run_model(ctx, resumed, STAGE_ORDER)
+        outcome = await _run_model(ctx, resumed, STAGE_ORDER)
         done = (await store.models("r1"))[0]
         log = await store.transitions("r1", model.spec.id)
     assert outcome.value == "succeeded"
@@ -123,7 +131,7 @@ async def test_a_lost_post_response_is_reconciled_not_resent(tmp_path: Path) -> 
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
         ctx = replace(_context(env, store), api=LosesFirstAnswer(env))
-        outcome = await lifecycle.run_model(ctx, model, STAGE_ORDER)
+        outcome = await _run_model(ctx, model, STAGE_ORDER)
         stats = env.world.stats()
     assert outcome.value == "succeeded"
     assert stats["jobs_by_type"]["TRAINING"] == 1
@@ -149,9 +157,7 @@ async def test_a_lost_post_that_created_nothing_is_sent_again(tmp_path: Path) ->
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
         api = FailsFirstSend(env)
-        outcome = await lifecycle.run_model(
-            replace(_context(env, store), api=api), model, STAGE_ORDER
-        )
+        outcome = await _run_model(replace(_context(env, store), api=api), model, STAGE_ORDER)
         stats = env.world.stats()
     assert outcome.value == "succeeded"
     assert api.sends == 2
@@ -177,9 +183,7 @@ async def test_a_lost_approval_answer_is_checked_not_repeated(tmp_path: Path) ->
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
         api = LosesApproval(env)
-        outcome = await lifecycle.run_model(
-            replace(_context(env, store), api=api), model, STAGE_ORDER
-        )
+        outcome = await _run_model(replace(_context(env, store), api=api), model, STAGE_ORDER)
     assert outcome.value == "succeeded"
     assert api.sends == 1
 
@@ -191,7 +195,7 @@ async def test_a_failed_stage_leaves_later_stages_pending(tmp_path: Path) -> Non
         Store.open(tmp_path / "f.db") as store,
     ):
         model = await _one_model(env, store)
-        outcome = await lifecycle.run_model(_context(env, store), model, STAGE_ORDER)
+        outcome = await _run_model(_context(env, store), model, STAGE_ORDER)
         done = (await store.models("r1"))[0]
     assert outcome.value == "failed"
     train = done.stages[Stage.TRAIN]
@@ -206,7 +210,7 @@ async def test_resume_of_an_approval_in_flight_does_not_approve_twice(tmp_path: 
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
         ctx = _context(env, store)
-        await lifecycle.run_model(ctx, model, STAGE_ORDER[:2])
+        await _run_model(ctx, model, STAGE_ORDER[:2])
         model = (await store.models("r1"))[0]
         trained_model_id = model.stages[Stage.TRAIN].trained_model_id
         assert trained_model_id is not None
@@ -215,7 +219,7 @@ async def test_resume_of_an_approval_in_flight_does_not_approve_twice(tmp_path: 
         )
         await env.api.approve(trained_model_id, "LGTM")
         resumed = replace(model, stages={**model.stages, Stage.APPROVE: record})
-        outcome = await lifecycle.run_model(ctx, resumed, STAGE_ORDER[:3])
+        outcome = await _run_model(ctx, resumed, STAGE_ORDER[:3])
     assert outcome.value == "succeeded"
 
 

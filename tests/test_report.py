@@ -42,6 +42,7 @@ async def _two_nights(db: Path) -> None:
                 store,
                 run_id=run_id,
                 sleep=env.time.sleep,
+                clock=env.time.monotonic,
                 rng=random.Random(7),
             )
 

@@ -20,7 +20,13 @@ async def _run(env: Emulated, db: Path, **flags: object) -> scheduler.RunResult:
     settings = settings_for(env, db, **flags)
     async with Store.open(db) as store:
         return await scheduler.run(
-            settings, env.api, store, run_id="night-1", sleep=env.time.sleep, rng=random.Random(7)
+            settings,
+            env.api,
+            store,
+            run_id="night-1",
+            sleep=env.time.sleep,
+            clock=env.time.monotonic,
+            rng=random.Random(7),
         )
 
 
@@ -139,6 +145,7 @@ async def test_a_cancelled_run_resumes_without_submitting_twice(tmp_path: Path) 
                     run_id="night-1",
                     progress=progress,
                     sleep=env.time.sleep,
+                    clock=env.time.monotonic,
                 )
             interrupted = await store.run("night-1")
         assert interrupted.status == "interrupted"
@@ -160,7 +167,14 @@ async def test_a_rejected_token_aborts_the_run(tmp_path: Path) -> None:
             ) as bad,
             Store.open(tmp_path / "fleet.db") as store,
         ):
-            result = await scheduler.run(settings, bad, store, run_id="r", sleep=env.time.sleep)
+            result = await scheduler.run(
+                settings,
+                bad,
+                store,
+                run_id="r",
+                sleep=env.time.sleep,
+                clock=env.time.monotonic,
+            )
         assert env.world.stats()["jobs_total"] == 0
     assert isinstance(result.aborted, AuthError)
     assert result.status == "aborted"
@@ -188,7 +202,12 @@ async def test_a_token_revoked_mid_run_aborts_with_state_saved(tmp_path: Path) -
         settings = settings_for(env, db)
         async with Store.open(db) as store:
             result = await scheduler.run(
-                settings, RevokedAfter(env, polls=15), store, run_id="r", sleep=env.time.sleep
+                settings,
+                RevokedAfter(env, polls=15),
+                store,
+                run_id="r",
+                sleep=env.time.sleep,
+                clock=env.time.monotonic,
             )
         assert isinstance(result.aborted, AuthError)
         resumed = await _run_named(env, db, "r")
@@ -199,7 +218,12 @@ async def test_a_token_revoked_mid_run_aborts_with_state_saved(tmp_path: Path) -
 async def _run_named(env: Emulated, db: Path, run_id: str) -> scheduler.RunResult:
     async with Store.open(db) as store:
         return await scheduler.run(
-            settings_for(env, db), env.api, store, run_id=run_id, sleep=env.time.sleep
+            settings_for(env, db),
+            env.api,
+            store,
+            run_id=run_id,
+            sleep=env.time.sleep,
+            clock=env.time.monotonic,
         )
 
 
@@ -264,6 +288,7 @@ async def test_retry_failed_reruns_only_the_failed_models(tmp_path: Path) -> Non
                 store,
                 run_id="night-1",
                 sleep=env.time.sleep,
+                clock=env.time.monotonic,
                 retry_failed=True,
             )
         new_jobs = env.world.jobs()[jobs_before:]
@@ -308,6 +333,7 @@ async def test_a_drained_run_submits_nothing_more_and_resumes(tmp_path: Path) ->
                 run_id="night-1",
                 progress=StopAfterSubmissions(),
                 sleep=env.time.sleep,
+                clock=env.time.monotonic,
                 stop=stop,
             )
         jobs_after = env.world.stats()["jobs_total"]

@@ -92,7 +92,14 @@ async def test_past_the_deadline_no_training_starts_and_models_are_left(tmp_path
     """max_duration over: the run trains nothing new and says which models are left."""
     async with emulated(models=6) as env, Store.open(tmp_path / "f.db") as store:
         settings = settings_for(env, tmp_path / "f.db", max_duration="0.000001")
-        result = await scheduler.run(settings, env.api, store, run_id="late", sleep=env.time.sleep)
+        result = await scheduler.run(
+            settings,
+            env.api,
+            store,
+            run_id="late",
+            sleep=env.time.sleep,
+            clock=env.time.monotonic,
+        )
         stats = env.world.stats()
     assert stats["jobs_by_type"]["TRAINING"] == 0
     assert result.status == "incomplete"

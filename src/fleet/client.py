@@ -43,6 +43,10 @@ _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # so a POST that got one may be sent again; any other failure of a POST may have been applied.
 _REFUSED_STATUSES = frozenset({429, 503})
 _PAGE_SIZE = 100
+# A look at what changed reads one small page most of the time.
+_CHANGES_PAGE_SIZE = 50
+_MAX_PAGE = 1000  # Spring Data REST's cap on `size`
+_UNFINISHED_JOB_STATUSES = ("CREATED", "SCHEDULED", "ASSIGNED", "RUNNING")
 # The largest answer fleet reads: a page of 100 jobs with their metadata is ~200 KB.
 MAX_BODY_BYTES = 16 * 1024 * 1024
 _T = TypeVar("_T")
@@ -62,6 +66,7 @@ class Job:
     model_id: str | None
     trained_model_id: str | None
     created_at: datetime | None
+    updated_at: datetime | None = None  # only with the expandJob projection
 
     @property
     def terminal(self) -> bool:
@@ -162,6 +167,8 @@ class ModelOps(Protocol):
     async def train(self, model_id: str, request: TrainRequest) -> Job: ...
     async def get_job(self, job_id: str) -> Job: ...
     def recent_jobs(self, limit: int) -> AsyncIterator[Job]: ...
+    async def changed_jobs(self, since: datetime | None) -> list[Job]: ...
+    async def unfinished_jobs(self) -> list[Job]: ...
     async def evaluate(self, trained_model_id: str, request: EvaluateRequest) -> Job: ...
     async def events(self, trained_model_id: str) -> list[Event]: ...
     async def approve(self, trained_model_id: str, comments: str) -> Event: ...
@@ -289,6 +296,40 @@ class ModelOpsClient:
             if seen >= limit:
                 return
 
+    async def changed_jobs(self, since: datetime | None) -> list[Job]:
+        """Jobs whose status changed at or after `since` (server time), most recent first.
+
+        Without `since`, only the first page: enough to learn where the changes are now.
+        Raises PermanentApiError when the server cannot sort jobs by `updatedAt`.
+        """
+        params = {"sort": "updatedAt,desc", "projection": "expandJob"}
+        jobs: list[Job] = []
+        last: datetime | None = None
+        async for item in self._pages("/api/jobs", "jobs", params, size=_CHANGES_PAGE_SIZE):
+            job = _parse_job(item)
+            if job.updated_at is None:
+                raise ProtocolError(f"/api/jobs: a job has no updatedAt: {_excerpt(item)}")
+            if last is not None and job.updated_at > last:
+                raise ProtocolError("/api/jobs: the server did not sort the jobs by updatedAt")
+            last = job.updated_at
+            if since is not None and last < since:
+                break
+            jobs.append(job)
+            if since is None and len(jobs) >= _CHANGES_PAGE_SIZE:
+                break
+        return jobs
+
+    async def unfinished_jobs(self) -> list[Job]:
+        """Every job not yet in a terminal status (the `findByStatusIn` finder).
+
+        Raises PermanentApiError (404) when the server does not offer the finder.
+        """
+        params = {"status": ",".join(_UNFINISHED_JOB_STATUSES), "projection": "expandJob"}
+        path = "/api/jobs/search/findByStatusIn"
+        return [
+            _parse_job(item) async for item in self._pages(path, "jobs", params, size=_MAX_PAGE)
+        ]
+
     async def events(self, trained_model_id: str) -> list[Event]:
         path = f"/api/trainedModels/{_uuid(trained_model_id)}/events"
         return [_parse_event(item) async for item in self._pages(path, "trainedModelEvents", {})]
@@ -362,11 +403,11 @@ class ModelOpsClient:
     # -- transport ---------------------------------------------------------------------------
 
     async def _pages(
-        self, path: str, collection: str, params: Mapping[str, str]
+        self, path: str, collection: str, params: Mapping[str, str], *, size: int = _PAGE_SIZE
     ) -> AsyncIterator[dict[str, Any]]:
         page = 0
         while True:
-            data = await self._get(path, {**params, "page": str(page), "size": str(_PAGE_SIZE)})
+            data = await self._get(path, {**params, "page": str(page), "size": str(size)})
             embedded = data.get("_embedded")
             items = embedded.get(collection, []) if isinstance(embedded, dict) else []
             if not isinstance(items, list):
@@ -437,7 +478,7 @@ class ModelOpsClient:
         await self.breaker.admit()
         await self.throttle.wait()
         self.stats.requests[method] += 1
-        if method == "GET" and path.startswith("/api/jobs/"):
+        if method == "GET" and path.startswith("/api/jobs"):
             self.stats.polls += 1
         try:
             async with self._slots:
@@ -679,6 +720,7 @@ def _parse_job(data: Mapping[str, Any]) -> Job:
         model_id=_opt_str(data, "modelId"),
         trained_model_id=trained_model_id,
         created_at=_timestamp(data.get("createdAt")),
+        updated_at=_timestamp(data.get("updatedAt")),
     )
 
 

@@ -336,7 +336,15 @@ class Settings(BaseSettings):
     )
     max_connections: PositiveInt = Field(50, description="HTTP connections to ModelOps")
     max_rps: PositiveFloat | None = Field(None, description="cap on requests per second")
-    poll_interval: PositiveFloat = Field(5.0, description="seconds between polls of a job")
+    poll_interval: PositiveFloat = Field(
+        5.0, description="longest gap, in seconds, between two looks at a running job"
+    )
+    poll_floor: PositiveFloat = Field(
+        0.2, description="shortest gap, in seconds, between two looks at the server's jobs"
+    )
+    poll_mode: Literal["auto", "changes", "finder", "each"] = Field(
+        "auto", description="how one look asks about many jobs (auto: the best the server has)"
+    )
     stages: Annotated[tuple[Stage, ...], NoDecode] = Field(
         STAGE_ORDER, description="stages to run, comma-separated, in lifecycle order"
     )

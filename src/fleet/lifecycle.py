@@ -10,7 +10,9 @@ finished stages are skipped, submitted jobs are polled again, and a stage caught
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -34,7 +36,9 @@ from fleet.errors import (
     ProtocolError,
     ServerUnavailable,
     TransientApiError,
+    ungrouped,
 )
+from fleet.polling import JobWatch, PollMode
 from fleet.stages import (
     ALLOWED,
     DONE,
@@ -67,9 +71,6 @@ _RECONCILE_SCAN = 2000
 # A submission whose answer is lost is looked for on the server and, if absent, sent again,
 # this many times in all.
 _UNKNOWN_OUTCOME_TRIES = 3
-_KNOWN_JOB_STATUSES = frozenset(
-    {"CREATED", "SCHEDULED", "ASSIGNED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED"}
-)
 # Rounds of a call that keeps failing transiently (each after the client's own retries).
 _TRANSIENT_ROUNDS = 5
 _UNKNOWN_OUTCOME_FAILURE = "the server did not answer the submission and has no record of it"
@@ -107,6 +108,32 @@ class Context:
     from_version: str = "latest"
     # Past this time no new training starts (the run deadline); the rest goes on.
     stop_training_at: datetime | None = None
+    # The clock `sleep` sleeps on (monotonic seconds), for when to look at jobs.
+    clock: Callable[[], float] = time.monotonic
+    # Seconds each model's stage ran in earlier runs: when its job is expected to end.
+    expected: Mapping[tuple[str, Stage], float] = field(default_factory=dict)
+    poll_floor: float = 0.2
+    poll_mode: PollMode = PollMode.AUTO
+    # Follows the run's remote jobs; set by `watching()`.
+    jobs: JobWatch | None = None
+
+
+@asynccontextmanager
+async def watching(ctx: Context) -> AsyncIterator[Context]:
+    """The context with a `JobWatch` following its jobs for the duration of the block."""
+    watch = JobWatch(
+        ctx.api,
+        poll_interval=ctx.poll_interval,
+        poll_floor=ctx.poll_floor,
+        mode=ctx.poll_mode,
+        clock=ctx.clock,
+        sleep=ctx.sleep,
+    )
+    with ungrouped():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch.run, ctx.draining)
+            yield replace(ctx, jobs=watch)
+            tg.cancel_scope.cancel()
 
 
 class RunAborted(Exception):
@@ -504,6 +531,9 @@ async def _job_stage(
     """
     async with ctx.limiters[record.stage]:
         while True:
+            # When the job was created, in server time, if known: a job resumed from an
+            # earlier process is first read by id.
+            created_at: datetime | None = None
             if record.state in STARTABLE:
                 _stop_if_draining(ctx)
                 _defer_training_past_deadline(ctx, record)
@@ -511,7 +541,7 @@ async def _job_stage(
                 if before is not None and record.state is S.PENDING:
                     data.update(await before())
                 record = await _open_attempt(ctx, record, data=data, deployment_id=deployment_id)
-                record = await _submit(ctx, model, record, submit, trained_model_id)
+                record, created_at = await _submit(ctx, model, record, submit, trained_model_id)
             elif record.state is S.SUBMITTING:
                 job = await _find_submitted(ctx, model, record, trained_model_id)
                 if job is not None:
@@ -519,8 +549,8 @@ async def _job_stage(
                 elif already_done is not None and await already_done():
                     return await transition(ctx, record, S.SUCCEEDED, detail=_FOUND_DONE)
                 else:
-                    record = await _submit(ctx, model, record, submit, trained_model_id)
-            record = await _follow(ctx, record)
+                    record, created_at = await _submit(ctx, model, record, submit, trained_model_id)
+            record = await _follow(ctx, record, created_at)
             if record.state is not S.RETRYING:
                 break
     if record.state is S.FAILED:
@@ -576,7 +606,8 @@ async def _submit(
     record: StageRecord,
     submit: Callable[[], Awaitable[Job]],
     trained_model_id: str | None,
-) -> StageRecord:
+) -> tuple[StageRecord, datetime | None]:
+    """Send the stage's job; the record with its job id, and when the server created it."""
     for _ in range(_UNKNOWN_OUTCOME_TRIES):
         try:
             job = await _call(ctx, submit)
@@ -584,9 +615,9 @@ async def _submit(
             # The server may have created the job: look before sending it again.
             found = await _find_submitted(ctx, model, record, trained_model_id)
             if found is not None:
-                return await _submitted(ctx, record, found, _FOUND_AFTER_LOSS)
+                return await _submitted(ctx, record, found, _FOUND_AFTER_LOSS), None
             continue
-        return await _submitted(ctx, record, job, None)
+        return await _submitted(ctx, record, job, None), job.created_at
     raise _StageFailed(_UNKNOWN_OUTCOME_FAILURE)
 
 
@@ -603,27 +634,22 @@ async def _submitted(
     return await transition(ctx, record, S.SUBMITTED, detail=detail, **changes)
 
 
-async def _follow(ctx: Context, record: StageRecord) -> StageRecord:
-    """Poll the stage's job until it ends: the record comes back failed, or still in flight
-    for the caller to finish. The stage's limiter is held by the caller."""
-    job_id = record.job_id
+async def _follow(ctx: Context, record: StageRecord, created_at: datetime | None) -> StageRecord:
+    """Wait for the stage's job to end: the record comes back failed, or still in flight (with
+    how long the job ran) for the caller to finish. The stage's limiter is held by the caller.
+    """
+    job_id, jobs = record.job_id, ctx.jobs
     assert job_id is not None
-    warned = False
-    while True:
-        job = await _call(ctx, lambda: ctx.api.get_job(job_id))
-        if job.status == "COMPLETED":
-            return record
-        if job.status in {"ERROR", "CANCELLED"}:
-            return await _ended_badly(ctx, record, job)
-        if job.status not in _KNOWN_JOB_STATUSES and not warned:
-            # The API notes: treat any other string as not yet terminal. Say so once.
-            log.warning("fleet.job.unknown_status", job_id=job_id, status=job.status)
-            warned = True
-        if job.status == "RUNNING" and record.state is S.SUBMITTED:
-            record = await transition(ctx, record, S.RUNNING)
-        await ctx.sleep(ctx.poll_interval * ctx.rng.uniform(0.8, 1.2))
-        # The job goes on without us; the next start polls it again.
-        _stop_if_draining(ctx)
+    assert jobs is not None, "jobs are followed inside lifecycle.watching()"
+    expected = ctx.expected.get((record.model_id, record.stage))
+    done = await _call(ctx, lambda: jobs.finished(job_id, created_at, record.stage.value, expected))
+    if done is None:
+        # Draining: the job goes on without us; the next start follows it again.
+        raise _Paused
+    record = replace(record, data={**record.data, "ran_s": round(done.ran_s, 3)})
+    if done.job.status == "COMPLETED":
+        return record
+    return await _ended_badly(ctx, record, done.job)
 
 
 async def _ended_badly(ctx: Context, record: StageRecord, job: Job) -> StageRecord:

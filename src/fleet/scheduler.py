@@ -14,7 +14,7 @@ import secrets
 import socket
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -25,7 +25,8 @@ import structlog
 from fleet.client import ModelOps
 from fleet.config import ModelSpec, Settings
 from fleet.errors import ApiError, FleetError, RunNotFound, ungrouped
-from fleet.lifecycle import Context, RunAborted, run_model, transition
+from fleet.lifecycle import Context, RunAborted, run_model, transition, watching
+from fleet.polling import PollMode
 from fleet.stages import DONE, STAGE_ORDER, Outcome, Stage, StageState
 from fleet.store import Lease, ModelRecord, RunRecord, StageRecord, Store, utc_now
 
@@ -159,6 +160,7 @@ async def run(
     run_id: str | None = None,
     progress: Progress | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
+    clock: Callable[[], float] | None = None,
     rng: random.Random | None = None,
     stop: anyio.Event | None = None,
     retry_failed: bool = False,
@@ -167,7 +169,8 @@ async def run(
     """Run (or resume) the lifecycle of every model; the run's state is in `store`.
 
     Setting `stop` drains the run: no new model is admitted and no new job submitted, jobs in
-    flight are left running on the server, and the run is recorded as interrupted.
+    flight are left running on the server, and the run is recorded as interrupted. `sleep`
+    and `clock` (monotonic seconds) go together: tests pass a virtual pair.
     """
     progress = progress or Progress()
     stop = stop or anyio.Event()
@@ -207,6 +210,10 @@ async def run(
             first_stage=first,
             from_version=settings.from_version,
             stop_training_at=settings.stop_training_at(utc_now()),
+            clock=clock or time.monotonic,
+            expected=await store.durations(run_id),
+            poll_floor=settings.poll_floor,
+            poll_mode=PollMode(settings.poll_mode),
         )
         if retry_failed:
             models = await _reopen_failed(ctx, models)
@@ -222,14 +229,15 @@ async def run(
         aborted: FleetError | None = None
         try:
             await api.check_project()
-            await _drive(
-                ctx,
-                models,
-                stages,
-                concurrency=settings.concurrency,
-                policy=policy,
-                progress=progress,
-            )
+            async with watching(ctx) as watched:
+                await _drive(
+                    watched,
+                    _longest_first(models, ctx.expected),
+                    stages,
+                    concurrency=settings.concurrency,
+                    policy=policy,
+                    progress=progress,
+                )
         except RunAborted as exc:
             aborted = _fleet_error(exc)
         except ApiError as exc:
@@ -338,6 +346,25 @@ async def _drive(
         async with anyio.create_task_group() as tg:
             for _ in range(min(concurrency, len(models))):
                 tg.start_soon(worker)
+
+
+def _longest_first(
+    models: list[ModelRecord], expected: Mapping[tuple[str, Stage], float]
+) -> list[ModelRecord]:
+    """Admission order: by priority, then the longest expected first (LPT scheduling).
+
+    Under stage limits, starting the longest jobs first keeps a long one from starting last
+    and running alone at the end. A model with no history counts as the median one.
+    """
+    if not expected:
+        return models
+    totals = {
+        model.spec.id: sum(expected.get((model.spec.id, stage), 0.0) for stage in Stage)
+        for model in models
+    }
+    known = sorted(total for total in totals.values() if total > 0)
+    median = known[len(known) // 2] if known else 0.0
+    return sorted(models, key=lambda m: (-m.spec.priority, -(totals[m.spec.id] or median)))
 
 
 async def _reopen_failed(ctx: Context, models: list[ModelRecord]) -> list[ModelRecord]:

@@ -9,7 +9,10 @@
        └──► skipped | failed                failed ──► retrying (fleet run --retry-failed)
 
 `submitting` is written to the store *before* a request goes out, so a restart knows that a
-submission may exist on the server and looks for it before sending another. `retrying` closes
+submission may exist on the server and looks for it before sending another. `submitted` lasts
+until the job is seen finished: the job watcher (polling.py) asks about jobs only near their
+expected end, so fleet no longer records `running` (state files of earlier versions may
+hold it, and it resumes as `submitted` does). `retrying` closes
 an attempt whose job ended in ERROR; the next `submitting` opens a new one.
 """
 

@@ -122,6 +122,14 @@ _INSERT_MODEL = (
 _INSERT_STAGE = (
     "INSERT INTO stages (run_id, model_id, stage, state, updated_at) VALUES (?, ?, ?, 'pending', ?)"
 )
+# How long each model's stages ran (`ran_s`, seconds) in the latest few other runs, oldest
+# run first so that the latest wins.
+_DURATIONS = (
+    "SELECT s.model_id, s.stage, json_extract(s.data, '$.ran_s') AS ran FROM stages AS s"
+    " JOIN (SELECT id, created_at FROM runs WHERE id != ? ORDER BY created_at DESC LIMIT ?)"
+    " AS r ON s.run_id = r.id WHERE s.state = 'succeeded' AND ran IS NOT NULL"
+    " ORDER BY r.created_at"
+)
 _UPDATE_RUN = "UPDATE runs SET status = ?, updated_at = ?, finished_at = ?, reason = ? WHERE id = ?"
 _UPDATE_STAGE = (
     "UPDATE stages SET (state, attempt, job_id, trained_model_id, deployment_id, error, data,"
@@ -240,10 +248,16 @@ class Store:
     async def open(
         cls, path: Path | str, *, now: Callable[[], datetime] = utc_now, readonly: bool = False
     ) -> AsyncIterator[Self]:
-        """The state file; `readonly` (for `fleet plan`) neither creates nor migrates it."""
+        """The state file; `readonly` (for `fleet plan`, `status`, `report`) neither creates,
+        migrates nor changes it, nor leaves files beside it."""
         try:
             if readonly:
-                uri = f"{(await anyio.Path(path).resolve()).as_uri()}?mode=ro"
+                resolved = await anyio.Path(path).resolve()
+                # A WAL file that no process has open has no -wal beside it and all its data
+                # in itself: read it as immutable, or SQLite would create -wal and -shm files
+                # that a read-only connection cannot remove. A live one is read through them.
+                live = await anyio.Path(f"{resolved}-wal").exists()
+                uri = f"{resolved.as_uri()}?mode=ro{'' if live else '&immutable=1'}"
                 conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
             else:
                 _create_private(Path(path))
@@ -514,6 +528,11 @@ class Store:
             tuple(sorted(finished)),
         )
         return _run(rows[0]) if rows else None
+
+    async def durations(self, run_id: str, runs: int = 3) -> dict[tuple[str, Stage], float]:
+        """Seconds each model's stages ran in the latest `runs` runs other than `run_id`."""
+        rows = await self._fetch(_DURATIONS, (run_id, runs))
+        return {(row[0], Stage(row[1])): float(row[2]) for row in rows}
 
     async def attempts(self, run_id: str) -> list[dict[str, Any]]:
         rows = await self._fetch(
