@@ -13,10 +13,12 @@ The mode is found out at the first look and falls back in that order. Whatever t
 seen finished is read once more by id, so its final state comes from its own resource.
 
 When to look is predicted: a job is due at its expected end (the duration of the same model's
-same stage in earlier runs, else the median of this run's finished jobs of that stage, else
-`poll_interval`), a little early rather than late, then at 2% of that duration past it, and
-less often the more it overruns. `poll_interval` bounds the gap between two looks at a job;
-`poll_floor` is the shortest gap between two looks at the server.
+same stage in earlier runs, else the median of this run's finished jobs of that stage), a
+little early rather than late, then at 2% of that duration past it, and less often the more
+it overruns (a fifth of the time it has run). A job with no expectation is looked at soon,
+then with that same back-off. `poll_interval` bounds the gap between two looks at a job;
+`poll_floor` is the shortest gap between two looks at the server. The first look happens at
+start, before any job is due: it finds the mode and where the changes are.
 """
 
 from __future__ import annotations
@@ -77,8 +79,9 @@ class _Followed:
     started: float
     expected: float | None
     due: float
-    # Covered by the changes listing: created after the first look, or read by id since.
-    covered: bool
+    created_at: datetime | None  # server time; None for a job from an earlier process
+    # Vouched for by the changes listing: created after its first page, or read by id since.
+    covered: bool = False
     last_miss: float | None = None
     warned: bool = False
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -121,6 +124,9 @@ class JobWatch:
         self._stopped = False
         self._watermark: datetime | None = None  # the newest change seen, in server time
         self._listing_ready = False
+        # The newest change on the listing's first page: every change of a job created since
+        # then shows up in later pages of changes. None: the first page was empty.
+        self._covered_from: datetime | None = None
         self._recent: OrderedDict[str, Job] = OrderedDict()
         self._stage_runs: dict[str, deque[float]] = {}
         self.looks = 0
@@ -144,13 +150,12 @@ class JobWatch:
         now = self._clock()
         expected = expected_s or self._stage_median(kind)
         first = now + (expected * _EARLY if expected else self._floor)
-        covered = self._listing_ready and (
-            created_at is not None and (self._watermark is None or created_at >= self._watermark)
-        )
-        followed = _Followed(job_id, kind, now, expected, max(first, now + self._floor), covered)
-        seen = self._recent.pop(job_id, None)
-        if seen is not None:
-            followed.due = now  # ended before it was handed over: read it by id now
+        followed = _Followed(job_id, kind, now, expected, max(first, now + self._floor), created_at)
+        if self._recent.pop(job_id, None) is not None:
+            # It ended before it was handed over, and the listing will not show it again:
+            # read it by id now.
+            followed.due = now
+            followed.created_at = None
         self._follow(followed)
         try:
             await followed.done.wait()
@@ -182,6 +187,8 @@ class JobWatch:
     async def run(self, stop: anyio.Event) -> None:
         """Look whenever a followed job is due, until `stop` is set; then release every waiter."""
         try:
+            # A first look before any job is due: where the changes are now, and the mode.
+            await self._look(self._clock())
             while not stop.is_set():
                 due = self._next_due()
                 now = self._clock()
@@ -285,6 +292,8 @@ class JobWatch:
         self._listing_ready = True
         if jobs and jobs[0].updated_at is not None:
             self._watermark = max(jobs[0].updated_at, self._watermark or jobs[0].updated_at)
+        if first:
+            self._covered_from = self._watermark
         candidates: dict[str, _Followed] = {}
         for job in jobs:
             followed = self._followed.get(job.id)
@@ -297,11 +306,18 @@ class JobWatch:
         # Jobs the listing does not vouch for yet (handed over before the first look, or
         # resumed from an earlier process) are read by id when due.
         for followed in due:
-            if not followed.covered:
+            if not (followed.covered or self._vouched(followed)):
                 candidates.setdefault(followed.job_id, followed)
         if first:
             log.info("fleet.poll.mode", mode=PollMode.CHANGES.value)
         return list(candidates.values())
+
+    def _vouched(self, followed: _Followed) -> bool:
+        created = followed.created_at
+        followed.covered = created is not None and (
+            self._covered_from is None or created >= self._covered_from
+        )
+        return followed.covered
 
     def _fall_back(self, mode: PollMode, exc: ApiError) -> None:
         log.info("fleet.poll.mode", mode=mode.value, reason=str(exc))
