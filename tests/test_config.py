@@ -11,6 +11,7 @@ import pytest
 
 from fleet.config import Resources, Settings, flag_specs, load_settings
 from fleet.errors import ConfigError
+from fleet.shards import Shard
 from fleet.stages import STAGE_ORDER, Stage
 
 if TYPE_CHECKING:
@@ -312,6 +313,53 @@ def test_stages_come_from_a_toml_list(tmp_path):
     config = toml_file(tmp_path, 'stages = ["train", "evaluate", "approve"]\n')
 
     assert load(config).stages == (Stage.TRAIN, Stage.EVALUATE, Stage.APPROVE)
+
+
+# -- shards ---------------------------------------------------------------------------------
+
+
+def test_a_shard_from_a_flag_gets_its_own_state_file():
+    """--shard 3/8: shard 3 of 8, and the state file fleet.db becomes fleet.shard-3-of-8.db."""
+    settings = load(flags={"shard": "3/8"})
+
+    assert settings.shard == Shard(3, 8)
+    assert settings.db == Path("fleet.shard-3-of-8.db")
+    assert load().shard is None
+    assert load().db == Path("fleet.db")
+
+
+def test_a_shard_from_the_environment_suffixes_the_configured_state_file(tmp_path):
+    """FLEET_SHARD=1/4 with db in the file: the shard's file sits beside the configured one."""
+    config = toml_file(tmp_path, 'db = "/data/fleet.db"\n')
+
+    settings = load(config, env={"FLEET_SHARD": "1/4"})
+
+    assert settings.shard == Shard(1, 4)
+    assert settings.db == Path("/data/fleet.shard-1-of-4.db")
+
+
+def test_a_shard_comes_from_the_file(tmp_path):
+    """shard = "0/2" in fleet.toml; a flag overrides it."""
+    config = toml_file(tmp_path, 'shard = "0/2"\n')
+
+    assert load(config).db == Path("fleet.shard-0-of-2.db")
+    assert load(config, flags={"shard": "1/2"}).db == Path("fleet.shard-1-of-2.db")
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("3/3", "3/3: K counts from 0, so with N = 3 it is 0 to 2"),
+        ("0/0", "0/0: N, the number of shards, must be at least 1"),
+        ("x/2", "'x/2' is not K/N"),
+        ("-1/4", "'-1/4' is not K/N"),
+    ],
+)
+def test_a_bad_shard_names_where_it_came_from(value, says):
+    """A shard that cannot be is one line naming the variable and what is expected."""
+    message = load_error(env={"FLEET_SHARD": value})
+
+    assert message.startswith(f"shard (from environment FLEET_SHARD): {says}")
 
 
 # -- the token ------------------------------------------------------------------------------

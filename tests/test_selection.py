@@ -13,6 +13,7 @@ from cli_support import empty_config, emulator, fleet, run_env, sim_stats
 from fleet import scheduler
 from fleet.config import Lifecycle, ModelSpec, load_settings
 from fleet.selection import discovered, plan_new, plan_resume, select, specs_with
+from fleet.shards import Shard, shard_of
 from fleet.stages import Stage, StageState
 from fleet.store import Store
 from support import emulated, settings_for
@@ -46,6 +47,16 @@ def test_higher_priority_starts_first_and_order_is_otherwise_kept() -> None:
         "store-0001",
         "store-0003",
     ]
+
+
+def test_a_shard_keeps_its_models_and_the_other_filters_narrow_them() -> None:
+    """--shard 1/4 keeps the models hashed to 1, in order; --tag then narrows those."""
+    specs = [_spec(i, tags=("eu",) if i % 2 else ()) for i in range(1, 41)]
+    mine = [spec for spec in specs if shard_of(spec.id, 4) == 1]
+    assert select(specs, shard=Shard(1, 4)) == mine
+    assert select(specs, tags=["eu"], shard=Shard(1, 4)) == [s for s in mine if "eu" in s.tags]
+    assert mine
+    assert len(mine) < len(specs)
 
 
 async def test_discovery_takes_the_projects_models_by_name(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ _EXITS: tuple[tuple[type[FleetError] | tuple[type[FleetError], ...], int, str], 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_joined_shard(sys.argv[1:] if argv is None else argv))
         code: int = args.command(args)
     except KeyboardInterrupt:
         _error("interrupted")
@@ -110,6 +110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------------
+
+
+def _joined_shard(argv: Sequence[str]) -> list[str]:
+    """`--shard -1/4` as `--shard=-1/4`: argparse would take the value for an option and fail
+    with its usage text, where the shard's own check says what is wrong in one line."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == "--shard" and arg.startswith("-") and arg[1:2].isdigit():
+            joined[-1] = f"--shard={arg}"
+        else:
+            joined.append(arg)
+    return joined
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -176,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_sim_flags(demo_p, time_scale=_DEMO_TIME_SCALE)
     demo_p.add_argument("--db", type=Path, default=Path("fleet-demo.db"), help="state file")
     demo_p.add_argument("--run-id", help="name of the run; the same id resumes it")
-    _add_setting_flags(demo_p, skip=("api.", "db"))
+    _add_setting_flags(demo_p, skip=("api.", "db", "shard"))
     demo_p.set_defaults(command=_cmd_demo)
     return parser
 
@@ -375,19 +387,31 @@ class _Selection:
 async def _chosen_models(
     settings: Settings, selection: _Selection, api: ModelOps | None
 ) -> list[ModelSpec]:
-    """The models of a new run: config + discovery, narrowed by the selection flags."""
+    """The models of a new run: config + discovery, the shard, then the selection flags."""
     found = await discovered(api, settings) if api is not None else []
     only = None
     if selection.only_failed is not None:
-        async with Store.open(settings.db) as store:
+        if not await anyio.Path(settings.db).is_file():
+            raise ConfigError(f"--only-failed: {settings.db} does not exist; no run to take from")
+        async with Store.open(settings.db, readonly=True) as store:
             models = await store.models((await store.run(selection.only_failed)).id)
         only = frozenset(m.spec.id for m in models if model_outcome(m) is Outcome.FAILED)
+    every = specs_with(settings, found)
     specs = select(
-        specs_with(settings, found), globs=selection.globs, tags=selection.tags, only=only
+        every, globs=selection.globs, tags=selection.tags, only=only, shard=settings.shard
     )
+    if settings.shard is not None:
+        log.info(
+            "fleet.shard.selected",
+            shard=str(settings.shard),
+            models=len(specs),
+            of_models=len(every),
+            db=str(settings.db),
+        )
     if not specs:
+        where = f" in shard {settings.shard}" if settings.shard is not None else ""
         raise ConfigError(
-            "models: none selected; add [[models]], a models_file or [discover] names, "
+            f"models: none selected{where}; add [[models]], a models_file or [discover] names, "
             "or loosen --models/--tag/--only-failed"
         )
     return specs
@@ -535,6 +559,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         document = {
             "run": header,
+            "shard": None if settings.shard is None else str(settings.shard),
+            "db": str(settings.db),
             "totals": counts,
             "models": [dataclasses.asdict(row) for row in rows],
         }
@@ -561,7 +587,7 @@ async def _plan(
             record = await store.find_run(run_id)
             if record is not None:
                 models = await store.models(run_id)
-                header = f"run {run_id} ({record.status}) would resume:"
+                header = f"run {run_id} ({record.status}){_shard_note(settings)} would resume:"
                 return plan_resume(models, record.stages), header
     api: ModelOpsClient | None = None
     if settings.discover.names:
@@ -575,7 +601,14 @@ async def _plan(
         if api is not None:
             await api.aclose()
     stages = ",".join(settings.active_stages())
-    return plan_new(specs, settings), f"a new run of {len(specs)} models ({stages}) would:"
+    header = f"a new run of {len(specs)} models ({stages}){_shard_note(settings)} would:"
+    return plan_new(specs, settings), header
+
+
+def _shard_note(settings: Settings) -> str:
+    if settings.shard is None:
+        return ""
+    return f" in shard {settings.shard} (state file {settings.db})"
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

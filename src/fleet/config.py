@@ -35,6 +35,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -51,6 +52,7 @@ from pydantic_settings import (
 from fleet.auth import ClientCredentials, StaticToken, TokenFile, TokenSource
 from fleet.errors import ConfigError
 from fleet.policy import Rule
+from fleet.shards import Shard
 from fleet.stages import STAGE_ORDER, Stage
 
 ENV_PREFIX = "FLEET_"
@@ -355,6 +357,10 @@ class Settings(BaseSettings):
         "latest", description="the version --from-stage starts from: latest or deployed"
     )
     fail_on_reject: bool = Field(default=False, description="exit 1 when a gate rejected a model")
+    # Declared before db: db's validator reads it.
+    shard: Annotated[Shard | None, NoDecode] = Field(
+        None, description="run only shard K of N (K/N, K from 0), in its own state file"
+    )
     db: Path = Field(Path("fleet.db"), description="SQLite state file")
     progress_interval: PositiveFloat = Field(10.0, description="seconds between progress lines")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="")
@@ -407,6 +413,22 @@ class Settings(BaseSettings):
     def first_stage(self) -> Stage:
         """Where the run starts; stages before it adopt an existing version."""
         return self.active_stages()[0]
+
+    @field_validator("shard", mode="before")
+    @classmethod
+    def _k_of_n(cls, value: object) -> object:
+        if isinstance(value, str):
+            return Shard.parse(value)
+        if value is None or isinstance(value, Shard):
+            return value
+        raise ValueError("must be K/N: shard K (counted from 0) of N, e.g. 3/8")
+
+    @field_validator("db")
+    @classmethod
+    def _shard_state_file(cls, value: Path, info: ValidationInfo) -> Path:
+        """With a shard, each shard keeps its own file: fleet.db → fleet.shard-3-of-8.db."""
+        shard = info.data.get("shard")
+        return value if shard is None else shard.state_file(value)
 
     @field_validator("deadline")
     @classmethod

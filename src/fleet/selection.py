@@ -1,8 +1,9 @@
 """Which models a run takes, in which order, and what it would do with each (`fleet plan`).
 
 Models come from the config (inline and `models_file`) and, with `[discover]`, from the
-project's model list on the server; `--models` globs, `--tag` and `--only-failed` narrow them;
-`priority` orders admission (higher first, config order among equals).
+project's model list on the server; `--shard K/N` keeps one shard of them (see `shards.py`),
+then `--models` globs, `--tag` and `--only-failed` narrow them; `priority` orders admission
+(higher first, config order among equals).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fnmatch import fnmatchcase
 
 from fleet.client import ModelOps
 from fleet.config import ModelEntry, ModelSpec, Settings
+from fleet.shards import Shard
 from fleet.stages import DONE, STAGE_ORDER, Stage, StageState
 from fleet.store import ModelRecord
 
@@ -44,11 +46,17 @@ def select(
     globs: Sequence[str] = (),
     tags: Sequence[str] = (),
     only: frozenset[str] | None = None,
+    shard: Shard | None = None,
 ) -> list[ModelSpec]:
-    """The models matching every filter given, highest priority first (stable)."""
+    """The models matching every filter given, highest priority first (stable).
+
+    The shard is taken of every model given (configured and discovered) before the other
+    filters narrow it, so a model's shard never depends on the flags of one night.
+    """
+    sharded = [spec for spec in specs if shard is None or shard.holds(spec.id)]
     chosen = [
         spec
-        for spec in specs
+        for spec in sharded
         if (not globs or any(fnmatchcase(spec.id, g) or fnmatchcase(spec.name, g) for g in globs))
         and (not tags or set(tags) & set(spec.tags))
         and (only is None or spec.id in only)
