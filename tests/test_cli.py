@@ -6,12 +6,15 @@ tests react to the lines the processes print (the URL it listens on, `fleet.stag
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,7 +32,11 @@ from cli_support import (
     sim_stats,
     start,
 )
+from fleet.config import Lifecycle, ModelSpec
+from fleet.report import FORMATS
 from fleet.sim import SimSettings, build, draws
+from fleet.stages import Stage, StageState
+from fleet.store import StageRecord, Store
 
 pytestmark = pytest.mark.e2e
 
@@ -244,3 +251,133 @@ def test_run_writes_metrics_and_reports_in_every_format(tmp_path: Path) -> None:
     assert len(list(cases)) == 8
     assert json.loads((tmp_path / "report.json").read_text())
     assert "<svg" in (tmp_path / "report.html").read_text()
+
+
+# -- status and report over several state files ----------------------------------------------
+
+MODEL_IDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 7)]
+
+
+async def _night(db: Path, ids: list[str], run_id: str = "n") -> None:
+    """A finished run of `ids` in `db`: each model trained in a minute."""
+    start = datetime(2026, 11, 25, 1, tzinfo=UTC)
+    specs = [ModelSpec(id=i, name=f"store-{i[-4:]}", lifecycle=Lifecycle()) for i in ids]
+    async with Store.open(db) as store:
+        await store.create_run(run_id, (Stage.TRAIN,), specs, "{}")
+        for spec in specs:
+            trained = StageRecord(
+                run_id, spec.id, Stage.TRAIN, StageState.SUCCEEDED, attempt=1,
+                submitted_at=start, finished_at=start + timedelta(minutes=1),
+            )  # fmt: skip
+            await store.save_stage(trained, StageState.PENDING)
+        await store.set_run_status(run_id, "succeeded", finished=True)
+
+
+def _shards(tmp_path: Path) -> None:
+    """fleet.shard-0-of-2.db and fleet.shard-1-of-2.db with three models each."""
+    for k, ids in enumerate((MODEL_IDS[:3], MODEL_IDS[3:])):
+        anyio.run(_night, tmp_path / f"fleet.shard-{k}-of-2.db", ids)
+
+
+def test_status_and_report_merge_the_state_files_of_a_pattern(tmp_path: Path) -> None:
+    """--db 'fleet.shard-*.db' reads both files as one run, in every output, naming them."""
+    _shards(tmp_path)
+    files = ["fleet.shard-0-of-2.db", "fleet.shard-1-of-2.db"]
+    status = fleet("status", "--db", "fleet.shard-*.db", "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    document = json.loads(status.stdout)
+    assert [m["model_id"] for m in document["models"]] == MODEL_IDS
+    assert document["stages"] == {"train": {"succeeded": 6}}
+    assert [(s["db"], s["status"], s["models"]) for s in document["sources"]] == [
+        (name, "succeeded", 3) for name in files
+    ]
+    assert document["warnings"] == []
+    assert status.stderr == ""
+    table = fleet("status", "--db", files[1], "--db", files[0], cwd=tmp_path)
+    assert "state files" in table.stdout
+    assert table.stdout.index(files[1]) < table.stdout.index(files[0])
+    report = fleet("report", "--db", str(tmp_path / "fleet.shard-*.db"), "--format", "json",
+                   cwd=tmp_path)  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    merged = json.loads(report.stdout)
+    assert merged["totals"]["succeeded"] == 6
+    assert [s["db"] for s in merged["sources"]] == [str(tmp_path / name) for name in files]
+    junit = fleet("report", "--db", "fleet.shard-*.db", "--format", "junit", cwd=tmp_path)
+    assert ET.fromstring(junit.stdout).get("tests") == "6"
+
+
+def test_a_model_in_two_state_files_is_counted_once_with_a_warning(tmp_path: Path) -> None:
+    """Overlapping files: each model once, and a warning in the output and on stderr."""
+    _shards(tmp_path)
+    anyio.run(_night, tmp_path / "fleet.db", MODEL_IDS)
+    status = fleet("status", "--db", "fleet.db", "--db", "fleet.shard-1-of-2.db", "--json",
+                   cwd=tmp_path)  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    document = json.loads(status.stdout)
+    assert len(document["models"]) == 6
+    assert document["stages"] == {"train": {"succeeded": 6}}
+    assert set(document["overlaps"]) == set(MODEL_IDS[3:])
+    [warning] = document["warnings"]
+    assert warning.startswith("3 models are in both fleet.db and fleet.shard-1-of-2.db")
+    assert status.stderr == f"fleet: warning: {warning}\n"
+    report = fleet("report", "--db", "fleet.db", "--db", "fleet.shard-1-of-2.db", cwd=tmp_path)
+    assert f"> **Warning:** {warning}" in report.stdout
+    assert "| **total** | **6** |" in report.stdout
+
+
+def test_a_run_missing_from_some_files_is_read_from_the_others(tmp_path: Path) -> None:
+    """A file without the run is named in a warning; a run in none of them is exit 2."""
+    anyio.run(_night, tmp_path / "a.db", MODEL_IDS[:3], "n")
+    anyio.run(_night, tmp_path / "b.db", MODEL_IDS[3:], "m")
+    status = fleet("status", "n", "--db", "a.db", "--db", "b.db", "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    document = json.loads(status.stdout)
+    assert len(document["models"]) == 3
+    assert document["warnings"] == [
+        "run 'n' is not in b.db: that shard has not started it, or selected no model"
+    ]
+    assert document["sources"][1] == {"db": "b.db", "status": None, "reason": None, "models": 0}
+    absent = fleet("report", "z", "--db", "a.db", "--db", "b.db", cwd=tmp_path)
+    assert absent.returncode == 2
+    assert absent.stderr == "fleet: run 'z' is in none of a.db, b.db\n"
+
+
+@pytest.mark.parametrize("command", ["status", "report"])
+@pytest.mark.parametrize(
+    ("db", "says"),
+    [
+        ("missing.db", "--db: missing.db does not exist; pass the state file of a run"),
+        ("nothing-*.db", "--db: no file matches nothing-*.db; pass the state files of a run"),
+    ],
+)
+def test_a_missing_state_file_is_one_line_and_exit_2(
+    tmp_path: Path, command: str, db: str, says: str
+) -> None:
+    """One file of several that is not there: exit 2 naming it, nothing read or written."""
+    _shards(tmp_path)
+    done = fleet(command, "--db", "fleet.shard-0-of-2.db", "--db", db, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == f"fleet: configuration error: {says}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fleet.shard-0-of-2.db",
+        "fleet.shard-1-of-2.db",
+    ]
+
+
+def test_status_and_report_change_no_file(tmp_path: Path) -> None:
+    """Reading state files read-only creates, changes and leaves behind nothing."""
+    _shards(tmp_path)
+
+    def snapshot() -> dict[str, tuple[int, str]]:
+        return {
+            p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in tmp_path.iterdir()
+        }
+
+    before = snapshot()
+    for args in (
+        ["status"], ["status", "--json"], *(["report", "--format", f] for f in FORMATS)
+    ):  # fmt: skip
+        done = fleet(*args, "--db", "fleet.shard-*.db", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    assert snapshot() == before

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sqlite3
 import subprocess
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +27,9 @@ import stamina
 from fleet import scheduler
 from fleet.errors import RunNotFound
 from fleet.report import RunReport, build_report, render, root_cause
+from fleet.shards import shard_of
 from fleet.stages import Outcome, Stage, StageState
+from fleet.statefiles import StateFiles, merged_status
 from fleet.store import ModelRecord, StageRecord, Store
 from support import emulated, settings_for
 
@@ -306,3 +311,124 @@ def test_chromium_renders_the_html_report(state: Path, tmp_path: Path) -> None:
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 10_000  # a blank page is a few kilobytes
+
+
+# -- several state files ---------------------------------------------------------------------
+
+
+def _carve(source: Path, target: Path, keep: Callable[[str], bool], drop_run: str = "") -> Path:
+    """A copy of `source` holding only the models `keep` accepts (and without `drop_run`)."""
+    shutil.copy(source, target)
+    with closing(sqlite3.connect(target)) as conn, conn:
+        ids = [row[0] for row in conn.execute("SELECT DISTINCT model_id FROM run_models")]
+        dropped = [(model_id,) for model_id in ids if not keep(model_id)]
+        for table in ("run_models", "stages", "attempts", "metrics", "transitions"):
+            conn.executemany(f"DELETE FROM {table} WHERE model_id = ?", dropped)
+            conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (drop_run,))
+        conn.execute("DELETE FROM runs WHERE id = ?", (drop_run,))
+    return target
+
+
+def _shard_files(state: Path, tmp_path: Path) -> list[Path]:
+    return [
+        _carve(state, tmp_path / f"fleet.shard-{k}-of-2.db", lambda i, k=k: shard_of(i, 2) == k)
+        for k in (0, 1)
+    ]
+
+
+async def _merged(dbs: list[Path], run_id: str | None = None) -> RunReport:
+    async with StateFiles.open(dbs) as files:
+        return await build_report(files, run_id)
+
+
+def _facts(report: RunReport) -> dict[str, object]:
+    """What a report says about the run and each model, whichever files it came from."""
+    assert report.comparison is not None
+    return {
+        "run": (report.run_id, report.status, report.stages, report.created_at),
+        "totals": report.totals,
+        "models": {
+            m.id: (m.outcome, m.path, m.attempts, m.metrics, m.error, m.decision)
+            for m in report.models
+        },
+        "comparison": (
+            report.comparison.previous_run_id,
+            {c.model_id for c in report.comparison.newly_failing},
+            {c.model_id for c in report.comparison.recovered},
+            {(s.model_id, s.stage) for s in report.comparison.slower},
+        ),
+    }
+
+
+async def test_two_shard_files_report_what_one_file_of_the_same_models_does(
+    state: Path, tmp_path: Path
+) -> None:
+    """Merged shards: same run, counts, outcomes, paths and comparison as the one file."""
+    shards = _shard_files(state, tmp_path)
+    whole = await _report(state)
+    merged = await _merged(shards)
+    assert _facts(merged) == _facts(whole)
+    assert len(merged.models) == MODELS
+    assert merged.warnings == ()
+    assert [(s.db, s.status) for s in merged.sources] == [(str(db), "halted") for db in shards]
+    assert sum(s.models for s in merged.sources) == MODELS
+    assert {m.id: m.db for m in merged.models} == {
+        m.id: str(shards[shard_of(m.id, 2)]) for m in whole.models
+    }
+    document = json.loads(render(merged, "json"))
+    assert [s["db"] for s in document["sources"]] == [str(db) for db in shards]
+    assert "Merged from 2 state files" in render(merged, "md")
+    assert "Merged from 2 state files" in render(merged, "html")
+    properties = ET.fromstring(render(merged, "junit")).iter("property")
+    assert [p.get("value", "").split(":")[0] for p in properties if p.get("name") == "source"] == [
+        str(db) for db in shards
+    ]
+
+
+async def test_a_model_in_two_files_is_counted_once_with_a_warning(
+    state: Path, tmp_path: Path
+) -> None:
+    """Overlapping files: every model once, from the first file; the overlap is named."""
+    [first_shard, _] = _shard_files(state, tmp_path)
+    merged = await _merged([state, first_shard])
+    whole = await _report(state)
+    overlapping = {m.id for m in whole.models if shard_of(m.id, 2) == 0}
+    assert merged.totals == whole.totals
+    assert len(merged.models) == MODELS
+    assert set(merged.overlaps) == overlapping
+    assert all(files == (str(state), str(first_shard)) for files in merged.overlaps.values())
+    [warning] = merged.warnings
+    assert warning.startswith(f"{len(overlapping)} models are in both {state} and {first_shard}")
+    assert "counted once" in warning
+    assert warning in render(merged, "md")
+    assert json.loads(render(merged, "json"))["warnings"] == [warning]
+
+
+async def test_a_file_without_the_run_is_named_and_the_others_are_reported(
+    state: Path, tmp_path: Path
+) -> None:
+    """The latest run over the files is reported from those that hold it; the rest are named."""
+    shards = _shard_files(state, tmp_path)
+    behind = _carve(shards[1], tmp_path / "behind.db", lambda _: True, drop_run=NIGHT_2)
+    merged = await _merged([shards[0], behind])
+    assert merged.run_id == NIGHT_2
+    assert {m.id for m in merged.models} == {m.id for m in (await _report(shards[0])).models}
+    assert [(s.db, s.status) for s in merged.sources] == [
+        (str(shards[0]), "halted"),
+        (str(behind), None),
+    ]
+    assert merged.warnings == (
+        f"run '{NIGHT_2}' is not in {behind}: that shard has not started it, or selected no model",
+    )
+    with pytest.raises(RunNotFound, match=f"run 'nope' is in none of {shards[0]}, {behind}$"):
+        await _merged([shards[0], behind], "nope")
+
+
+def test_a_run_spread_over_files_takes_the_status_that_matters_most() -> None:
+    """Running anywhere is running; otherwise the worst ending; one status is itself."""
+    assert merged_status(["succeeded", "running", "failed"]) == "running"
+    assert merged_status(["succeeded", "failed"]) == "failed"
+    assert merged_status(["incomplete", "halted", "succeeded"]) == "halted"
+    assert merged_status(["interrupted", "aborted"]) == "aborted"
+    assert merged_status(["succeeded", "succeeded"]) == "succeeded"
+    assert merged_status(["succeeded", "paused-by-a-newer-fleet"]) == "paused-by-a-newer-fleet"

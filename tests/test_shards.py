@@ -155,6 +155,10 @@ def test_two_shards_run_every_model_once_each_in_its_own_state_file(tmp_path: Pa
         assert held[k]
     assert held[0] | held[1] == every
     assert not held[0] & held[1]
+    merged = json.loads(fleet("status", "--db", "fleet.shard-*.db", "--json", cwd=tmp_path).stdout)
+    assert {m["model_id"] for m in merged["models"]} == every
+    assert merged["stages"]["retire"] == {"succeeded": 16}
+    assert merged["warnings"] == []
     plan = fleet(
         "plan", "--run-id", "night", "--shard", "1/2", "--models-file", "models.csv",
         "--config", str(empty_config(tmp_path)), "--json", cwd=tmp_path,

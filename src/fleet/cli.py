@@ -13,6 +13,7 @@ import argparse
 import csv
 import dataclasses
 import functools
+import glob
 import json
 import os
 import signal
@@ -35,7 +36,7 @@ from fleet.client import ModelOps, ModelOpsClient, RetryPolicy
 from fleet.config import ModelEntry, ModelSpec, Settings, env_name, flag_specs, load_settings
 from fleet.errors import ConfigError, FleetError, RunNotFound, StoreError, ungrouped
 from fleet.metrics import figures_of, push, write_textfile
-from fleet.report import build_report, render
+from fleet.report import RunReport, build_report, render
 from fleet.scheduler import (
     FINISHED_RUN_STATUSES,
     RUN_HALTED,
@@ -56,6 +57,7 @@ from fleet.selection import (
 )
 from fleet.sim.world import RATE_FIELDS
 from fleet.stages import Outcome, StageState
+from fleet.statefiles import StateFiles
 from fleet.store import LeaseHeld, Store
 from fleet.throttle import Breaker, Throttle
 from fleet.views import progress_table, status_document, status_view
@@ -155,9 +157,7 @@ def _parser() -> argparse.ArgumentParser:
 
     status_p = commands.add_parser("status", help="where each model of a run is")
     status_p.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
-    status_p.add_argument(
-        "--db", type=Path, default=None, help="state file (default $FLEET_DB or fleet.db)"
-    )
+    _add_db_flag(status_p)
     status_p.add_argument("--json", action="store_true", help="print JSON")
     status_p.set_defaults(command=_cmd_status)
 
@@ -253,9 +253,7 @@ def _add_plan_parser(commands: Any) -> None:
 def _add_report_parser(commands: Any) -> None:
     report_p = commands.add_parser("report", help="what happened to each model of a run")
     report_p.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
-    report_p.add_argument(
-        "--db", type=Path, default=None, help="state file (default $FLEET_DB or fleet.db)"
-    )
+    _add_db_flag(report_p)
     report_p.add_argument(
         "--format", choices=("md", "json", "junit", "html"), default="md", help="report format"
     )
@@ -265,6 +263,16 @@ def _add_report_parser(commands: Any) -> None:
         "--slower-factor", type=float, default=1.5, help="a stage this much slower is reported"
     )
     report_p.set_defaults(command=_cmd_report)
+
+
+def _add_db_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        action="append",
+        metavar="PATH",
+        help="state file or glob ('fleet.shard-*.db'); repeatable: the run is merged over them "
+        "(default $FLEET_DB or fleet.db)",
+    )
 
 
 def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
@@ -612,14 +620,13 @@ def _shard_note(settings: Settings) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    db = args.db or Path(os.environ.get("FLEET_DB") or "fleet.db")
-    if not db.is_file():
-        raise ConfigError(f"--db: {db} does not exist; pass the state file of a run")
+    dbs = _state_files(args.db)
     if args.slower_factor <= 1:
         raise ConfigError("--slower-factor: must be greater than 1")
-    text = anyio.run(
-        _render_report, db, args.run_id, args.previous, args.slower_factor, args.format
-    )
+    built = anyio.run(_build_report, dbs, args.run_id, args.previous, args.slower_factor)
+    if args.output is not None or args.format != "md":  # else they are in the text shown
+        _warn(built.warnings)
+    text = render(built, args.format)
     if args.output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return EXIT_OK
@@ -631,12 +638,36 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _render_report(
-    db: Path, run_id: str | None, previous: str | None, slower_factor: float, fmt: str
-) -> str:
-    async with Store.open(db, readonly=True) as store:
-        built = await build_report(store, run_id, previous=previous, slower_factor=slower_factor)
-    return render(built, fmt)  # type: ignore[arg-type]
+async def _build_report(
+    dbs: Sequence[Path], run_id: str | None, previous: str | None, slower_factor: float
+) -> RunReport:
+    async with StateFiles.open(dbs) as files:
+        return await build_report(files, run_id, previous=previous, slower_factor=slower_factor)
+
+
+def _state_files(given: Sequence[str] | None) -> list[Path]:
+    """The files `--db` names, each once in the order given: paths, or glob patterns the
+    shell left alone (quoted, or from $FLEET_DB), expanded here in sorted order."""
+    paths: list[Path] = []
+    for pattern in given or [os.environ.get("FLEET_DB") or "fleet.db"]:
+        if Path(pattern).is_file() or not any(c in pattern for c in "*?["):
+            paths.append(Path(pattern))
+            continue
+        # An absolute pattern is common (/data/fleet.shard-*.db); Path.glob takes relative ones.
+        matches = [
+            Path(m)
+            for m in sorted(glob.glob(pattern))  # noqa: PTH207
+            if not m.endswith(("-wal", "-shm", "-journal"))  # SQLite's files beside a state file
+        ]
+        if not matches:
+            raise ConfigError(f"--db: no file matches {pattern}; pass the state files of a run")
+        paths.extend(matches)
+    unique: dict[Path, Path] = {}
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(f"--db: {path} does not exist; pass the state file of a run")
+        unique.setdefault(path.resolve(), path)  # a file named twice is read once
+    return list(unique.values())
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -647,11 +678,9 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    db = args.db or Path(os.environ.get("FLEET_DB") or "fleet.db")
-    if not db.is_file():
-        raise ConfigError(f"--db: {db} does not exist; pass the state file of a run")
-    document = anyio.run(status_document, db, args.run_id)
+    document = anyio.run(status_document, _state_files(args.db), args.run_id)
     if args.json:
+        _warn(document["warnings"])
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
         # Off a terminal rich assumes 80 columns; a status goes to files and pagers: be wide.
@@ -835,6 +864,11 @@ def _summary_stream() -> TextIO:
 
 def _say(message: str) -> None:
     _summary_stream().write(message + "\n")
+
+
+def _warn(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        _error(f"warning: {warning}")
 
 
 def _error(message: str) -> None:

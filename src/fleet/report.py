@@ -1,7 +1,8 @@
 """Run reports: what happened to every model of a run, as Markdown, JSON, JUnit XML or HTML.
 
-`build_report` reads one run (and, for the comparison, the run before it) from the state file
-into frozen values; `render` turns those into text. Nothing here prints or writes files.
+`build_report` reads one run (and, for the comparison, the run before it) from the state file,
+or from several merged (the shards of a run: see `statefiles.py`), into frozen values; `render`
+turns those into text. Nothing here prints or writes files.
 
 A failed model's `error` is its failed stage's error as the engine recorded it. Its
 `root_cause` reduces that error to a class that groups alike failures across models:
@@ -17,15 +18,15 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Literal
 
-from fleet.errors import RunNotFound
 from fleet.scheduler import model_outcome
 from fleet.stages import DONE, Outcome, Stage, StageState
-from fleet.store import ModelRecord, RunRecord, Store
+from fleet.statefiles import RunState, Source, StateFiles
+from fleet.store import ModelRecord, Store
 
 Format = Literal["md", "json", "junit", "html"]
 FORMATS: tuple[Format, ...] = ("md", "json", "junit", "html")
@@ -88,6 +89,7 @@ class ModelReport:
     failed_stage: Stage | None
     root_cause: str | None
     skipped_because: str | None  # e.g. "approve, deploy, retire not run: evaluate failed"
+    db: str | None = None  # the state file it was read from
 
     @property
     def stage_reached(self) -> Stage | None:
@@ -182,6 +184,9 @@ class RunReport:
     totals: Mapping[Outcome, int]
     models: tuple[ModelReport, ...]
     comparison: Comparison | None
+    sources: tuple[Source, ...] = ()  # the state files read, with the run's status in each
+    overlaps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # model id → files
+    warnings: tuple[str, ...] = ()  # a file without the run, models in two files
 
     def with_outcome(self, *outcomes: Outcome) -> list[ModelReport]:
         return [m for m in self.models if m.outcome in outcomes]
@@ -200,7 +205,7 @@ class RunReport:
 
 
 async def build_report(
-    store: Store,
+    source: Store | StateFiles,
     run_id: str | None = None,
     *,
     previous: str | None = None,
@@ -208,24 +213,27 @@ async def build_report(
     min_slower_s: float = 1.0,
 ) -> RunReport:
     """The report of `run_id` (default: the latest run), compared with `previous` (default:
-    the run created before it in the same file, if any).
+    the run created before it in the same files, if any).
+
+    From several state files, the run is merged over them (see `statefiles.py`); the report
+    names the files and carries their warnings.
 
     A stage counts as slower when it took more than `slower_factor` times as long as before
     and at least `min_slower_s` seconds longer, so that millisecond steps (an approval call)
     are not flagged for jitter.
     """
-    record = await store.run(run_id) if run_id is not None else await store.latest_run()
-    if record is None:
-        raise RunNotFound("the state file holds no run yet")
-    models = await _model_reports(store, record)
-    previous_id = previous if previous is not None else await _previous_run_id(store, record)
+    files = source if isinstance(source, StateFiles) else StateFiles.of(source)
+    state = await files.read(run_id)
+    models = _model_reports(state)
+    previous_id = previous if previous is not None else await files.previous_run_id(state.run.id)
     comparison = None
     if previous_id is not None:
-        before = await _model_reports(store, await store.run(previous_id))
+        before = _model_reports(await files.read(previous_id))
         comparison = compare(previous_id, before, models, slower_factor, min_slower_s)
     totals = dict.fromkeys(OUTCOME_ORDER, 0)
     for model in models:
         totals[model.outcome] += 1
+    record = state.run
     return RunReport(
         run_id=record.id,
         status=record.status,
@@ -237,6 +245,9 @@ async def build_report(
         totals=totals,
         models=tuple(models),
         comparison=comparison,
+        sources=state.sources,
+        overlaps=state.overlaps,
+        warnings=state.warnings,
     )
 
 
@@ -302,33 +313,32 @@ _UUID = re.compile(
 )
 
 
-async def _previous_run_id(store: Store, record: RunRecord) -> str | None:
-    previous = await store.previous_run(record.id)
-    return None if previous is None else previous.id
-
-
-async def _model_reports(store: Store, record: RunRecord) -> list[ModelReport]:
-    attempts: dict[str, list[Attempt]] = {}
-    for row in await store.attempts(record.id):
-        attempts.setdefault(row["model_id"], []).append(
-            Attempt(
-                stage=Stage(row["stage"]),
-                attempt=row["attempt"],
-                outcome=StageState(row["outcome"]),
-                job_id=row["job_id"],
-                error=row["error"],
-                submitted_at=_datetime(row["submitted_at"]),
-                finished_at=_datetime(row["finished_at"]),
-            )
-        )
+def _model_reports(state: RunState) -> list[ModelReport]:
     return [
-        _model_report(model, record.stages, attempts.get(model.spec.id, []))
-        for model in await store.models(record.id)
+        _model_report(
+            model,
+            state.run.stages,
+            [_attempt(row) for row in state.attempts.get(model.spec.id, ())],
+            state.origin.get(model.spec.id),
+        )
+        for model in state.models
     ]
 
 
+def _attempt(row: Mapping[str, Any]) -> Attempt:
+    return Attempt(
+        stage=Stage(row["stage"]),
+        attempt=row["attempt"],
+        outcome=StageState(row["outcome"]),
+        job_id=row["job_id"],
+        error=row["error"],
+        submitted_at=_datetime(row["submitted_at"]),
+        finished_at=_datetime(row["finished_at"]),
+    )
+
+
 def _model_report(
-    model: ModelRecord, stages: Sequence[Stage], attempts: list[Attempt]
+    model: ModelRecord, stages: Sequence[Stage], attempts: list[Attempt], db: str | None
 ) -> ModelReport:
     path = tuple(_step(model, stage) for stage in stages if stage in model.stages)
     failed = next((s for s in path if s.state is StageState.FAILED), None)
@@ -358,6 +368,7 @@ def _model_report(
         failed_stage=failed.stage if failed else None,
         root_cause=root_cause(error) if failed else None,
         skipped_because=_skipped_because(path, failed),
+        db=db,
     )
 
 
@@ -441,6 +452,14 @@ def one_line(text: str | None, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def merged_from(report: RunReport) -> str:
+    """The state files a report was read from, each with the run's status and models there."""
+    return ", ".join(
+        f"{source.db} ({source.status or 'run not there'}, {source.models} models)"
+        for source in report.sources
+    )
+
+
 def failure_groups(report: RunReport) -> list[tuple[str, list[ModelReport]]]:
     """Failed models grouped by root cause, the largest group first."""
     groups: dict[str, list[ModelReport]] = {}
@@ -492,6 +511,10 @@ def _markdown(report: RunReport) -> str:
     )
     if report.reason:
         lines += ["", f"Reason: {one_line(report.reason, 400)}"]
+    if len(report.sources) > 1:
+        lines += ["", f"Merged from {len(report.sources)} state files: {merged_from(report)}."]
+    for warning in report.warnings:
+        lines += ["", f"> **Warning:** {one_line(warning, 400)}"]
     lines += ["", "| outcome | models |", "|---|---:|"]
     lines += [f"| {o} | {report.totals.get(o, 0)} |" for o in OUTCOME_ORDER]
     lines += [f"| **total** | **{len(report.models)}** |", "", "## Models", ""]
@@ -597,6 +620,11 @@ def _junit(report: RunReport) -> str:
     for name, value in (("status", report.status), ("reason", report.reason)):
         if value:
             ET.SubElement(properties, "property", name=name, value=_xml(value))
+    for source in report.sources:
+        described = f"{source.db}: {source.status or 'run not there'}, {source.models} models"
+        ET.SubElement(properties, "property", name="source", value=_xml(described))
+    for warning in report.warnings:
+        ET.SubElement(properties, "property", name="warning", value=_xml(warning))
     for model in report.models:
         _junit_case(suite, report.run_id, model)
     ET.indent(root)

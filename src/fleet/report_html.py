@@ -24,6 +24,7 @@ from fleet.report import (
     failure_groups,
     format_duration,
     format_when,
+    merged_from,
     one_line,
 )
 from fleet.stages import Outcome, Stage, StageState
@@ -98,6 +99,12 @@ def html_report(report: RunReport) -> str:
     ]
     if report.reason:
         parts.append(f'<p class="reason">Stopped: {_e(report.reason)}</p>')
+    if len(report.sources) > 1:
+        parts.append(
+            f'<p class="meta">Merged from {len(report.sources)} state files: '
+            f"{_e(merged_from(report))}</p>"
+        )
+    parts += [f'<p class="reason">Warning: {_e(warning)}</p>' for warning in report.warnings]
     parts += [
         _html_totals(report),
         "<h2>Timeline</h2>",

@@ -5,6 +5,8 @@ These build rich renderables and plain data; `cli.py` decides where they are pri
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,9 @@ from rich.console import RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from fleet.errors import RunNotFound
 from fleet.scheduler import ProgressSnapshot, model_outcome
 from fleet.stages import Stage, StageState
-from fleet.store import Store
+from fleet.statefiles import StateFiles
 
 
 def progress_table(snap: ProgressSnapshot) -> Table:
@@ -57,21 +58,17 @@ def progress_table(snap: ProgressSnapshot) -> Table:
     return table
 
 
-async def status_document(db: Path, run_id: str | None) -> dict[str, Any]:
-    async with Store.open(db) as store:
-        record = await store.run(run_id) if run_id else await store.latest_run()
-        if record is None:
-            raise RunNotFound(f"{db} holds no run yet")
-        models = await store.models(record.id)
-        attempts: dict[str, list[dict[str, Any]]] = {}
-        for attempt in await store.attempts(record.id):
-            attempts.setdefault(attempt.pop("model_id"), []).append(attempt)
+async def status_document(dbs: Sequence[Path], run_id: str | None) -> dict[str, Any]:
+    """A run's status from its state files (several: merged, see `statefiles.py`)."""
+    async with StateFiles.open(dbs) as files:
+        state = await files.read(run_id)
+    record = state.run
     counts: dict[str, dict[str, int]] = {stage.value: {} for stage in record.stages}
     rows = []
-    for model in models:
+    for model in state.models:
         current = _current_stage(model.stages, record.stages)
         for stage, stage_record in model.stages.items():
-            bucket = counts[stage.value]
+            bucket = counts.setdefault(stage.value, {})
             bucket[stage_record.state.value] = bucket.get(stage_record.state.value, 0) + 1
         rows.append(
             {
@@ -91,10 +88,11 @@ async def status_document(db: Path, run_id: str | None) -> dict[str, Any]:
                 "error": current[1].error,
                 "metrics": dict(model.metrics),
                 "attempts": [
-                    {k: v for k, v in a.items() if k != "run_id"}
-                    for a in attempts.get(model.spec.id, [])
+                    {k: v for k, v in a.items() if k not in {"run_id", "model_id"}}
+                    for a in state.attempts.get(model.spec.id, ())
                 ],
                 **judgements(model.stages),
+                "db": state.origin[model.spec.id],
             }
         )
     return {
@@ -103,6 +101,9 @@ async def status_document(db: Path, run_id: str | None) -> dict[str, Any]:
         "reason": record.reason,
         "created_at": record.created_at.isoformat(),
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+        "sources": [dataclasses.asdict(source) for source in state.sources],
+        "warnings": list(state.warnings),
+        "overlaps": {model_id: list(files) for model_id, files in state.overlaps.items()},
         "stages": counts,
         "models": rows,
     }
@@ -124,12 +125,16 @@ def judgements(stages: Any) -> dict[str, Any]:
 
 
 def _current_stage(stages: Any, order: tuple[Stage, ...]) -> tuple[Stage, Any]:
-    """The stage a model is at: its failed or in-flight stage, else its first unfinished one."""
-    for stage in order:
+    """The stage a model is at: its failed or in-flight stage, else its first unfinished one.
+
+    Only the model's own stages count: merged shards may have run different ones.
+    """
+    own = [stage for stage in order if stage in stages]
+    for stage in own:
         record = stages[stage]
         if record.state not in {StageState.SUCCEEDED, StageState.SKIPPED}:
             return stage, record
-    return order[-1], stages[order[-1]]
+    return own[-1], stages[own[-1]]
 
 
 def status_view(document: dict[str, Any]) -> list[RenderableType]:
@@ -140,6 +145,9 @@ def status_view(document: dict[str, Any]) -> list[RenderableType]:
     )
     if document["reason"]:
         shown.append(f"reason: {document['reason']}")
+    if len(document["sources"]) > 1:
+        shown.append(_files_table(document["sources"]))
+    shown += [f"warning: {warning}" for warning in document["warnings"]]
     counts = Table(title="stages", title_justify="left")
     counts.add_column("stage")
     states = [
@@ -171,3 +179,14 @@ def status_view(document: dict[str, Any]) -> list[RenderableType]:
         )
     shown.append(models)
     return shown
+
+
+def _files_table(sources: list[dict[str, Any]]) -> Table:
+    """The state files a merged status was read from, with the run's status in each."""
+    files = Table(title="state files", title_justify="left")
+    files.add_column("db")
+    files.add_column("status")
+    files.add_column("models", justify="right")
+    for source in sources:
+        files.add_row(source["db"], source["status"] or "run not there", str(source["models"]))
+    return files
