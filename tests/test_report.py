@@ -40,7 +40,7 @@ MODELS = 24
 async def _two_nights(db: Path) -> None:
     flags = {"defaults.approval_rule": "Accuracy >= 0.8", "attempts.train": 2, "concurrency": 4}
     async with emulated(models=MODELS, seed=6, job_error_rate=0.2) as env, Store.open(db) as store:
-        for run_id, extra in ((NIGHT_1, {}), (NIGHT_2, {"max_failures": 3})):
+        for run_id, extra in ((NIGHT_1, {}), (NIGHT_2, {"max_failures": 4})):
             await scheduler.run(
                 settings_for(env, db, **flags, **extra),
                 env.api,
