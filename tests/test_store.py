@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from fleet import store as store_module
 from fleet.config import Lifecycle, ModelSpec
 from fleet.errors import RunNotFound, StoreError
 from fleet.stages import STAGE_ORDER, Stage, StageState
@@ -178,6 +179,20 @@ async def test_a_stale_or_dead_holder_is_taken_over(tmp_path: Path) -> None:
     async with Store.open(tmp_path / "other.db") as store:
         await store.acquire_lease(_lease("c", pid=_ended_pid()), ttl_s=60)
         await store.acquire_lease(_lease("d"), ttl_s=60)
+
+
+async def test_a_lease_left_under_our_own_pid_by_an_earlier_process_is_taken_over(
+    tmp_path: Path,
+) -> None:
+    """A container restarted in place runs fleet as pid 1 again: the lease its previous
+    process left says "pid 1, this host", which is alive (it is us), yet not ours."""
+    db = tmp_path / "fleet.db"
+    async with Store.open(db) as store:
+        await store.acquire_lease(_lease("earlier"), ttl_s=60)
+    store_module._HELD_HERE.discard("earlier")  # what a new process starts with
+    async with Store.open(db) as store:
+        await store.acquire_lease(_lease("now"), ttl_s=60)
+        assert not await store.renew_lease(_lease("earlier"))
 
 
 def _ended_pid() -> int:

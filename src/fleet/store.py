@@ -484,6 +484,7 @@ class Store:
                 held = Lease(row[1], row[2], row[3], _parse(row[4]), _parse(row[5]))
                 if held.holder != me.holder and not _stale(held, self._now(), ttl_s):
                     raise LeaseHeld(held, self._path)
+            _HELD_HERE.add(me.holder)
             await conn.execute(
                 "INSERT OR REPLACE INTO lease (id, holder, host, pid, since, renewed_at)"
                 " VALUES (1, ?, ?, ?, ?, ?)",
@@ -507,6 +508,7 @@ class Store:
 
     async def release_lease(self, me: Lease) -> None:
         await self._write([("DELETE FROM lease WHERE id = 1 AND holder = ?", (me.holder,))])
+        _HELD_HERE.discard(me.holder)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -635,11 +637,20 @@ def _parse(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
+# Leases taken by this process (a process may run several state files, or tests several
+# runs), so that a lease recorded under our pid by an earlier process is told apart.
+_HELD_HERE: set[str] = set()
+
+
 def _stale(lease: Lease, now: datetime, ttl_s: float) -> bool:
     """A holder that stopped renewing, or a process on this host that no longer exists."""
     if (now - lease.renewed_at).total_seconds() > ttl_s:
         return True
     if lease.host == socket.gethostname():
+        if lease.pid == os.getpid() and lease.holder not in _HELD_HERE:
+            # Our own pid, but not a lease this process took: an earlier process with the
+            # same pid, as when a container restarts in place and fleet is pid 1 again.
+            return True
         try:
             os.kill(lease.pid, 0)
         except ProcessLookupError:
