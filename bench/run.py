@@ -1,0 +1,608 @@
+"""The benchmark: fleet against the seed pattern it replaces, on the ModelOps emulator.
+
+    python bench/run.py --models 1000 --json before.json
+
+Starts `fleet sim` as its own process, runs `fleet run` against it `--nights` times in a row
+with one state file (later nights can use the history of earlier ones), then runs the
+seed-pattern baseline (bench/baseline.py) against a fresh emulator with the same seed. Each
+side's figures come from the emulator's own records (`/_sim/jobs`, `/_sim/stats`) in simulated
+seconds, and from the client process's rusage. BENCHMARKS.md defines every figure.
+
+Run it with the project's venv python. The fleet it measures is the one `python -m fleet`
+imports: set PYTHONPATH to measure another source tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+
+TOKEN = "bench-token-7c1e"
+PROJECT_ID = "5f1a3c9e-8d2b-4e7a-9c61-0f2d4b8a7e13"
+BENCH = Path(__file__).resolve().parent
+STAGES = {
+    "TRAINING": "train",
+    "EVALUATION": "evaluate",
+    "DEPLOYMENT": "deploy",
+    "RETIREMENT": "retire",
+}
+STATUS_ROUTES = (
+    "GET /modelops/core/api/jobs/{job_id}",
+    "GET /modelops/core/api/jobs",
+    "GET /modelops/core/api/jobs/search/findByStatusIn",
+)
+AIRFLOW_PARALLELISM = 32
+START_TIMEOUT_S = 60.0
+
+
+class BenchError(Exception):
+    """The benchmark could not run (the emulator did not start, a process hung)."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    exit_code: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    return env | {"FLEET_API__TOKEN": TOKEN}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_measured(proc: subprocess.Popen[bytes], timeout_s: float) -> Usage:
+    """Wait for the child and return its own rusage (user+system CPU, peak RSS)."""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            raise BenchError(f"{proc.args!r} did not finish within {timeout_s:.0f} s")
+        time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Usage(
+        exit_code=proc.returncode,
+        wall_s=time.monotonic() - started,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        peak_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+    )
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds a running process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Emulator:
+    """`fleet sim` on a free loopback port, as its own process."""
+
+    def __init__(
+        self, workdir: Path, args: argparse.Namespace, time_scale: float, name: str
+    ) -> None:
+        self.workdir = workdir
+        self.models_csv = workdir / "models.csv"
+        self._command = [
+            *("--models", str(args.models), "--seed", str(args.seed)),
+            *("--time-scale", str(time_scale), "--token", TOKEN),
+            *("--models-csv", str(self.models_csv)),
+            *(["--no-batch-finders"] if args.no_batch_finders else []),
+        ]
+        self._log = workdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.root = ""
+
+    def __enter__(self) -> Self:
+        for _ in range(3):  # another process may take the free port before the emulator does
+            port = free_port()
+            with self._log.open("ab") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "fleet", "sim", "--port", str(port), *self._command],
+                    cwd=self.workdir,
+                    env=child_env(),
+                    stdout=log,
+                    stderr=log,
+                )
+            self.root = f"http://127.0.0.1:{port}"
+            if self._answers():
+                return self
+        raise BenchError(f"the emulator did not start; see {self._log}")
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.root}/_sim/stats", timeout=5).status_code == 200:  # noqa: PLR2004
+                    return True
+            time.sleep(0.1)
+        self.proc.kill()
+        self.proc.wait()
+        return False
+
+    @property
+    def url(self) -> str:
+        return f"{self.root}/modelops/core"
+
+    def stats(self, since: float | None = None) -> dict[str, Any]:
+        params = {} if since is None else {"since": repr(since)}
+        answer: dict[str, Any] = httpx.get(
+            f"{self.root}/_sim/stats", params=params, timeout=60
+        ).json()
+        return answer
+
+    def jobs(self) -> list[dict[str, Any]]:
+        answer: list[dict[str, Any]] = httpx.get(f"{self.root}/_sim/jobs", timeout=120).json()
+        return answer
+
+    def cpu_s(self) -> float:
+        assert self.proc is not None
+        return process_cpu_s(self.proc.pid)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# -- figures -------------------------------------------------------------------------------
+
+
+def night_figures(
+    jobs: list[dict[str, Any]],
+    before: dict[str, Any],
+    after: dict[str, Any],
+    first_request_at: float | None,
+    limits: dict[str, int],
+) -> dict[str, Any]:
+    """The emulator's view of one night: the jobs created from `before["now"]` on."""
+    start = before["now"]
+    night = [j for j in jobs if j["created_at"] >= start]
+    durations = [j["ends_at"] - j["created_at"] for j in night]
+    per_model: dict[str, float] = defaultdict(float)
+    per_stage: dict[str, float] = defaultdict(float)
+    for job, duration in zip(night, durations, strict=True):
+        per_model[job["model_id"]] += duration
+        per_stage[STAGES[job["type"]]] += duration
+    lower_bound = max(
+        max(per_model.values(), default=0.0),
+        max((total / limits[stage] for stage, total in per_stage.items()), default=0.0),
+    )
+    last_end = max((j["ends_at"] for j in night), default=None)
+    makespan = (
+        last_end - first_request_at
+        if last_end is not None and first_request_at is not None
+        else None
+    )
+    routes_before, routes_after = before["requests_by_route"], after["requests_by_route"]
+    status_requests = sum(
+        routes_after.get(route, 0) - routes_before.get(route, 0) for route in STATUS_ROUTES
+    )
+    latencies: dict[str, list[float]] = defaultdict(list)
+    for j in night:
+        if j["detected_at"] is not None:
+            late = (j["detected_at"] - j["ends_at"]) / (j["ends_at"] - j["created_at"]) * 100
+            latencies[j["type"]].append(late)
+    return {
+        "makespan_s": makespan,
+        "lower_bound_s": lower_bound,
+        "makespan_ratio": makespan / lower_bound if makespan and lower_bound else None,
+        "status_requests_per_job": status_requests / len(night) if night else None,
+        "requests_total": after["requests_total"] - before["requests_total"],
+        "detection_latency_p95_pct": percentile([x for v in latencies.values() for x in v], 95),
+        "detection_latency_p95_pct_by_type": {
+            kind: percentile(latencies[kind], 95) for kind in STAGES if latencies[kind]
+        },
+        "jobs": len(night),
+        "jobs_by_type": {kind: sum(1 for j in night if j["type"] == kind) for kind in STAGES},
+        "jobs_unfinished": sum(1 for j in night if j["outcome"] is None),
+        "jobs_undetected": sum(1 for j in night if j["detected_at"] is None),
+        "first_request_at": first_request_at,
+        "last_job_end_at": last_end,
+        "requests_by_route": {
+            route: count - routes_before.get(route, 0)
+            for route, count in sorted(routes_after.items())
+            if count - routes_before.get(route, 0)
+        },
+    }
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(pct) - 1]
+
+
+def client_figures(usage: Usage, models: int, db_mb: float) -> dict[str, Any]:
+    return {
+        "fleet_cpu_s": round(usage.cpu_s, 3),
+        "fleet_cpu_ms_per_model": round(usage.cpu_s * 1000 / models, 3),
+        "peak_rss_mb": round(usage.peak_rss_mb, 1),
+        "db_mb": round(db_mb, 3),
+        "wall_s": round(usage.wall_s, 2),
+        "exit_code": usage.exit_code,
+    }
+
+
+# -- the two sides -------------------------------------------------------------------------
+
+
+def default_limits(args: argparse.Namespace) -> dict[str, int]:
+    """Stage limits scaled to the fleet: trainings N/10 at once (at most 250), the short
+    stages fewer; models in flight enough to keep every training slot busy."""
+    train = args.train_limit or min(max(args.models // 10, 1), 250)
+    evaluate = args.evaluate_limit or max(train // 2, 1)
+    deploy = args.deploy_limit or max(train // 4, 1)
+    retire = args.retire_limit or max(train // 4, 1)
+    concurrency = args.concurrency or 2 * train
+    return {
+        "train": train,
+        "evaluate": evaluate,
+        "approve": evaluate,
+        "deploy": deploy,
+        "retire": retire,
+        "concurrency": concurrency,
+    }
+
+
+def fleet_config(workdir: Path, url: str, limits: dict[str, int], args: argparse.Namespace) -> Path:
+    stage_limits = "\n".join(
+        f"{stage} = {limits[stage]}" for stage in (*STAGES.values(), "approve")
+    )
+    config = workdir / "fleet.toml"
+    config.write_text(
+        f"""# Written by bench/run.py.
+concurrency = {limits["concurrency"]}
+# fleet's default 5 s between polls, in simulated time.
+poll_interval = {args.poll_interval / args.time_scale!r}
+progress_interval = 10.0
+db = "{workdir / "fleet.db"}"
+models_file = "{workdir / "models.csv"}"
+log_level = "info"
+
+[api]
+url = "{url}"
+project_id = "{PROJECT_ID}"
+
+[limits]
+{stage_limits}
+
+[defaults]
+approval_rule = "Accuracy >= {args.threshold}"
+"""
+    )
+    return config
+
+
+def run_fleet(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    limits = default_limits(args)
+    nights: list[dict[str, Any]] = []
+    with Emulator(workdir, args, args.time_scale, "sim-fleet") as sim:
+        config = fleet_config(workdir, sim.url, limits, args)
+        for night in range(1, args.nights + 1):
+            run_id = f"night-{night}"
+            before = sim.stats()
+            sim_cpu = sim.cpu_s()
+            with (
+                (workdir / f"{run_id}.log").open("wb") as log,
+                (workdir / f"{run_id}.out").open("wb") as out,
+            ):
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "fleet",
+                        "run",
+                        "--config",
+                        str(config),
+                        "--run-id",
+                        run_id,
+                    ],
+                    cwd=workdir,
+                    env=child_env(),
+                    stdout=out,
+                    stderr=log,
+                )
+                usage = wait_measured(proc, args.timeout)
+            after = sim.stats(since=before["now"])
+            figures = night_figures(sim.jobs(), before, after, after["first_request_at"], limits)
+            db_mb = (
+                sum(p.stat().st_size for p in workdir.glob("fleet.db*") if p.name != "fleet.db-shm")
+                / 1e6
+            )
+            outcomes = fleet_outcomes(workdir, run_id)
+            nights.append(
+                {
+                    "run_id": run_id,
+                    **figures,
+                    **client_figures(usage, args.models, db_mb),
+                    "emulator_cpu_s": round(sim.cpu_s() - sim_cpu, 2),
+                    "outcomes": outcomes,
+                    "ok": usage.exit_code == 0 and ok_outcomes(outcomes, args.models),
+                    "models": args.models,
+                    "time_scale": args.time_scale,
+                    "limits": limits,
+                    "seed": args.seed,
+                }
+            )
+            print(f"fleet {run_id}: {summary_line(nights[-1])}", file=sys.stderr)
+    return nights
+
+
+def fleet_outcomes(workdir: Path, run_id: str) -> dict[str, int]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleet",
+            "status",
+            run_id,
+            "--db",
+            str(workdir / "fleet.db"),
+            "--json",
+        ],
+        cwd=workdir,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return {}
+    counts: dict[str, int] = defaultdict(int)
+    for model in json.loads(done.stdout)["models"]:
+        counts[model["outcome"]] += 1
+    return dict(counts)
+
+
+def ok_outcomes(outcomes: dict[str, int], models: int) -> bool:
+    return outcomes.get("succeeded", 0) + outcomes.get("rejected", 0) == models
+
+
+def run_baseline(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    time_scale = args.baseline_time_scale or args.time_scale
+    limits = dict.fromkeys((*STAGES.values(), "approve", "concurrency"), AIRFLOW_PARALLELISM)
+    with Emulator(workdir, args, time_scale, "sim-baseline") as sim:
+        before = sim.stats()
+        sim_cpu = sim.cpu_s()
+        summary_path = workdir / "baseline.json"
+        with (workdir / "baseline.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(BENCH / "baseline.py"),
+                    *("--url", sim.url, "--models-file", str(sim.models_csv)),
+                    *("--time-scale", str(time_scale), "--poll-interval", str(args.poll_interval)),
+                    *(
+                        "--parallelism",
+                        str(AIRFLOW_PARALLELISM),
+                        "--threshold",
+                        str(args.threshold),
+                    ),
+                    *("--json", str(summary_path)),
+                ],
+                cwd=workdir,
+                env=child_env(),
+                stdout=log,
+                stderr=log,
+            )
+            usage = wait_measured(proc, args.timeout)
+        after = sim.stats(since=before["now"])
+        figures = night_figures(sim.jobs(), before, after, after["first_request_at"], limits)
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        outcomes = summary.get("outcomes", {})
+        return {
+            **figures,
+            **client_figures(usage, args.models, 0.0),
+            "emulator_cpu_s": round(sim.cpu_s() - sim_cpu, 2),
+            "outcomes": outcomes,
+            "failures": summary.get("failures", []),
+            "ok": usage.exit_code == 0 and ok_outcomes(outcomes, args.models),
+            "models": args.models,
+            "time_scale": time_scale,
+            "limits": limits,
+            "seed": args.seed,
+        }
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def git_commit() -> str | None:
+    done = subprocess.run(
+        ["git", "-C", str(BENCH), "describe", "--always", "--dirty", "--abbrev=12"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def fleet_source() -> str | None:
+    """Where the measured `python -m fleet` comes from (PYTHONPATH can point elsewhere)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import fleet; print(fleet.__file__)"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return str(Path(done.stdout.strip()).parent) if done.returncode == 0 else None
+
+
+ROWS = (
+    ("makespan_s", "{:.0f}"),
+    ("lower_bound_s", "{:.0f}"),
+    ("makespan_ratio", "{:.3f}"),
+    ("status_requests_per_job", "{:.2f}"),
+    ("requests_total", "{:d}"),
+    ("detection_latency_p95_pct", "{:.2f}"),
+    ("jobs", "{:d}"),
+    ("jobs_undetected", "{:d}"),
+    ("fleet_cpu_s", "{:.2f}"),
+    ("fleet_cpu_ms_per_model", "{:.2f}"),
+    ("peak_rss_mb", "{:.1f}"),
+    ("db_mb", "{:.2f}"),
+    ("emulator_cpu_s", "{:.2f}"),
+    ("time_scale", "{:g}"),
+    ("wall_s", "{:.1f}"),
+    ("exit_code", "{:d}"),
+)
+
+
+def table(result: dict[str, Any]) -> str:
+    baseline = result.get("baseline") or {}
+    lines = [f"{'':28} {'fleet':>14} {'baseline':>14}"]
+    for name, fmt in ROWS:
+        cells = []
+        for side in (result, baseline):
+            value = side.get(name)
+            cells.append("-" if value is None else fmt.format(value))
+        lines.append(f"{name:28} {cells[0]:>14} {cells[1]:>14}")
+    return "\n".join(lines)
+
+
+def summary_line(figures: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{name} {fmt.format(figures[name])}"
+        for name, fmt in ROWS[:6]
+        if figures.get(name) is not None
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=int, required=True, help="models in the emulator")
+    parser.add_argument("--json", type=Path, required=True, help="write the figures here")
+    parser.add_argument("--seed", type=int, default=0, help="the emulator's seed")
+    parser.add_argument("--time-scale", type=float, default=60.0, help="simulated s per real s")
+    parser.add_argument(
+        "--baseline-time-scale", type=float, help="the baseline's (default: --time-scale)"
+    )
+    parser.add_argument("--nights", type=int, default=2, help="fleet runs in a row, one state")
+    parser.add_argument("--train-limit", type=int, help="default: models/10, at most 250")
+    parser.add_argument("--evaluate-limit", type=int, help="default: train limit / 2")
+    parser.add_argument("--deploy-limit", type=int, help="default: train limit / 4")
+    parser.add_argument("--retire-limit", type=int, help="default: train limit / 4")
+    parser.add_argument("--concurrency", type=int, help="models in flight (default 2 x train)")
+    parser.add_argument(
+        "--poll-interval", type=float, default=5.0, help="simulated s between polls, both sides"
+    )
+    parser.add_argument("--threshold", type=float, default=0.7, help="approve Accuracy >= this")
+    parser.add_argument("--no-baseline", action="store_true", help="measure fleet only")
+    parser.add_argument(
+        "--no-batch-finders", action="store_true", help="emulate a 7.3 server without finders"
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0, help="real s per client run")
+    parser.add_argument("--workdir", type=Path, help="keep logs and state here (default: temp)")
+    parser.add_argument("--label", help="a note stored with the figures (what was measured)")
+    args = parser.parse_args(argv)
+    if args.models < 1 or args.nights < 1:
+        parser.error("--models and --nights must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = datetime.now(UTC)
+    with contextlib.ExitStack() as stack:
+        root = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        (root / "fleet").mkdir(parents=True, exist_ok=True)
+        nights = run_fleet(args, root / "fleet")
+        baseline = None
+        if not args.no_baseline:
+            (root / "baseline").mkdir(exist_ok=True)
+            baseline = run_baseline(args, root / "baseline")
+            print(f"baseline: {summary_line(baseline)}", file=sys.stderr)
+    result = {
+        **nights[-1],
+        "poll_interval_sim_s": args.poll_interval,
+        "batch_finders": not args.no_batch_finders,
+        "nights": nights[:-1],
+        "baseline": baseline,
+        "machine": machine(),
+        "date": started.isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "fleet_source": fleet_source(),
+        "label": args.label,
+        "command": " ".join(["python", "bench/run.py", *(argv or sys.argv[1:])]),
+        "bench_rusage_children_cpu_s": round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+            + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime,
+            2,
+        ),
+    }
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    failed = [f"fleet {n['run_id']}" for n in nights if not n["ok"]]
+    if baseline is not None and not baseline["ok"]:
+        failed.append("baseline")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        sys.exit(2)
