@@ -81,6 +81,8 @@ _DEMO_SETTINGS = {
     "limits.deploy": 50,
     "limits.retire": 50,
     "poll_interval": 0.5,
+    # 5 simulated seconds between looks at most: a 5 s deployment is seen within a few.
+    "poll_floor": 0.05,
     "progress_interval": 5.0,
 }
 
