@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from fleet.config import Resources, Settings, flag_specs, load_settings
+from fleet.config import ModelEntry, Resources, Settings, flag_specs, load_settings
 from fleet.errors import ConfigError
 from fleet.shards import Shard
 from fleet.stages import STAGE_ORDER, Stage
@@ -611,3 +611,237 @@ def test_the_example_fleet_toml_loads_and_documents_every_setting() -> None:
     for spec in flag_specs():
         leaf = spec.path.rsplit(".", 1)[-1]
         assert f"{leaf} =" in text or f"{leaf}:" in text, f"{spec.path} is not documented"
+
+
+# -- projects -------------------------------------------------------------------------------
+
+PROJECT_B = "7c0f6d2e-3b1a-4e5f-9a8b-2d4c6e8f0a1b"
+M3 = "00000000-0000-0000-0000-000000000003"
+TWO_PROJECTS = f"""
+[api]
+url = "https://mo.example/modelops/core"
+timeout = 10
+[limits]
+train = 8
+
+[projects.retail.api]
+project_id = "{PROJECT_ID}"
+[[projects.retail.models]]
+id = "{M1}"
+[projects.retail.defaults]
+train_dataset_id = "{M3}"
+
+[projects.wholesale]
+limits = {{ concurrency = 5, train = 2 }}
+[projects.wholesale.api]
+project_id = "{PROJECT_B}"
+url = "https://other.example/modelops/core"
+[[projects.wholesale.models]]
+id = "{M2}"
+retire_mode = "none"
+"""
+
+
+def test_projects_inherit_api_settings_they_do_not_set(tmp_path):
+    """A project takes [api]'s url, timeout and token unless it sets its own."""
+    settings = load(toml_file(tmp_path, TWO_PROJECTS), env={"FLEET_API__TOKEN": TOKEN})
+    projects = settings.every_project()
+
+    assert list(projects) == ["retail", "wholesale"]
+    retail, wholesale = projects["retail"].api, projects["wholesale"].api
+    assert (retail.url, retail.project_id, retail.timeout) == (
+        "https://mo.example/modelops/core",
+        PROJECT_ID,
+        10.0,
+    )
+    assert (wholesale.url, wholesale.project_id) == (
+        "https://other.example/modelops/core",
+        PROJECT_B,
+    )
+    assert retail.bearer() == wholesale.bearer() == TOKEN
+    settings.require_api()
+
+
+def test_each_projects_models_carry_its_name_and_its_defaults(tmp_path):
+    """Models resolve per project: its [defaults] overrides, then the model's own."""
+    retail, wholesale = load(toml_file(tmp_path, TWO_PROJECTS)).model_specs()
+
+    assert (retail.id, retail.project, retail.lifecycle.train_dataset_id) == (M1, "retail", M3)
+    assert (wholesale.project, wholesale.lifecycle.train_dataset_id) == ("wholesale", None)
+    assert wholesale.lifecycle.retire_mode == "none"
+
+
+def test_a_projects_limits_are_its_own_and_unset_ones_share_the_runs(tmp_path):
+    """[projects.wholesale] limits set concurrency and train; retail sets none."""
+    projects = load(toml_file(tmp_path, TWO_PROJECTS)).every_project()
+
+    assert projects["wholesale"].limits.concurrency == 5
+    assert projects["wholesale"].limits.of(Stage.TRAIN) == 2
+    assert projects["wholesale"].limits.of(Stage.DEPLOY) is None
+    assert projects["retail"].limits.concurrency is None
+
+
+def test_a_projects_own_token_file_is_not_shadowed_by_the_api_token(tmp_path):
+    """FLEET_API__TOKEN does not override a project's token_file: the project's credential
+    replaces [api]'s as a whole."""
+    token_file = tmp_path / "wholesale-token"
+    token_file.write_text("wholesale-secret-7e1\n", encoding="utf-8")
+    own = f'url = "https://other.example/modelops/core"\ntoken_file = "{token_file}"'
+    config = toml_file(
+        tmp_path, TWO_PROJECTS.replace('url = "https://other.example/modelops/core"', own)
+    )
+    projects = load(config, env={"FLEET_API__TOKEN": TOKEN}).every_project()
+
+    assert projects["wholesale"].api.token is None
+    assert projects["wholesale"].api.bearer() == "wholesale-secret-7e1"
+    assert projects["retail"].api.bearer() == TOKEN
+
+
+def test_a_projects_token_and_settings_come_from_its_variables(tmp_path):
+    """FLEET_PROJECTS__<NAME>__... sets one project's token and overrides its settings."""
+    settings = load(
+        toml_file(tmp_path, TWO_PROJECTS),
+        env={
+            "FLEET_API__TOKEN": TOKEN,
+            "FLEET_PROJECTS__WHOLESALE__API__TOKEN": "wholesale-token-2c",
+            "FLEET_PROJECTS__WHOLESALE__LIMITS__TRAIN": "3",
+            "FLEET_PROJECTS__RETAIL__API__TIMEOUT": "4",
+        },
+    )
+    projects = settings.every_project()
+
+    assert projects["wholesale"].api.bearer() == "wholesale-token-2c"
+    assert projects["retail"].api.bearer() == TOKEN
+    assert projects["wholesale"].limits.train == 3
+    assert projects["retail"].api.timeout == 4.0
+    assert "wholesale-token-2c" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "says"),
+    [
+        ("FLEET_PROJECTS__WHOLSALE__API__TOKEN", "no project 'wholsale' in the config file"),
+        ("FLEET_PROJECTS__WHOLESALE__API__TOKN", "not a fleet setting"),
+        ("FLEET_PROJECTS__WHOLESALE", "not a fleet setting"),
+    ],
+)
+def test_an_unknown_project_variable_is_rejected(tmp_path, variable, says):
+    """A project variable must name a project of the file and one of its settings."""
+    message = load_error(toml_file(tmp_path, TWO_PROJECTS), env={variable: "x"})
+
+    assert message.startswith(f"environment {variable}: ")
+    assert says in message
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (
+            (
+                f'[projects.outlet.api]\nurl = "https://x.example/m"\n'
+                f'[[projects.outlet.models]]\nid = "{M3}"\n'
+            ),
+            "projects.outlet.api.project_id: missing; every project names its own",
+        ),
+        (
+            (
+                f'[projects.copy]\ndiscover = {{ names = ["*"] }}\n'
+                f'[projects.copy.api]\nproject_id = "{PROJECT_ID}"\n'
+            ),
+            "projects.copy.api.project_id (from ",
+        ),
+        (
+            (
+                f'[projects.outlet.api]\nproject_id = "{M3}"\n'
+                f'[[projects.outlet.models]]\nid = "{M1}"\n'
+            ),
+            f"model {M1} is in projects retail and outlet",
+        ),
+        (
+            f'[projects.Outlet.api]\nproject_id = "{M3}"\n',
+            "a project's name is 1 to 32 lower-case letters",
+        ),
+        (
+            (
+                f'[projects.outlet.api]\nproject_id = "{M3}"\n'
+                '[projects.outlet.defaults]\nretire_mode = "x"\n'
+            ),
+            "projects.outlet.defaults.retire_mode",
+        ),
+        (
+            f'[projects.outlet.api]\nproject_id = "{M3}"\n',
+            "projects.outlet.models: none; list [[projects.outlet.models]]",
+        ),
+        ("[projects.outlet.limits]\ntrain = 0\n", "projects.outlet.limits.train"),
+        ("[projects.outlet]\nmodel = []\n", "projects.outlet.model"),
+    ],
+)
+def test_a_bad_project_is_one_line_naming_it(tmp_path, extra, says):
+    """No project id, the same project twice, a model in two projects, a bad name, default,
+    no models or a bad limit: one line that names the project's setting."""
+    message = load_error(toml_file(tmp_path, TWO_PROJECTS + extra))
+
+    assert says in message
+
+
+def test_top_level_models_beside_projects_are_the_default_project(tmp_path):
+    """[[models]] beside [projects] belong to [api]'s own project, named default."""
+    config = toml_file(
+        tmp_path,
+        TWO_PROJECTS.replace("timeout = 10", f'project_id = "{M3}"') + f'[[models]]\nid = "{M3}"\n',
+    )
+    specs = load(config).model_specs()
+
+    assert [(s.id, s.project) for s in specs] == [
+        (M3, "default"),
+        (M1, "retail"),
+        (M2, "wholesale"),
+    ]
+
+
+def test_a_model_found_by_discovery_in_another_project_is_refused(tmp_path):
+    """Discovery adds a project's models; one configured in another project is an error."""
+    settings = load(toml_file(tmp_path, TWO_PROJECTS))
+    found = {"wholesale": [ModelEntry(id=M3), ModelEntry(id=M1)]}
+
+    with pytest.raises(ConfigError, match=f"model {M1} is in projects retail and wholesale"):
+        settings.model_specs(found)
+    found = {"wholesale": [ModelEntry(id=M3), ModelEntry(id=M2, name="found")]}
+    assert [(s.id, s.name) for s in settings.model_specs(found)] == [
+        (M1, M1),
+        (M2, M2),
+        (M3, M3),
+    ]
+
+
+def test_a_projects_token_in_the_file_draws_a_warning(tmp_path):
+    """A token kept in a project's table works, and the settings warn about it."""
+    config = toml_file(
+        tmp_path,
+        TWO_PROJECTS.replace(
+            "[projects.retail.api]", '[projects.retail.api]\ntoken = "in-file-tok"'
+        ),
+    )
+    settings = load(config)
+
+    assert settings.every_project()["retail"].api.bearer() == "in-file-tok"
+    assert any(w.startswith("projects.retail.api.token is in") for w in settings.warnings)
+
+
+def test_a_project_with_a_missing_token_names_its_variable(tmp_path):
+    """require_api says which project lacks a token and which variable to set."""
+    settings = load(toml_file(tmp_path, TWO_PROJECTS))
+
+    with pytest.raises(
+        ConfigError,
+        match=r"^projects\.retail\.api\.token: missing; set FLEET_PROJECTS__RETAIL__API__TOKEN",
+    ):
+        settings.require_api()
+
+
+def test_without_projects_there_is_one_project_named_default():
+    """A configuration without [projects] is one project: [api]'s, named default."""
+    settings = load(flags={**API_URL, **API_PROJECT})
+
+    assert list(settings.every_project()) == ["default"]
+    assert settings.every_project()["default"].api == settings.api

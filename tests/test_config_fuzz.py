@@ -91,3 +91,67 @@ def test_any_toml_file_gives_settings_or_a_config_error(
             path = Path(directory) / "fleet.toml"
             path.write_text(body)
             _outcome(config=path, flags={}, env={})
+
+
+PROJECT_PATHS = [
+    "api.url",
+    "api.project_id",
+    "api.token_file",
+    "api.timeout",
+    "api.auth",
+    "limits.train",
+    "limits.concurrency",
+    "models_file",
+    "defaults.retire_mode",
+    "discover.names",
+    "colour",
+]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    projects=st.dictionaries(
+        st.text(alphabet="abAB_1-.", min_size=1, max_size=6),
+        st.dictionaries(
+            st.sampled_from(PROJECT_PATHS),
+            SCALARS.filter(lambda v: v is not None)
+            | st.just("7c0f6d2e-3b1a-4e5f-9a8b-2d4c6e8f0a1b"),
+            max_size=4,
+        ),
+        max_size=3,
+    ),
+    env=st.dictionaries(
+        st.sampled_from(["FLEET_PROJECTS__A__API__TOKEN", "FLEET_PROJECTS__B__LIMITS__TRAIN"]),
+        st.text(max_size=10),
+        max_size=2,
+    ),
+)
+def test_any_projects_give_settings_or_a_config_error(
+    projects: dict[str, dict[str, object]], env: dict[str, str]
+) -> None:
+    """[projects.NAME] tables with any names, keys and values load or are refused."""
+    text = ""
+    for name, entries in projects.items():
+        tables: dict[str, list[str]] = {}
+        for path, value in entries.items():
+            table, _, key = path.rpartition(".")
+            tables.setdefault(table, []).append(f"{key} = {_toml_value(value)}")
+        quoted = _toml_value(name)
+        text += f"\n[projects.{quoted}]\n" + "\n".join(tables.pop("", []))
+        for table, lines in tables.items():
+            text += f"\n[projects.{quoted}.{table}]\n" + "\n".join(lines)
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "fleet.toml"
+        path.write_text(text)
+        outcome = _outcome(config=path, flags={}, env=env)
+        if isinstance(outcome, Settings):
+            assert "\n" not in _what_run_would_refuse(outcome)
+
+
+def _what_run_would_refuse(loaded: Settings) -> str:
+    try:
+        loaded.require_api()
+        loaded.model_specs()
+    except ConfigError as exc:
+        return str(exc)
+    return ""

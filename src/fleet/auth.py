@@ -34,17 +34,20 @@ class TokenSource(Protocol):
 
 
 class StaticToken:
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, *, section: str = "api") -> None:
         redactor.add(token)
         self._token = token
+        self._section = section
 
     async def token(self) -> str:
         return self._token
 
     async def renew(self) -> str:
+        s = self._section
+        variable = "FLEET_" + f"{s}.token".replace(".", "__").upper()
         raise AuthError(
             "token rejected by ModelOps (HTTP 401) and it cannot be renewed: set a fresh "
-            "FLEET_API__TOKEN, or use api.token_file or api.auth = 'client_credentials'",
+            f"{variable}, or use {s}.token_file or {s}.auth = 'client_credentials'",
             status=401,
         )
 
@@ -52,8 +55,9 @@ class StaticToken:
 class TokenFile:
     """A token kept in a file that is rewritten when the secret rotates."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, section: str = "api") -> None:
         self._path = path
+        self._setting = f"{section}.token_file"
         self._mtime = -1.0
         self._token = ""
         self._read()
@@ -66,10 +70,10 @@ class TokenFile:
             token = self._path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(
-                f"api.token_file: cannot read {self._path} ({exc.strerror})"
+                f"{self._setting}: cannot read {self._path} ({exc.strerror})"
             ) from None
         if not token:
-            raise ConfigError(f"api.token_file: {self._path} is empty")
+            raise ConfigError(f"{self._setting}: {self._path} is empty")
         redactor.add(token)
         self._token, self._mtime = token, mtime
 
@@ -100,8 +104,10 @@ class ClientCredentials:
         client_secret: str,
         *,
         clock: Callable[[], float] = time.monotonic,
+        section: str = "api",
     ) -> None:
         redactor.add(client_secret)
+        self._section = section
         self._http: httpx.AsyncClient | None = None
         self._url = token_url
         self._auth = httpx.BasicAuth(client_id, client_secret)
@@ -141,7 +147,7 @@ class ClientCredentials:
             if response.status_code in {400, 401, 403}:
                 raise AuthError(
                     f"the token URL refused the client credentials (HTTP {response.status_code});"
-                    " check api.client_id and the client secret",
+                    f" check {self._section}.client_id and the client secret",
                     status=response.status_code,
                 )
             if response.status_code >= 300:  # noqa: PLR2004

@@ -15,9 +15,10 @@ import csv
 import ipaddress
 import json
 import os
+import re
 import tomllib
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -56,6 +57,15 @@ from fleet.shards import Shard
 from fleet.stages import STAGE_ORDER, Stage
 
 ENV_PREFIX = "FLEET_"
+# The project of [api] and the top-level models; others are named by their [projects.NAME].
+DEFAULT_PROJECT = "default"
+_PROJECT_NAME = re.compile(r"[a-z](?:_?[a-z0-9])*")
+_PROJECT_NAME_MAX = 32
+# Credentials a project replaces as a whole rather than key by key (see Settings._inherit_api).
+_CREDENTIALS = (
+    frozenset({"token", "token_file"}),
+    frozenset({"client_secret", "client_secret_file"}),
+)
 # Variables fleet reads itself, outside the settings model.
 _OWN_ENV = frozenset({"FLEET_CONFIG"})
 DEFAULT_CONFIG = Path("fleet.toml")
@@ -116,43 +126,57 @@ class ApiSettings(_Section):
                     )
         return self
 
-    def token_source(self) -> TokenSource:
-        """Where requests get their bearer token from, per `auth`."""
+    def token_source(self, section: str = "api") -> TokenSource:
+        """Where requests get their bearer token from, per `auth`; errors name `section`
+        (`api`, or a project's `projects.NAME.api`)."""
+        s = section
         if self.auth == "client_credentials":
             if not self.token_url or not self.client_id:
                 raise ConfigError(
-                    "api.auth = client_credentials needs api.token_url and api.client_id"
+                    f"{s}.auth = client_credentials needs {s}.token_url and {s}.client_id"
                 )
-            return ClientCredentials(self.token_url, self.client_id, self._client_secret())
+            return ClientCredentials(
+                self.token_url, self.client_id, self._client_secret(s), section=s
+            )
         if self.token is not None:
-            return StaticToken(self.bearer())
+            return StaticToken(self.bearer(s), section=s)
         if self.token_file is not None:
-            return TokenFile(self.token_file)
-        raise ConfigError("api.token: missing; set FLEET_API__TOKEN or api.token_file")
+            return TokenFile(self.token_file, section=s)
+        raise ConfigError(f"{s}.token: missing; set {env_name(s + '.token')} or {s}.token_file")
 
-    def _client_secret(self) -> str:
+    def _client_secret(self, s: str) -> str:
         if self.client_secret is not None and self.client_secret.get_secret_value().strip():
             return self.client_secret.get_secret_value()
         if self.client_secret_file is not None:
-            return _read_secret(self.client_secret_file, "api.client_secret_file")
+            return _read_secret(self.client_secret_file, f"{s}.client_secret_file")
         raise ConfigError(
-            "api.client_secret: missing; set FLEET_API__CLIENT_SECRET or api.client_secret_file"
+            f"{s}.client_secret: missing; set {env_name(s + '.client_secret')} "
+            f"or {s}.client_secret_file"
         )
+
+    def secrets(self) -> list[str]:
+        """The secrets given in the settings themselves (files are read by their sources)."""
+        return [
+            secret.get_secret_value()
+            for secret in (self.token, self.client_secret)
+            if secret is not None and secret.get_secret_value()
+        ]
 
     @field_validator("project_id")
     @classmethod
     def _project(cls, value: str | None) -> str | None:
         return None if value is None else _check_uuid(value)
 
-    def bearer(self) -> str:
+    def bearer(self, section: str = "api") -> str:
         """The token, from FLEET_API__TOKEN (or the file) or from `api.token_file`."""
+        s, variable = section, env_name(section + ".token")
         if self.token is not None:
             if not self.token.get_secret_value().strip():
-                raise ConfigError("api.token: FLEET_API__TOKEN is empty; set the token")
+                raise ConfigError(f"{s}.token: {variable} is empty; set the token")
             return self.token.get_secret_value()
         if self.token_file is None:
-            raise ConfigError("api.token: missing; set FLEET_API__TOKEN or api.token_file")
-        return _read_token(self.token_file)
+            raise ConfigError(f"{s}.token: missing; set {variable} or {s}.token_file")
+        return _read_secret(self.token_file, f"{s}.token_file")
 
 
 def _is_loopback(host: str) -> bool:
@@ -284,13 +308,14 @@ class ModelEntry(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """One model of a run with its lifecycle settings resolved."""
+    """One model of a run with its lifecycle settings resolved, and the project it is in."""
 
     id: str
     name: str
     lifecycle: Lifecycle
     tags: tuple[str, ...] = ()
     priority: int = 0
+    project: str = DEFAULT_PROJECT
 
 
 class Discovery(_Section):
@@ -309,6 +334,47 @@ class Discovery(_Section):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+
+class ProjectLimits(_Section):
+    """A project's own bounds; a setting left out shares the run's (`concurrency`, `[limits]`)."""
+
+    concurrency: PositiveInt | None = Field(
+        None, description="this project's models in flight at once (within concurrency)"
+    )
+    train: PositiveInt | None = Field(None, description="this project's training jobs at once")
+    evaluate: PositiveInt | None = Field(None, description="its evaluation jobs at once")
+    approve: PositiveInt | None = Field(None, description="its approval calls at once")
+    deploy: PositiveInt | None = Field(None, description="its deployment jobs at once")
+    retire: PositiveInt | None = Field(None, description="its retirement jobs at once")
+
+    def of(self, stage: Stage) -> int | None:
+        value: int | None = getattr(self, stage.value)
+        return value
+
+
+class ProjectSettings(_Section):
+    """A `[projects.NAME]` table: one ModelOps project, its models, and maybe its own limits.
+
+    `api` is `[api]` with the project's own keys over it (see `_inherit_api`): a second project
+    on the same server needs only its `project_id` and its token.
+    """
+
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    models: tuple[ModelEntry, ...] = ()
+    models_file: Path | None = None
+    discover: Discovery = Field(default_factory=Discovery)
+    # Overrides of [defaults] for the project's models (its datasets, say), checked on load.
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    limits: ProjectLimits = Field(default_factory=ProjectLimits)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, value: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
+        return _unique(value)
+
+    def has_models(self) -> bool:
+        return bool(self.models or self.models_file or self.discover.names)
 
 
 class Settings(BaseSettings):
@@ -368,6 +434,8 @@ class Settings(BaseSettings):
     models: tuple[ModelEntry, ...] = ()
     models_file: Path | None = Field(None, description="CSV or JSONL file of models")
     discover: Discovery = Field(default_factory=Discovery)
+    # More ModelOps projects in the same run, by name (see ProjectSettings).
+    projects: dict[str, ProjectSettings] = Field(default_factory=dict)
     metrics_file: Path | None = Field(
         None, description="write Prometheus metrics here for node-exporter's textfile collector"
     )
@@ -472,12 +540,83 @@ class Settings(BaseSettings):
     @field_validator("models")
     @classmethod
     def _unique_models(cls, value: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
-        seen: set[str] = set()
-        for entry in value:
-            if entry.id in seen:
-                raise ValueError(f"model {entry.id} is listed twice")
-            seen.add(entry.id)
-        return value
+        return _unique(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_api(cls, data: Any) -> Any:
+        """Each project's `api` is `[api]` with the project's own keys over it.
+
+        Not inherited: `project_id` (each project names its own), and a credential the project
+        replaces: its own `token` or `token_file` drops both of `[api]`'s, and likewise for the
+        client secret, so a project's token file is not shadowed by FLEET_API__TOKEN.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("projects"), Mapping):
+            return data
+        base = data.get("api", {})
+        if isinstance(base, BaseModel):
+            base = base.model_dump(exclude_unset=True)
+        if not isinstance(base, Mapping):
+            return data  # reported by the validation of `api`
+        projects: dict[str, Any] = {}
+        for name, project in data["projects"].items():
+            if isinstance(project, Mapping) and isinstance(project.get("api", {}), Mapping):
+                own = project.get("api", {})
+                inherited = {k: v for k, v in base.items() if k != "project_id"}
+                for group in _CREDENTIALS:
+                    if group & own.keys():
+                        inherited = {k: v for k, v in inherited.items() if k not in group}
+                project = {**project, "api": {**inherited, **own}}  # noqa: PLW2901
+            projects[name] = project
+        return {**data, "projects": projects}
+
+    @model_validator(mode="after")
+    def _projects_are_distinct(self) -> Settings:
+        if self.projects and DEFAULT_PROJECT in self.projects and self._has_default_models():
+            raise ValueError(
+                f"projects.{DEFAULT_PROJECT}: the name is taken by the top-level models of "
+                "[api]'s project; rename the project"
+            )
+        where: dict[tuple[str | None, str], str] = {}
+        owner: dict[str, str] = {}
+        for name, project in self.every_project().items():
+            self._check_project(name, project)
+            key = (project.api.url, project.api.project_id or "")
+            if key in where:
+                raise ValueError(
+                    f"{_section(name)}.project_id: {where[key]} names the same project on the "
+                    "same server; a project is configured once"
+                )
+            if project.api.project_id is not None:
+                where[key] = name
+            for entry in project.models:
+                if entry.id in owner:
+                    raise ValueError(_in_two(entry.id, owner[entry.id], name))
+                owner[entry.id] = name
+        return self
+
+    def _check_project(self, name: str, project: ProjectSettings) -> None:
+        if not _PROJECT_NAME.fullmatch(name) or len(name) > _PROJECT_NAME_MAX:
+            raise ValueError(
+                f"projects.{name}: a project's name is 1 to 32 lower-case letters, digits "
+                "and single underscores, starting with a letter (it is part of "
+                "FLEET_PROJECTS__<NAME>__... variables, in logs and in reports)"
+            )
+        if name == DEFAULT_PROJECT and not self.projects:
+            return  # [api] alone: checked by require_api, when a command needs the server
+        if project.api.project_id is None and name != DEFAULT_PROJECT:
+            raise ValueError(f"{_section(name)}.project_id: missing; every project names its own")
+        try:
+            Lifecycle.model_validate(_deep_merge(self.defaults.model_dump(), project.defaults))
+        except ValidationError as exc:
+            raise ValueError(
+                _first_error_line(exc, prefix=f"projects.{name}.defaults", sources=None)
+            ) from None
+        if name != DEFAULT_PROJECT and not project.has_models():
+            raise ValueError(
+                f"projects.{name}.models: none; list [[projects.{name}.models]], set "
+                f"projects.{name}.models_file or [projects.{name}.discover] names"
+            )
 
     @classmethod
     def settings_customise_sources(
@@ -497,48 +636,105 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
 
+    def _has_default_models(self) -> bool:
+        return bool(self.models or self.models_file or self.discover.names)
+
+    def every_project(self) -> dict[str, ProjectSettings]:
+        """The run's projects by name: `[api]`'s own (named `default`: the top-level models)
+        when there are no `[projects]` or it has models, then each `[projects.NAME]`."""
+        projects: dict[str, ProjectSettings] = {}
+        if not self.projects or self._has_default_models():
+            projects[DEFAULT_PROJECT] = ProjectSettings.model_construct(
+                api=self.api,
+                models=self.models,
+                models_file=self.models_file,
+                discover=self.discover,
+                defaults={},
+                limits=ProjectLimits(),
+            )
+        projects.update(self.projects)
+        return projects
+
     def require_api(self) -> None:
         """Check what `fleet run` needs that a demo or `fleet status` does not."""
-        if self.api.url is None:
-            raise ConfigError("api.url: missing; set it in fleet.toml, FLEET_API__URL or --api.url")
-        if self.api.project_id is None:
-            raise ConfigError(
-                "api.project_id: missing; set it in fleet.toml, FLEET_API__PROJECT_ID "
-                "or --api.project-id"
-            )
-        self.api.token_source()
-        if self.api.ca_bundle is not None and not self.api.ca_bundle.is_file():
-            raise ConfigError(f"api.ca_bundle: {self.api.ca_bundle} is not a readable file")
-
-    def model_specs(self) -> list[ModelSpec]:
-        """Every model of the config, inline and from `models_file`, with overrides applied."""
-        entries = list(self.models)
-        if self.models_file is not None:
-            entries.extend(load_models_file(self.models_file))
-        specs: list[ModelSpec] = []
-        seen: set[str] = set()
-        base = self.defaults.model_dump()
-        for entry in entries:
-            if entry.id in seen:
-                raise ConfigError(f"models: model {entry.id} is listed twice")
-            seen.add(entry.id)
-            merged = _deep_merge(base, entry.overrides())
-            try:
-                lifecycle = Lifecycle.model_validate(merged)
-            except ValidationError as exc:
+        for name, project in self.every_project().items():
+            api, s = project.api, _section(name)
+            if api.url is None:
+                flag = " or --api.url" if s == "api" else ""
                 raise ConfigError(
-                    _first_error_line(exc, prefix=f"models[{entry.id}]", sources=None)
-                ) from None
-            specs.append(
-                ModelSpec(
-                    id=entry.id,
-                    name=entry.name or entry.id,
-                    lifecycle=lifecycle,
-                    tags=entry.tags,
-                    priority=entry.priority,
+                    f"{s}.url: missing; set it in fleet.toml, {env_name(s + '.url')}{flag}"
                 )
-            )
+            if api.project_id is None:
+                flag = " or --api.project-id" if s == "api" else ""
+                raise ConfigError(
+                    f"{s}.project_id: missing; set it in fleet.toml, "
+                    f"{env_name(s + '.project_id')}{flag}"
+                )
+            api.token_source(s)
+            if api.ca_bundle is not None and not api.ca_bundle.is_file():
+                raise ConfigError(f"{s}.ca_bundle: {api.ca_bundle} is not a readable file")
+
+    def model_specs(
+        self, found: Mapping[str, Sequence[ModelEntry]] | None = None
+    ) -> list[ModelSpec]:
+        """Every model of every project, inline and from `models_file`, then those `found` by
+        discovery (by project; a configured entry wins), with overrides applied."""
+        specs: list[ModelSpec] = []
+        owner: dict[str, str] = {}
+        for name, project in self.every_project().items():
+            entries = list(project.models)
+            if project.models_file is not None:
+                entries.extend(load_models_file(project.models_file))
+            configured = {entry.id for entry in entries}
+            entries.extend(e for e in (found or {}).get(name, ()) if e.id not in configured)
+            base = _deep_merge(self.defaults.model_dump(), project.defaults)
+            prefix = "models" if name == DEFAULT_PROJECT else f"projects.{name}.models"
+            for entry in entries:
+                if entry.id in owner:
+                    message = (
+                        f"model {entry.id} is listed twice"
+                        if owner[entry.id] == name
+                        else _in_two(entry.id, owner[entry.id], name)
+                    )
+                    raise ConfigError(f"{prefix}: {message}")
+                owner[entry.id] = name
+                specs.append(_spec(entry, base, name, prefix))
         return specs
+
+
+def _spec(entry: ModelEntry, base: Mapping[str, Any], project: str, prefix: str) -> ModelSpec:
+    try:
+        lifecycle = Lifecycle.model_validate(_deep_merge(base, entry.overrides()))
+    except ValidationError as exc:
+        raise ConfigError(
+            _first_error_line(exc, prefix=f"{prefix}[{entry.id}]", sources=None)
+        ) from None
+    return ModelSpec(
+        id=entry.id,
+        name=entry.name or entry.id,
+        lifecycle=lifecycle,
+        tags=entry.tags,
+        priority=entry.priority,
+        project=project,
+    )
+
+
+def _unique(entries: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.id in seen:
+            raise ValueError(f"model {entry.id} is listed twice")
+        seen.add(entry.id)
+    return entries
+
+
+def _in_two(model_id: str, first: str, second: str) -> str:
+    return f"model {model_id} is in projects {first} and {second}; a model is in one project"
+
+
+def _section(project: str) -> str:
+    """Where a project's API settings are: `api` for the default one."""
+    return "api" if project == DEFAULT_PROJECT else f"projects.{project}.api"
 
 
 _toml_path: ContextVar[Path | None] = ContextVar("fleet_toml_path", default=None)
@@ -573,7 +769,8 @@ def load_settings(
         named = env.get("FLEET_CONFIG")
         config = Path(named) if named else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     toml = _read_toml(config) if config is not None else {}
-    _reject_unknown_env(env)
+    in_file = toml.get("projects")
+    _reject_unknown_env(env, in_file if isinstance(in_file, dict) else {})
     sources = _Sources(flags=flags, env=env, toml=toml, config=config)
     token = _toml_path.set(config)
     env_token = _environ.set(env)
@@ -586,17 +783,28 @@ def load_settings(
     finally:
         _environ.reset(env_token)
         _toml_path.reset(token)
-    if settings.api.token_file is not None and settings.api.token is None:
-        _read_token(settings.api.token_file)
-    api_table = toml.get("api")
-    api_in_file: dict[str, Any] = api_table if isinstance(api_table, dict) else {}
+    for name, project in settings.every_project().items():
+        api = project.api
+        if api.token_file is not None and api.token is None:
+            _read_secret(api.token_file, f"{_section(name)}.token_file")
     settings._warnings.extend(  # noqa: SLF001 - load_settings builds the object it annotates
-        f"api.{name} is in {config}: anyone who can read the file can use it; prefer "
-        f"{env_name('api.' + name)} or api.{name}_file"
+        f"{section}.{name} is in {config}: anyone who can read the file can use it; prefer "
+        f"{env_name(section + '.' + name)} or {section}.{name}_file"
+        for section, table in _api_tables(toml)
         for name in ("token", "client_secret")
-        if name in api_in_file
+        if name in table
     )
     return settings
+
+
+def _api_tables(toml: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Each `api` table of the file (`[api]`, `[projects.NAME.api]`) with its section path."""
+    if isinstance(toml.get("api"), dict):
+        yield "api", toml["api"]
+    projects = toml.get("projects")
+    for name, project in (projects if isinstance(projects, dict) else {}).items():
+        if isinstance(project, dict) and isinstance(project.get("api"), dict):
+            yield f"projects.{name}.api", project["api"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -623,7 +831,7 @@ def _walk_flags(model: type[BaseModel], prefix: str) -> Iterator[FlagSpec]:
         if nested is not None:
             yield from _walk_flags(nested, f"{path}.")
             continue
-        if name in {"token", "client_secret", "models", "hyperparameters"}:
+        if name in {"token", "client_secret", "models", "hyperparameters", "projects"}:
             continue
         flag = "--" + path.replace("_", "-")
         choices = _literal_choices(annotation)
@@ -665,8 +873,19 @@ def _known_env_names() -> set[str]:
     return names
 
 
-def _all_sections() -> Iterator[tuple[type[BaseModel], str]]:
-    stack: list[tuple[type[BaseModel], str]] = [(Settings, "")]
+def _known_project_env_names() -> set[str]:
+    """What may follow FLEET_PROJECTS__<NAME>__: a project's settings, [defaults] keys too."""
+    names = set()
+    for model, prefix in (*_all_sections(ProjectSettings), *_all_sections(Lifecycle, "defaults.")):
+        for name in model.model_fields:
+            names.add(f"{prefix}{name}".replace(".", "__").upper())
+    return names
+
+
+def _all_sections(
+    root: type[BaseModel] = Settings, root_prefix: str = ""
+) -> Iterator[tuple[type[BaseModel], str]]:
+    stack: list[tuple[type[BaseModel], str]] = [(root, root_prefix)]
     while stack:
         model, prefix = stack.pop()
         yield model, prefix
@@ -676,14 +895,31 @@ def _all_sections() -> Iterator[tuple[type[BaseModel], str]]:
                 stack.append((nested, f"{prefix}{name}."))
 
 
-def _reject_unknown_env(env: Mapping[str, str]) -> None:
+def _reject_unknown_env(env: Mapping[str, str], projects: Mapping[str, Any]) -> None:
+    """Refuse a FLEET_* variable fleet does not read: a typo would be ignored silently.
+
+    A project's variable (FLEET_PROJECTS__RETAIL__API__TOKEN) must name a project of the file.
+    """
     known = _known_env_names()
+    in_project = _known_project_env_names()
+    head = env_name("projects") + "__"
     for name in sorted(env):
-        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        project, _, rest = upper.removeprefix(head).partition("__")
+        if upper.startswith(head) and rest in in_project:
+            if project.lower() in projects:
+                continue
+            listed = ", ".join(projects) or "none"
             raise ConfigError(
-                f"environment {name}: not a fleet setting; remove it or fix its name "
-                "(nested settings use __, e.g. FLEET_LIMITS__TRAIN)"
+                f"environment {name}: no project {project.lower()!r} in the config file "
+                f"(its projects: {listed}); remove the variable or fix its name"
             )
+        raise ConfigError(
+            f"environment {name}: not a fleet setting; remove it or fix its name "
+            "(nested settings use __, e.g. FLEET_LIMITS__TRAIN)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -719,6 +955,10 @@ def _first_error_line(exc: ValidationError, prefix: str, sources: _Sources | Non
         path = ".".join(loc)
         where = f"{prefix}.{path}" if prefix and path else (prefix or path or "settings")
         message = str(error["msg"]).removeprefix("Value error, ")
+        named = _NAMED.match(message) if not path and not prefix else None
+        if named:  # a check across settings names the one at fault
+            path, message = named["path"], named["message"]
+            where = path
         if error["type"] == "extra_forbidden":
             message = "unknown setting; check its spelling against fleet.toml's comments"
         elif error["type"] == "missing":
@@ -728,6 +968,9 @@ def _first_error_line(exc: ValidationError, prefix: str, sources: _Sources | Non
         lines.append(f"{where}{origin}: {message}")
     extra = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
     return lines[0] + extra
+
+
+_NAMED = re.compile(r"(?P<path>[a-z_]+(?:\.[^\s:.]+)+): (?P<message>.*)", re.DOTALL)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -740,10 +983,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config {path}: cannot read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
-
-
-def _read_token(path: Path) -> str:
-    return _read_secret(path, "api.token_file")
 
 
 def _read_secret(path: Path, setting: str) -> str:
