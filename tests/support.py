@@ -75,11 +75,16 @@ class Emulated:
 
 
 @asynccontextmanager
-async def emulated(**overrides: Any) -> AsyncIterator[Emulated]:
-    """The emulator behind an httpx ASGI transport (no sockets) and a client speaking to it."""
+async def emulated(
+    clock: sim.ManualClock | None = None, **overrides: Any
+) -> AsyncIterator[Emulated]:
+    """The emulator behind an httpx ASGI transport (no sockets) and a client speaking to it.
+
+    Two worlds given one `clock` are two ModelOps projects living through the same time.
+    """
     settings = sim.SimSettings(**{"models": 10, **overrides})
     # Simulated time starts now, so jobs are never "older" than fleet's own timestamps.
-    clock = sim.ManualClock(start=time.time())
+    clock = clock or sim.ManualClock(start=time.time())
     world, app = sim.build(settings, clock)
     transport = httpx.ASGITransport(app=app)
     async with ModelOpsClient(

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from fleet import scheduler
+from fleet import scheduler, sim
 from fleet.client import ModelOpsClient
-from fleet.errors import AuthError
+from fleet.config import Settings, load_settings
+from fleet.errors import AuthError, ConfigError, ServerUnavailable
 from fleet.stages import Stage, StageState
 from fleet.store import Store
 from support import BASE_URL, Emulated, emulated, settings_for
@@ -344,3 +349,216 @@ async def test_a_drained_run_submits_nothing_more_and_resumes(tmp_path: Path) ->
     assert jobs_after <= seen_at_stop[0] + 12
     assert resumed.status == "succeeded"
     assert stats["max_jobs_per_model_and_type"] == 1
+
+
+# -- several projects -----------------------------------------------------------------------
+
+PROJECT_B = "7c0f6d2e-3b1a-4e5f-9a8b-2d4c6e8f0a1b"
+
+
+@asynccontextmanager
+async def _two_projects(
+    models_a: int = 8, models_b: int = 6, **b_sim: Any
+) -> AsyncIterator[tuple[Emulated, Emulated]]:
+    """Two ModelOps projects (two emulators) living through the same simulated time."""
+    clock = sim.ManualClock(start=time.time())
+    async with (
+        emulated(clock=clock, models=models_a, seed=1) as a,
+        emulated(
+            clock=clock, models=models_b, seed=2, project_id=PROJECT_B, token="b-token", **b_sim
+        ) as b,
+    ):
+        yield a, b
+
+
+def _projects_settings(a: Emulated, b: Emulated, db: Path, **flags: object) -> Settings:
+    """Projects `a` and `b`, each with its emulator's models; flags may add to either."""
+    flat: dict[str, object] = {"db": str(db), "poll_interval": 1.0}
+    for name, env in (("a", a), ("b", b)):
+        flat[f"projects.{name}.api.url"] = BASE_URL
+        flat[f"projects.{name}.api.project_id"] = env.settings.project_id
+        flat[f"projects.{name}.models"] = [{"id": m.id, "name": m.name} for m in env.world.models()]
+    return load_settings(None, {**flat, **flags}, env={}, use_default_file=False)
+
+
+async def _run_projects(
+    settings: Settings, clients: dict[str, Any], a: Emulated, run_id: str = "night-1"
+) -> scheduler.RunResult:
+    async with Store.open(settings.db) as store:
+        return await scheduler.run(
+            settings,
+            clients,
+            store,
+            run_id=run_id,
+            sleep=a.time.sleep,
+            clock=a.time.monotonic,
+            rng=random.Random(7),
+        )
+
+
+def _trainings(env: Emulated) -> list[tuple[float, float]]:
+    return [(j.created_at, j.ends_at) for j in env.world.jobs() if j.type == "TRAINING"]
+
+
+async def test_each_projects_models_go_to_its_own_server(tmp_path: Path) -> None:
+    """One run drives both projects' models, each only on its own server; the store says which."""
+    async with _two_projects() as (a, b):
+        settings = _projects_settings(a, b, tmp_path / "fleet.db")
+        result = await _run_projects(settings, {"a": a.api, "b": b.api}, a)
+        jobs = {"a": a.world.jobs(), "b": b.world.jobs()}
+        models = {"a": {m.id for m in a.world.models()}, "b": {m.id for m in b.world.models()}}
+        stats = (a.world.stats(), b.world.stats())
+    assert result.status == "succeeded"
+    assert result.succeeded == 14
+    for name, own in models.items():
+        assert {job.model_id for job in jobs[name]} == own
+    assert [s["jobs_by_type"]["TRAINING"] for s in stats] == [8, 6]
+    assert all(s["max_jobs_per_model_and_type"] == 1 for s in stats)
+    async with Store.open(tmp_path / "fleet.db") as store:
+        stored = {m.spec.id: m.spec.project for m in await store.models("night-1")}
+    assert stored == {**dict.fromkeys(models["a"], "a"), **dict.fromkeys(models["b"], "b")}
+
+
+async def test_projects_without_limits_of_their_own_share_the_runs(tmp_path: Path) -> None:
+    """limits.train = 3 bounds the trainings of both projects together, not each."""
+    async with _two_projects(models_a=10, models_b=10) as (a, b):
+        settings = _projects_settings(
+            a, b, tmp_path / "fleet.db", stages="train", **{"limits.train": 3}
+        )
+        result = await _run_projects(settings, {"a": a.api, "b": b.api}, a)
+        both = _trainings(a) + _trainings(b)
+    assert result.status == "succeeded"
+    assert _peak_overlap(both) == 3
+
+
+async def test_a_projects_own_limits_bound_its_jobs_apart_from_the_others(tmp_path: Path) -> None:
+    """[projects.b.limits] train = 2: b's trainings peak at 2, a keeps the run's 4 to itself."""
+    async with _two_projects(models_a=12, models_b=12) as (a, b):
+        settings = _projects_settings(
+            a,
+            b,
+            tmp_path / "fleet.db",
+            stages="train",
+            **{"limits.train": 4, "projects.b.limits.train": 2},
+        )
+        result = await _run_projects(settings, {"a": a.api, "b": b.api}, a)
+        peaks = (a.world.stats()["peak_running_jobs"], b.world.stats()["peak_running_jobs"])
+        both = _trainings(a) + _trainings(b)
+    assert result.status == "succeeded"
+    assert peaks == (4, 2)
+    assert _peak_overlap(both) == 6
+
+
+async def test_a_projects_concurrency_bounds_its_models_and_holds_no_other_back(
+    tmp_path: Path,
+) -> None:
+    """b's concurrency 2 keeps two of its models in flight; a's models start beside them."""
+    async with _two_projects(models_a=8, models_b=8) as (a, b):
+        # b's models first in admission order: were a worker held by each b model waiting
+        # for room, a's models would wait for b's.
+        entries = [{"id": m.id, "name": m.name, "priority": 1} for m in b.world.models()]
+        settings = _projects_settings(
+            a,
+            b,
+            tmp_path / "fleet.db",
+            concurrency=6,
+            **{"projects.b.limits.concurrency": 2, "projects.b.models": entries},
+        )
+        specs = sorted(settings.model_specs(), key=lambda spec: -spec.priority)
+        async with Store.open(settings.db) as store:
+            result = await scheduler.run(
+                settings,
+                {"a": a.api, "b": b.api},
+                store,
+                run_id="night-1",
+                sleep=a.time.sleep,
+                clock=a.time.monotonic,
+                specs=specs,
+            )
+        spans = {name: _model_spans(env) for name, env in (("a", a), ("b", b))}
+    assert result.status == "succeeded"
+    assert _peak_overlap(spans["b"]) == 2
+    assert _peak_overlap(spans["a"]) == 4
+    assert min(start for start, _ in spans["a"]) < min(end for _, end in spans["b"])
+
+
+def _model_spans(env: Emulated) -> list[tuple[float, float]]:
+    spans: dict[str, tuple[float, float]] = {}
+    for job in env.world.jobs():
+        start, end = spans.get(job.model_id, (job.created_at, job.ends_at))
+        spans[job.model_id] = (min(start, job.created_at), max(end, job.ends_at))
+    return list(spans.values())
+
+
+async def test_a_rejected_token_stops_its_project_only(tmp_path: Path) -> None:
+    """b's token is refused: a's models all finish, b's wait; the run is aborted naming b."""
+    db = tmp_path / "fleet.db"
+    async with _two_projects() as (a, b):
+        settings = _projects_settings(a, b, db)
+        async with ModelOpsClient(
+            BASE_URL, PROJECT_B, "wrong", transport=b.api._http._transport
+        ) as refused:
+            result = await _run_projects(settings, {"a": a.api, "b": refused}, a)
+        assert b.world.stats()["jobs_total"] == 0
+        assert a.world.stats()["jobs_by_type"]["DEPLOYMENT"] == 8
+        assert result.status == "aborted"
+        assert isinstance(result.aborted, AuthError)
+        assert result.reason is not None
+        assert result.reason.startswith("project b: token rejected")
+        assert (result.succeeded, result.pending) == (8, 6)
+        resumed = await _run_projects(settings, {"a": a.api, "b": b.api}, a)
+        stats = (a.world.stats(), b.world.stats())
+    assert resumed.status == "succeeded"
+    assert [s["jobs_by_type"]["TRAINING"] for s in stats] == [8, 6]
+    assert all(s["max_jobs_per_model_and_type"] == 1 for s in stats)
+
+
+async def test_a_project_lost_mid_run_stops_alone_and_resumes(tmp_path: Path) -> None:
+    """b's server goes away mid-run: b's models in flight stop where they are, a's finish,
+    and the same run id finishes b without a second job."""
+
+    class GoneAfter:
+        def __init__(self, env: Emulated, polls: int) -> None:
+            self._env = env
+            self._polls = polls
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._env.api, name)
+
+        async def get_job(self, job_id: str) -> object:
+            self._polls -= 1
+            if self._polls < 0:
+                raise ServerUnavailable("ModelOps failed every request for 600 s")
+            return await self._env.api.get_job(job_id)
+
+    db = tmp_path / "fleet.db"
+    async with _two_projects(models_a=10, models_b=10) as (a, b):
+        settings = _projects_settings(a, b, db)
+        result = await _run_projects(settings, {"a": a.api, "b": GoneAfter(b, polls=8)}, a)
+        assert result.status == "aborted"
+        assert result.reason == "project b: ModelOps failed every request for 600 s"
+        assert a.world.stats()["jobs_by_type"]["RETIREMENT"] == 10
+        assert b.world.stats()["jobs_total"] > 0
+        assert result.pending > 0
+        assert result.succeeded + result.pending == 20
+        resumed = await _run_projects(settings, {"a": a.api, "b": b.api}, a)
+        stats = b.world.stats()
+    assert resumed.status == "succeeded"
+    assert resumed.succeeded == 20
+    assert stats["jobs_by_type"]["TRAINING"] == 10
+    assert stats["max_jobs_per_model_and_type"] == 1
+
+
+async def test_resuming_a_run_whose_project_is_gone_from_the_config_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A run with models of project b cannot resume without b: a ConfigError names it."""
+    db = tmp_path / "fleet.db"
+    async with _two_projects(models_a=2, models_b=2) as (a, b):
+        settings = _projects_settings(a, b, db, stages="train")
+        async with Store.open(db) as store:
+            await store.create_run("r", (Stage.TRAIN,), settings.model_specs(), "{}")
+        with pytest.raises(ConfigError, match="project b, which is not in the configuration"):
+            await _run_projects(settings, {"a": a.api}, a, run_id="r")
+        async with Store.open(db) as store:
+            assert (await store.run("r")).status == "running"

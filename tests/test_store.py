@@ -58,6 +58,34 @@ async def test_an_older_file_is_migrated_in_place(tmp_path: Path) -> None:
     assert run.reason is None
 
 
+async def test_models_of_a_file_from_before_projects_are_in_the_default_project(
+    tmp_path: Path,
+) -> None:
+    """A run stored at schema 3 reads back with each model in project default; new runs keep
+    each model's project."""
+    path = tmp_path / "fleet.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(f"{';'.join(_MIGRATIONS[:3])}; PRAGMA user_version = 3;")
+    conn.execute(
+        "INSERT INTO runs (id, created_at, updated_at, status, stages, settings)"
+        " VALUES ('old', '2026-11-24T00:00:00+00:00', '2026-11-24T00:00:00+00:00', 'failed',"
+        " 'train', '{}')"
+    )
+    conn.execute(
+        "INSERT INTO run_models (run_id, model_id, position, name, lifecycle)"
+        f" VALUES ('old', '{MODEL_IDS[0]}', 0, 'store-0000', '{{}}')"
+    )
+    conn.commit()
+    conn.close()
+    specs = [replace(spec, project="retail") for spec in _specs(2)]
+    async with Store.open(path) as store:
+        (old,) = await store.models("old")
+        await store.create_run("new", STAGE_ORDER, specs, "{}")
+        new = await store.models("new")
+    assert old.spec.project == "default"
+    assert [m.spec.project for m in new] == ["retail", "retail"]
+
+
 async def test_a_run_round_trips_with_models_in_order(tmp_path: Path) -> None:
     """Models come back in admission order with every stage pending and their settings."""
     async with Store.open(tmp_path / "fleet.db") as store:

@@ -1,8 +1,16 @@
 """The run: admit models in a fixed order, bound them globally and per stage, resume by run id.
 
-A pool of `concurrency` workers in one anyio task group takes models from a shared iterator in
-admission order, so memory grows with the models in flight, not with the size of the fleet.
-Each stage has a `CapacityLimiter` that bounds its remote jobs (or approval calls) at once.
+A pool of `concurrency` workers in one anyio task group takes models in admission order, so
+memory grows with the models in flight, not with the size of the fleet. Each stage has a
+`CapacityLimiter` that bounds its remote jobs (or approval calls) at once.
+
+A run may span several ModelOps projects (`[projects]`). Each has its own `Context`: its client,
+its job watcher, and the run's stage limiters or its own. A free worker takes the first model
+(in admission order) whose project is ready and under the project's own `concurrency`, so a
+project at its bound never holds the others' models back. A project that cannot go on (its
+token rejected, its server down past the outage budget) stops alone: its models in flight are
+cancelled where they stand (every step taken is recorded) and the rest wait for the next start;
+the other projects run to the end, and the run ends `aborted`, naming the project.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import socket
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -23,8 +31,8 @@ import anyio
 import structlog
 
 from fleet.client import ModelOps
-from fleet.config import ModelSpec, Settings
-from fleet.errors import ApiError, FleetError, RunNotFound, ungrouped
+from fleet.config import DEFAULT_PROJECT, ModelSpec, ProjectLimits, Settings
+from fleet.errors import ApiError, ConfigError, FleetError, RunNotFound, ungrouped
 from fleet.lifecycle import Context, RunAborted, run_model, transition, watching
 from fleet.polling import PollMode
 from fleet.stages import DONE, STAGE_ORDER, Outcome, Stage, StageState
@@ -90,6 +98,8 @@ class Progress:
     counts: dict[Stage, Counter[StageState]] = field(default_factory=dict)
     failures: deque[Failure] = field(default_factory=lambda: deque(maxlen=5))
     submissions: Counter[Stage] = field(default_factory=Counter)
+    # The same, by project (for each project's metrics).
+    project_submissions: dict[str, Counter[Stage]] = field(default_factory=dict)
 
     def start(self, models: list[ModelRecord], stages: tuple[Stage, ...]) -> None:
         self.started = self.clock()
@@ -154,7 +164,7 @@ def new_run_id(now: datetime | None = None) -> str:
 
 async def run(
     settings: Settings,
-    api: ModelOps,
+    api: ModelOps | Mapping[str, ModelOps],
     store: Store,
     *,
     run_id: str | None = None,
@@ -168,12 +178,16 @@ async def run(
 ) -> RunResult:
     """Run (or resume) the lifecycle of every model; the run's state is in `store`.
 
+    `api` is the client of each project by name, or the client of the one project of a
+    configuration without `[projects]`.
+
     Setting `stop` drains the run: no new model is admitted and no new job submitted, jobs in
     flight are left running on the server, and the run is recorded as interrupted. `sleep`
     and `clock` (monotonic seconds) go together: tests pass a virtual pair.
     """
     progress = progress or Progress()
     stop = stop or anyio.Event()
+    clients = dict(api) if isinstance(api, Mapping) else {DEFAULT_PROJECT: api}
     run_id = run_id or new_run_id()
     started = time.monotonic()
     async with _leased(store, settings.lease_ttl):
@@ -194,11 +208,13 @@ async def run(
         else:
             stages = existing.stages
             first = existing.from_stage or Stage.TRAIN
-            await store.set_run_status(run_id, RUN_RUNNING, finished=False)
         models = await store.models(run_id)
+        names = _projects_of(run_id, models, clients)
+        if existing is not None:
+            await store.set_run_status(run_id, RUN_RUNNING, finished=False)
         ctx = Context(
             run_id=run_id,
-            api=api,
+            api=clients[names[0]],
             store=store,
             limiters={stage: anyio.CapacityLimiter(settings.limits.of(stage)) for stage in Stage},
             poll_interval=settings.poll_interval,
@@ -224,26 +240,20 @@ async def run(
             models=len(models),
             resumed=existing is not None,
             stages=",".join(stages),
+            **({"projects": ",".join(names)} if len(names) > 1 else {}),
         )
         policy = FailurePolicy(settings.max_failures, settings.min_success_ratio)
-        aborted: FleetError | None = None
+        projects = _projects(settings, ctx, clients, names, progress)
         try:
-            await api.check_project()
-            async with watching(ctx) as watched:
-                await _drive(
-                    watched,
-                    _longest_first(models, ctx.expected),
-                    stages,
-                    concurrency=settings.concurrency,
-                    policy=policy,
-                    progress=progress,
-                )
-        except RunAborted as exc:
-            aborted = _fleet_error(exc)
-        except ApiError as exc:
-            # Transient past every retry, a rejected token, or a refusal before any model
-            # started (an unknown project, for one): the run stops and can be resumed.
-            aborted = exc
+            await _drive(
+                projects,
+                _longest_first(models, ctx.expected),
+                stages,
+                concurrency=settings.concurrency,
+                policy=policy,
+                progress=progress,
+                stop=stop,
+            )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await store.set_run_status(run_id, RUN_INTERRUPTED, finished=False)
@@ -253,7 +263,10 @@ async def run(
         result = await summarize(
             store, record, elapsed_s=time.monotonic() - started, resumed=existing is not None
         )
-        status, reason = _final_status(result, aborted, stop, policy, ctx.stop_training_at)
+        stopped = [p for p in projects.values() if p.error is not None]
+        aborted = stopped[0].error if stopped else None
+        why = "; ".join(p.why() for p in stopped) or None
+        status, reason = _final_status(result, why, stop, policy, ctx.stop_training_at)
         await store.set_run_status(
             run_id, status, finished=status in FINISHED_RUN_STATUSES, reason=reason
         )
@@ -272,13 +285,13 @@ async def run(
 
 def _final_status(
     result: RunResult,
-    aborted: FleetError | None,
+    aborted: str | None,
     stop: anyio.Event,
     policy: FailurePolicy,
     deadline: datetime | None,
 ) -> tuple[str, str | None]:
     if aborted is not None:
-        return RUN_ABORTED, str(aborted)
+        return RUN_ABORTED, aborted
     if policy.reason is not None:
         return RUN_HALTED, policy.reason
     if stop.is_set() and result.pending:
@@ -326,26 +339,229 @@ class FailurePolicy:
 
 
 async def _drive(
-    ctx: Context,
+    projects: Mapping[str, _Project],
     models: list[ModelRecord],
     stages: tuple[Stage, ...],
     *,
     concurrency: int,
     policy: FailurePolicy,
     progress: Progress,
+    stop: anyio.Event,
 ) -> None:
-    queue: Iterator[ModelRecord] = iter(models)
+    admission = _Admission(projects, models, stop)
 
     async def worker() -> None:
-        for model in queue:
-            if ctx.draining.is_set() or not policy.check(progress):
-                return
-            await run_model(ctx, model, stages)
+        while not stop.is_set() and policy.check(progress):
+            async with admission.take() as taken:
+                if taken is None:
+                    return
+                project, model = taken
+                await project.run_model(model, stages)
 
+    done = anyio.Event()
     with ungrouped():
         async with anyio.create_task_group() as tg:
-            for _ in range(min(concurrency, len(models))):
-                tg.start_soon(worker)
+            for project in projects.values():
+                tg.start_soon(project.open, admission, done)
+            tg.start_soon(_wake_on, stop, admission)
+            async with anyio.create_task_group() as workers:
+                for _ in range(min(concurrency, len(models))):
+                    workers.start_soon(worker)
+            done.set()
+            tg.cancel_scope.cancel()
+
+
+async def _wake_on(event: anyio.Event, admission: _Admission) -> None:
+    await event.wait()
+    admission.changed()
+
+
+@dataclass(slots=True, eq=False)
+class _Project:
+    """One project's part of the run: its context, its own bound on models in flight (None:
+    only the run's), its models not yet admitted, and the error that stopped it, if any."""
+
+    name: str
+    ctx: Context
+    limit: int | None
+    named: bool  # several projects: lines about a model name its project
+    pending: deque[tuple[int, ModelRecord]] = field(default_factory=deque)
+    in_flight: int = 0
+    ready: bool = False
+    error: FleetError | None = None
+    _scopes: set[anyio.CancelScope] = field(default_factory=set)
+    _admission: _Admission | None = None
+
+    @property
+    def admits(self) -> bool:
+        return (
+            self.ready
+            and bool(self.pending)
+            and (self.limit is None or self.in_flight < self.limit)
+        )
+
+    async def open(self, admission: _Admission, done: anyio.Event) -> None:
+        """Check the project, then follow its jobs until the run's models are done."""
+        self._admission = admission
+        try:
+            await self.ctx.api.check_project()
+        except ApiError as exc:
+            # A rejected token, an unknown project, a server down: nothing of it can start.
+            self.stop(exc)
+            return
+        async with watching(self.ctx) as watched:
+            self.ctx = watched
+            self.ready = True
+            admission.changed()
+            await done.wait()
+
+    async def run_model(self, model: ModelRecord, stages: tuple[Stage, ...]) -> None:
+        if self.error is not None:
+            return
+        with anyio.CancelScope() as scope, self._bound():
+            self._scopes.add(scope)
+            try:
+                await run_model(self.ctx, model, stages)
+            except RunAborted as exc:
+                self.stop(_fleet_error(exc))
+            except ApiError as exc:
+                # Transient past every retry and the outage budget, or an answer that says
+                # the project cannot go on: its models stop, to be resumed.
+                self.stop(exc)
+            finally:
+                self._scopes.discard(scope)
+
+    @contextmanager
+    def _bound(self) -> Iterator[None]:
+        if not self.named:
+            yield
+            return
+        with structlog.contextvars.bound_contextvars(project=self.name):
+            yield
+
+    def stop(self, error: FleetError) -> None:
+        """Admit none of this project's models, and cancel those in flight where they stand."""
+        if self.error is None:
+            self.error = error
+            log.error("fleet.project.stopped", project=self.name, error=str(error))
+        self.pending.clear()
+        for scope in self._scopes:
+            scope.cancel()
+        if self._admission is not None:
+            self._admission.changed()
+
+    def why(self) -> str:
+        return f"project {self.name}: {self.error}" if self.named else str(self.error)
+
+
+class _Admission:
+    """Which model a free worker takes next: the first in admission order whose project is
+    ready and under its own bound; a worker waits while none is."""
+
+    def __init__(
+        self, projects: Mapping[str, _Project], models: list[ModelRecord], stop: anyio.Event
+    ) -> None:
+        self._projects = tuple(projects.values())
+        for position, model in enumerate(models):
+            projects[model.spec.project].pending.append((position, model))
+        self._stop = stop
+        self._changed = anyio.Event()
+
+    def changed(self) -> None:
+        """Wake the waiting workers: a project became ready, stopped, or has room again."""
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    @asynccontextmanager
+    async def take(self) -> AsyncIterator[tuple[_Project, ModelRecord] | None]:
+        """The next model and its project, counted in flight for the block; None: no more."""
+        while True:
+            if self._stop.is_set() or not any(p.pending for p in self._projects):
+                yield None
+                return
+            open_ = [p for p in self._projects if p.admits]
+            if open_:
+                break
+            await self._changed.wait()
+        project = min(open_, key=lambda p: p.pending[0][0])
+        _, model = project.pending.popleft()
+        project.in_flight += 1
+        try:
+            yield project, model
+        finally:
+            project.in_flight -= 1
+            self.changed()
+
+
+def _projects(
+    settings: Settings,
+    ctx: Context,
+    clients: Mapping[str, ModelOps],
+    names: Sequence[str],
+    progress: Progress,
+) -> dict[str, _Project]:
+    """Each project's part of the run: its client, and the shared stage limiters or its own."""
+    own = settings.every_project()
+    shared = ctx.limiters
+    several = len(names) > 1
+    return {
+        name: _Project(
+            name,
+            replace(
+                ctx,
+                api=clients[name],
+                limiters=_limiters(shared, own[name].limits if name in own else None),
+                progress=_ProjectProgress(progress, name) if several else ctx.progress,
+            ),
+            limit=own[name].limits.concurrency if name in own else None,
+            named=several,
+        )
+        for name in names
+    }
+
+
+def _limiters(
+    shared: Mapping[Stage, anyio.CapacityLimiter], own: ProjectLimits | None
+) -> dict[Stage, anyio.CapacityLimiter]:
+    """The run's stage limiters, except where the project has its own limit."""
+    limiters = dict(shared)
+    for stage in Stage:
+        limit = None if own is None else own.of(stage)
+        if limit is not None:
+            limiters[stage] = anyio.CapacityLimiter(limit)
+    return limiters
+
+
+@dataclass(frozen=True, slots=True)
+class _ProjectProgress:
+    """The run's progress, with one project's submissions also counted apart."""
+
+    run: Progress
+    project: str
+
+    def moved(self, stage: Stage, before: StageState, after: StageState) -> None:
+        self.run.moved(stage, before, after)
+        if after is StageState.SUBMITTING:
+            self.run.project_submissions.setdefault(self.project, Counter())[stage] += 1
+
+    def model_finished(
+        self, model: ModelRecord, failed: StageRecord | None, *, rejected: bool = False
+    ) -> None:
+        self.run.model_finished(model, failed, rejected=rejected)
+
+
+def _projects_of(
+    run_id: str, models: Sequence[ModelRecord], clients: Mapping[str, ModelOps]
+) -> list[str]:
+    """The projects the run's models are in, in the order of `clients`; each must have one."""
+    needed = {model.spec.project for model in models}
+    missing = sorted(needed - clients.keys())
+    if missing:
+        raise ConfigError(
+            f"projects: run {run_id} has models of project {missing[0]}, which is not in the "
+            "configuration; add it back to resume the run"
+        )
+    return [name for name in clients if name in needed] or list(clients)[:1]
 
 
 def _longest_first(
@@ -479,6 +695,14 @@ def _fleet_error(exc: RunAborted) -> FleetError:
 
 
 def _settings_summary(settings: Settings) -> str:
-    """What the run was started with, for reports; the token is excluded, never stored."""
-    data = settings.model_dump(mode="json", exclude={"models": True, "api": {"token"}})
+    """What the run was started with, for reports; secrets are excluded, never stored."""
+    secrets = {"token", "client_secret"}
+    data = settings.model_dump(
+        mode="json",
+        exclude={
+            "models": True,
+            "api": secrets,
+            "projects": {"__all__": {"models": True, "api": secrets}},
+        },
+    )
     return json.dumps(data, sort_keys=True)

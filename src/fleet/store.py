@@ -110,6 +110,10 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN from_stage TEXT;
     """,
+    # The ModelOps project of each model (config.DEFAULT_PROJECT: [api]'s, as all were before).
+    """
+    ALTER TABLE run_models ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+    """,
 )
 
 _INSERT_RUN = (
@@ -117,7 +121,8 @@ _INSERT_RUN = (
     " VALUES (?, ?, ?, 'running', ?, ?, ?)"
 )
 _INSERT_MODEL = (
-    "INSERT INTO run_models (run_id, model_id, position, name, lifecycle) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO run_models (run_id, model_id, position, name, lifecycle, project)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _INSERT_STAGE = (
     "INSERT INTO stages (run_id, model_id, stage, state, updated_at) VALUES (?, ?, ?, 'pending', ?)"
@@ -383,7 +388,14 @@ class Store:
             statements.append(
                 (
                     _INSERT_MODEL,
-                    (run_id, spec.id, position, spec.name, spec.lifecycle.model_dump_json()),
+                    (
+                        run_id,
+                        spec.id,
+                        position,
+                        spec.name,
+                        spec.lifecycle.model_dump_json(),
+                        spec.project,
+                    ),
                 )
             )
             statements.extend(
@@ -578,6 +590,7 @@ class Store:
                     id=row["model_id"],
                     name=row["name"],
                     lifecycle=Lifecycle.model_validate_json(row["lifecycle"]),
+                    project=row["project"],
                 ),
                 position=row["position"],
                 stages=dict(sorted(by_model.get(row["model_id"], {}).items(), key=_stage_key)),
