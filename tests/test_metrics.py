@@ -16,7 +16,14 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.errors import ApiError, ConfigError
-from fleet.metrics import RunFigures, push, registry_for, write_textfile
+from fleet.metrics import (
+    RunFigures,
+    push,
+    registry_for,
+    registry_of,
+    write_registry,
+    write_textfile,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -370,3 +377,19 @@ def test_malformed_gateway_address_is_a_config_error(address: str) -> None:
     with pytest.raises(ConfigError, match="not a valid URL") as caught:
         push(FIGURES, address, project=PROJECT)
     assert "\n" not in str(caught.value)
+
+
+def test_several_projects_share_one_textfile_each_family_once(tmp_path: Path) -> None:
+    """registry_of two projects' figures: every family once, with each project's series."""
+    other = "7c0f6d2e-3b1a-4e5f-9a8b-2d4c6e8f0a1b"
+    path = tmp_path / "fleet.prom"
+    write_registry(registry_of({PROJECT: FIGURES, other: replace(FIGURES, retries=1)}), path)
+    text = path.read_text()
+    families = list(text_string_to_metric_families(text))
+    assert len({f.name for f in families}) == len(families)
+    retries = next(f for f in families if f.name == "fleet_retries")
+    assert {s.labels["project"]: s.value for s in retries.samples if s.name.endswith("_total")} == {
+        PROJECT: 12,
+        other: 1,
+    }
+    assert text.count("# TYPE fleet_models gauge") == 1

@@ -22,6 +22,8 @@ or run would multiply. The families:
     fleet_breaker_opened_total               counter
 
 The counters hold one run's totals and start from zero with the next run, as a batch job's do.
+A run over several ModelOps projects has figures per project: one textfile holds each
+project's series (`registry_of`), and each project is pushed to its own group.
 """
 
 from __future__ import annotations
@@ -108,10 +110,23 @@ class RunFigures:
 
 def registry_for(figures: RunFigures, *, project: str) -> CollectorRegistry:
     """A new registry holding this run's metrics, every series labelled with `project`."""
-    if not project:
+    return registry_of({project: figures})
+
+
+def registry_of(by_project: Mapping[str, RunFigures]) -> CollectorRegistry:
+    """A new registry holding the figures of each project (by project id), one family per
+    metric with every project's series in it."""
+    if not by_project or not all(by_project):
         raise ValueError("project must be a ModelOps project id, not empty")
+    families: dict[str, Metric] = {}
+    for project, figures in by_project.items():
+        for family in _families(figures, project):
+            if family.name in families:
+                families[family.name].samples.extend(family.samples)
+            else:
+                families[family.name] = family
     registry = CollectorRegistry()
-    registry.register(_Snapshot(tuple(_families(figures, project))))
+    registry.register(_Snapshot(tuple(families.values())))
     return registry
 
 
@@ -122,7 +137,11 @@ def write_textfile(figures: RunFigures, path: Path, *, project: str) -> None:
     collector ignores as it reads only `*.prom`) and is renamed over it, so a scrape sees the
     previous run's file or this one's, never half of one. Raises `ConfigError` when it cannot.
     """
-    registry = registry_for(figures, project=project)
+    write_registry(registry_for(figures, project=project), path)
+
+
+def write_registry(registry: CollectorRegistry, path: Path) -> None:
+    """`write_textfile` of any registry (`registry_of` several projects' figures)."""
     try:
         write_to_textfile(os.fspath(path), registry)
     except OSError as exc:
@@ -353,9 +372,18 @@ async def figures_of(
     client: ModelOpsClient,
     *,
     started_at: float,
+    project: str | None = None,
 ) -> RunFigures:
-    """Gather a finished run's figures from its state, its progress counts and its client."""
-    models = await store.models(result.run_id)
+    """Gather a finished run's figures from its state, its progress counts and its client;
+    with `project`, of that project's models only (the client is the project's)."""
+    models = [
+        model
+        for model in await store.models(result.run_id)
+        if project is None or model.spec.project == project
+    ]
+    submissions = progress.submissions
+    if project is not None:
+        submissions = progress.project_submissions.get(project, Counter())
     durations: dict[str, list[float]] = {}
     for model in models:
         for stage, record in model.stages.items():
@@ -369,7 +397,7 @@ async def figures_of(
         finished_at=max(time.time(), started_at),
         models_by_outcome=dict(Counter(model_outcome(m).value for m in models)),
         stage_durations=durations,
-        submissions={stage.value: n for stage, n in progress.submissions.items()},
+        submissions={stage.value: n for stage, n in submissions.items()},
         polls=client.stats.polls,
         requests=dict(client.stats.requests),
         http_errors=dict(client.stats.errors),
