@@ -435,3 +435,35 @@ def test_a_run_spread_over_files_takes_the_status_that_matters_most() -> None:
     assert merged_status(["interrupted", "aborted"]) == "aborted"
     assert merged_status(["succeeded", "succeeded"]) == "succeeded"
     assert merged_status(["succeeded", "paused-by-a-newer-fleet"]) == "paused-by-a-newer-fleet"
+
+
+async def test_a_run_over_several_projects_is_reported_per_project(state: Path) -> None:
+    """Totals per project in every format, a project column, and JUnit classes by project;
+    a run of one project shows none of it."""
+    report = await _report(state)
+    assert "## Projects" not in render(report, "md")
+    assert json.loads(render(report, "json"))["projects"] == {
+        "default": {o.value: n for o, n in report.totals.items()}
+    }
+    models = tuple(
+        replace(m, project="retail" if i % 3 else "outlet") for i, m in enumerate(report.models)
+    )
+    several = replace(report, models=models)
+    expected = {
+        project: Counter(m.outcome.value for m in models if m.project == project)
+        for project in ("outlet", "retail")
+    }
+    document = json.loads(render(several, "json"))
+    assert {p: {o: n for o, n in t.items() if n} for p, t in document["projects"].items()} == (
+        expected
+    )
+    assert {m["project"] for m in document["models"]} == {"outlet", "retail"}
+    text = render(several, "md")
+    assert "## Projects" in text
+    assert f"| outlet | {models[0].name} | {models[0].outcome} |" in text
+    root = ET.fromstring(render(several, "junit"))
+    classes = Counter(case.get("classname") for case in root.iter("testcase"))
+    assert classes == {
+        f"fleet.{NIGHT_2}.{p}": sum(counts.values()) for p, counts in expected.items()
+    }
+    assert "<h2>Projects</h2>" in render(several, "html")

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Literal
 
+from fleet.config import DEFAULT_PROJECT
 from fleet.scheduler import model_outcome
 from fleet.stages import DONE, Outcome, Stage, StageState
 from fleet.statefiles import RunState, Source, StateFiles
@@ -90,6 +91,7 @@ class ModelReport:
     root_cause: str | None
     skipped_because: str | None  # e.g. "approve, deploy, retire not run: evaluate failed"
     db: str | None = None  # the state file it was read from
+    project: str = DEFAULT_PROJECT  # the ModelOps project, by its name in the configuration
 
     @property
     def stage_reached(self) -> Stage | None:
@@ -190,6 +192,19 @@ class RunReport:
 
     def with_outcome(self, *outcomes: Outcome) -> list[ModelReport]:
         return [m for m in self.models if m.outcome in outcomes]
+
+    @property
+    def projects(self) -> dict[str, dict[Outcome, int]]:
+        """The totals of each project, in the order of their first models."""
+        by_project: dict[str, dict[Outcome, int]] = {}
+        for model in self.models:
+            totals = by_project.setdefault(model.project, dict.fromkeys(OUTCOME_ORDER, 0))
+            totals[model.outcome] += 1
+        return by_project
+
+    @property
+    def several_projects(self) -> bool:
+        return len({m.project for m in self.models}) > 1
 
     @property
     def left_for_next_run(self) -> list[ModelReport]:
@@ -369,6 +384,7 @@ def _model_report(
         root_cause=root_cause(error) if failed else None,
         skipped_because=_skipped_because(path, failed),
         db=db,
+        project=model.spec.project,
     )
 
 
@@ -482,6 +498,7 @@ def _plain(value: object) -> Any:
         if isinstance(value, RunReport):
             plain = {"report_version": REPORT_VERSION, **plain}
             plain["duration_s"] = value.duration_s
+            plain["projects"] = _plain(value.projects)
         if isinstance(value, ModelReport):
             plain["stage_reached"] = _plain(value.stage_reached)
             plain["attempts_made"] = value.attempts_made
@@ -517,13 +534,21 @@ def _markdown(report: RunReport) -> str:
         lines += ["", f"> **Warning:** {one_line(warning, 400)}"]
     lines += ["", "| outcome | models |", "|---|---:|"]
     lines += [f"| {o} | {report.totals.get(o, 0)} |" for o in OUTCOME_ORDER]
-    lines += [f"| **total** | **{len(report.models)}** |", "", "## Models", ""]
+    lines += [f"| **total** | **{len(report.models)}** |"]
+    several = report.several_projects
+    if several:
+        lines += ["", *_markdown_projects(report)]
+    lines += ["", "## Models", ""]
     lines += [
-        "| model | outcome | stage reached | attempts | decision | error |",
-        "|---|---|---|---:|---|---|",
+        (
+            f"| {'project | ' if several else ''}model | outcome | stage reached | attempts "
+            "| decision | error |"
+        ),
+        f"|{'---|' if several else ''}---|---|---|---:|---|---|",
     ]
     lines += [
-        f"| {_cell(m.name)} | {m.outcome} | {m.stage_reached or DASH} | {m.attempts_made} "
+        f"| {f'{_cell(m.project)} | ' if several else ''}{_cell(m.name)} | {m.outcome} "
+        f"| {m.stage_reached or DASH} | {m.attempts_made} "
         f"| {_cell(m.decision or '')} | {_cell(m.error or '')} |"
         for m in report.models
     ]
@@ -531,6 +556,19 @@ def _markdown(report: RunReport) -> str:
     if report.comparison is not None:
         lines += ["", *_markdown_comparison(report.comparison)]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_projects(report: RunReport) -> list[str]:
+    lines = ["## Projects", ""]
+    lines += ["| project | " + " | ".join(OUTCOME_ORDER) + " | total |"]
+    lines += ["|---|" + "---:|" * (len(OUTCOME_ORDER) + 1)]
+    lines += [
+        f"| {_cell(project)} | "
+        + " | ".join(str(totals[o]) for o in OUTCOME_ORDER)
+        + f" | {sum(totals.values())} |"
+        for project, totals in report.projects.items()
+    ]
+    return lines
 
 
 def _markdown_failures(report: RunReport) -> list[str]:
@@ -625,17 +663,22 @@ def _junit(report: RunReport) -> str:
         ET.SubElement(properties, "property", name="source", value=_xml(described))
     for warning in report.warnings:
         ET.SubElement(properties, "property", name="warning", value=_xml(warning))
+    several = report.several_projects
     for model in report.models:
-        _junit_case(suite, report.run_id, model)
+        _junit_case(suite, report.run_id, model, several=several)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, "unicode") + "\n"
 
 
-def _junit_case(suite: ET.Element, run_id: str, model: ModelReport) -> None:
+def _junit_case(
+    suite: ET.Element, run_id: str, model: ModelReport, *, several: bool = False
+) -> None:
+    # With several projects, CI tools group the cases by project through their class name.
+    classname = f"fleet.{run_id}.{model.project}" if several else f"fleet.{run_id}"
     case = ET.SubElement(
         suite,
         "testcase",
-        classname=_xml(f"fleet.{run_id}"),
+        classname=_xml(classname),
         name=_xml(model.name),
         time=f"{model.duration_s or 0.0:.3f}",
     )
@@ -654,7 +697,8 @@ def _junit_case(suite: ET.Element, run_id: str, model: ModelReport) -> None:
 
 
 def _junit_details(model: ModelReport) -> list[str]:
-    lines = [f"model {model.name} ({model.id})", f"root cause: {model.root_cause}"]
+    project = "" if model.project == DEFAULT_PROJECT else f" in project {model.project}"
+    lines = [f"model {model.name} ({model.id}){project}", f"root cause: {model.root_cause}"]
     if model.skipped_because:
         lines.append(model.skipped_because)
     lines.append("path:")

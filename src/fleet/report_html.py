@@ -133,7 +133,20 @@ def _html_totals(report: RunReport) -> str:
         for o in OUTCOME_ORDER
         if report.totals.get(o, 0)
     )
-    return f'<div class="cards">{cards}</div><div class="share">{share}</div>'
+    html = f'<div class="cards">{cards}</div><div class="share">{share}</div>'
+    if report.several_projects:
+        head = "".join(f"<th class=num>{_e(o)}</th>" for o in OUTCOME_ORDER)
+        rows = "".join(
+            f"<tr><td>{_e(project)}</td>"
+            + "".join(f"<td class=num>{totals[o]}</td>" for o in OUTCOME_ORDER)
+            + f"<td class=num>{sum(totals.values())}</td></tr>"
+            for project, totals in report.projects.items()
+        )
+        html += (
+            f"<h2>Projects</h2><table><thead><tr><th>project</th>{head}"
+            f"<th class=num>total</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    return html
 
 
 def _legend(report: RunReport) -> str:
@@ -427,8 +440,11 @@ def _html_slower(comparison: Comparison) -> str:
 
 
 def _html_models(report: RunReport) -> str:
+    several = report.several_projects
     rows = "".join(
-        f"<tr><td class=num>{m.position + 1}</td><td>{_e(m.name)}</td>"
+        f"<tr><td class=num>{m.position + 1}</td>"
+        + (f"<td>{_e(m.project)}</td>" if several else "")
+        + f"<td>{_e(m.name)}</td>"
         f"<td>{_pill(m.outcome, OUTCOME_COLOURS[m.outcome])}</td>"
         f"<td>{_e(m.stage_reached or DASH)}</td><td class=num>{m.attempts_made}</td>"
         f"<td>{_e(m.decision or DASH)}</td><td class=num>{format_duration(m.duration_s)}</td>"
@@ -436,7 +452,9 @@ def _html_models(report: RunReport) -> str:
         for m in report.models
     )
     return (
-        "<table><thead><tr><th class=num>#</th><th>model</th><th>outcome</th>"
+        "<table><thead><tr><th class=num>#</th>"
+        + ("<th>project</th>" if several else "")
+        + "<th>model</th><th>outcome</th>"
         "<th>stage reached</th><th class=num>attempts</th><th>decision</th>"
         f"<th class=num>time</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>"
     )

@@ -15,7 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from fleet.scheduler import ProgressSnapshot, model_outcome
-from fleet.stages import Stage, StageState
+from fleet.stages import Outcome, Stage, StageState
 from fleet.statefiles import StateFiles
 
 
@@ -64,8 +64,12 @@ async def status_document(dbs: Sequence[Path], run_id: str | None) -> dict[str, 
         state = await files.read(run_id)
     record = state.run
     counts: dict[str, dict[str, int]] = {stage.value: {} for stage in record.stages}
+    projects: dict[str, dict[str, int]] = {}
     rows = []
     for model in state.models:
+        outcome = model_outcome(model).value
+        of_project = projects.setdefault(model.spec.project, {})
+        of_project[outcome] = of_project.get(outcome, 0) + 1
         current = _current_stage(model.stages, record.stages)
         for stage, stage_record in model.stages.items():
             bucket = counts.setdefault(stage.value, {})
@@ -74,7 +78,8 @@ async def status_document(dbs: Sequence[Path], run_id: str | None) -> dict[str, 
             {
                 "model_id": model.spec.id,
                 "name": model.spec.name,
-                "outcome": model_outcome(model).value,
+                "project": model.spec.project,
+                "outcome": outcome,
                 "stage": current[0].value,
                 "state": current[1].state.value,
                 "job_id": current[1].job_id,
@@ -105,6 +110,7 @@ async def status_document(dbs: Sequence[Path], run_id: str | None) -> dict[str, 
         "warnings": list(state.warnings),
         "overlaps": {model_id: list(files) for model_id, files in state.overlaps.items()},
         "stages": counts,
+        "projects": projects,
         "models": rows,
     }
 
@@ -158,8 +164,12 @@ def status_view(document: dict[str, Any]) -> list[RenderableType]:
     for stage, by_state in document["stages"].items():
         counts.add_row(stage, *(str(by_state.get(state, 0)) for state in states))
     shown.append(counts)
+    several = len(document["projects"]) > 1
+    if several:
+        shown.append(_projects_table(document["projects"]))
     models = Table(title="models", title_justify="left")
-    for column in ("name", "outcome", "stage", "state", "attempt", "job", "decision", "note"):
+    columns = ("name", "outcome", "stage", "state", "attempt", "job", "decision", "note")
+    for column in ("project", *columns) if several else columns:
         models.add_column(column, overflow="fold")
     for row in document["models"]:
         note = row["error"] or ""
@@ -168,6 +178,7 @@ def status_view(document: dict[str, Any]) -> list[RenderableType]:
         if row["monitor"] and row["monitor"]["flag"] != "ok":
             note = f"monitor {row['monitor']['flag']}: {row['monitor']['detail']}"
         models.add_row(
+            *((row["project"],) if several else ()),
             row["name"],
             row["outcome"],
             row["stage"],
@@ -179,6 +190,20 @@ def status_view(document: dict[str, Any]) -> list[RenderableType]:
         )
     shown.append(models)
     return shown
+
+
+def _projects_table(projects: dict[str, dict[str, int]]) -> Table:
+    """How the models of each project stand, for a run over several projects."""
+    table = Table(title="projects", title_justify="left")
+    table.add_column("project")
+    outcomes = [o.value for o in Outcome if any(o.value in counts for counts in projects.values())]
+    for outcome in (*outcomes, "total"):
+        table.add_column(outcome, justify="right")
+    for project, counts in projects.items():
+        table.add_row(
+            project, *(str(counts.get(o, 0)) for o in outcomes), str(sum(counts.values()))
+        )
+    return table
 
 
 def _files_table(sources: list[dict[str, Any]]) -> Table:
