@@ -297,6 +297,8 @@ def fleet_config(workdir: Path, url: str, limits: dict[str, int], args: argparse
 concurrency = {limits["concurrency"]}
 # fleet's default 5 s between polls, in simulated time.
 poll_interval = {args.poll_interval / args.time_scale!r}
+# The shortest gap between two looks at the server's jobs, in simulated time.
+poll_floor = {args.poll_floor / args.time_scale!r}
 progress_interval = 10.0
 db = "{workdir / "fleet.db"}"
 models_file = "{workdir / "models.csv"}"
@@ -544,6 +546,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, help="models in flight (default 2 x train)")
     parser.add_argument(
         "--poll-interval", type=float, default=5.0, help="simulated s between polls, both sides"
+    )
+    parser.add_argument(
+        "--poll-floor",
+        type=float,
+        default=0.5,
+        help="fleet: simulated s at least between two looks at the server's jobs",
     )
     parser.add_argument("--threshold", type=float, default=0.7, help="approve Accuracy >= this")
     parser.add_argument("--no-baseline", action="store_true", help="measure fleet only")

@@ -58,7 +58,7 @@ class FakeJobs:
         self.calls["get"] += 1
         return self._job(job_id)
 
-    async def changed_jobs(self, since: datetime | None) -> list[Job]:
+    async def changed_jobs(self, since: datetime | None, page_size: int = 20) -> list[Job]:
         self.calls["changes"] += 1
         if self.fail_with is not None:
             raise self.fail_with

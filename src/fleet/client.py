@@ -43,8 +43,6 @@ _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # so a POST that got one may be sent again; any other failure of a POST may have been applied.
 _REFUSED_STATUSES = frozenset({429, 503})
 _PAGE_SIZE = 100
-# A look at what changed reads one small page most of the time.
-_CHANGES_PAGE_SIZE = 50
 _MAX_PAGE = 1000  # Spring Data REST's cap on `size`
 _UNFINISHED_JOB_STATUSES = ("CREATED", "SCHEDULED", "ASSIGNED", "RUNNING")
 # The largest answer fleet reads: a page of 100 jobs with their metadata is ~200 KB.
@@ -167,7 +165,7 @@ class ModelOps(Protocol):
     async def train(self, model_id: str, request: TrainRequest) -> Job: ...
     async def get_job(self, job_id: str) -> Job: ...
     def recent_jobs(self, limit: int) -> AsyncIterator[Job]: ...
-    async def changed_jobs(self, since: datetime | None) -> list[Job]: ...
+    async def changed_jobs(self, since: datetime | None, page_size: int = 20) -> list[Job]: ...
     async def unfinished_jobs(self) -> list[Job]: ...
     async def evaluate(self, trained_model_id: str, request: EvaluateRequest) -> Job: ...
     async def events(self, trained_model_id: str) -> list[Event]: ...
@@ -296,16 +294,17 @@ class ModelOpsClient:
             if seen >= limit:
                 return
 
-    async def changed_jobs(self, since: datetime | None) -> list[Job]:
+    async def changed_jobs(self, since: datetime | None, page_size: int = 20) -> list[Job]:
         """Jobs whose status changed at or after `since` (server time), most recent first.
 
-        Without `since`, only the first page: enough to learn where the changes are now.
+        Pages of `page_size` are read until one reaches back past `since`; without `since`,
+        only the first page: enough to learn where the changes are now.
         Raises PermanentApiError when the server cannot sort jobs by `updatedAt`.
         """
         params = {"sort": "updatedAt,desc", "projection": "expandJob"}
         jobs: list[Job] = []
         last: datetime | None = None
-        async for item in self._pages("/api/jobs", "jobs", params, size=_CHANGES_PAGE_SIZE):
+        async for item in self._pages("/api/jobs", "jobs", params, size=page_size):
             job = _parse_job(item)
             if job.updated_at is None:
                 raise ProtocolError(f"/api/jobs: a job has no updatedAt: {_excerpt(item)}")
@@ -315,7 +314,7 @@ class ModelOpsClient:
             if since is not None and last < since:
                 break
             jobs.append(job)
-            if since is None and len(jobs) >= _CHANGES_PAGE_SIZE:
+            if since is None and len(jobs) >= page_size:
                 break
         return jobs
 
