@@ -30,7 +30,7 @@ FLAVOUR picks how fleet runs:
 
 Airflow retries any failed try; it cannot tell fleet's exit codes apart. A retry of a night
 that already ended (exit 1: models failed; exit 2: bad configuration) returns the same code
-at once, so it costs only `retry_delay`. See docs/nightly.md.
+at once, so it costs only `retry_delay`. See the README, "Running nightly".
 
 Works with Airflow 2.9+ and 3.x.
 """
