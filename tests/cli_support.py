@@ -42,7 +42,9 @@ def json_lines(text: str) -> list[dict[str, object]]:
 
 
 @contextmanager
-def emulator(tmp_path: Path, *args: str) -> Iterator[str]:
+def emulator(
+    tmp_path: Path, *args: str, token: str = TOKEN, models_csv: str = "models.csv"
+) -> Iterator[str]:
     """`fleet sim` on a free loopback port; yields its base URL once it listens."""
     proc = subprocess.Popen(
         [
@@ -53,9 +55,9 @@ def emulator(tmp_path: Path, *args: str) -> Iterator[str]:
             "--port",
             "0",
             "--token",
-            TOKEN,
+            token,
             "--models-csv",
-            str(tmp_path / "models.csv"),
+            str(tmp_path / models_csv),
             *args,
         ],
         cwd=tmp_path,

@@ -381,3 +381,107 @@ def test_status_and_report_change_no_file(tmp_path: Path) -> None:
         done = fleet(*args, "--db", "fleet.shard-*.db", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
     assert snapshot() == before
+
+
+# -- several projects -----------------------------------------------------------------------
+
+PROJECT_A = SimSettings().project_id
+PROJECT_B = "7c0f6d2e-3b1a-4e5f-9a8b-2d4c6e8f0a1b"
+TOKEN_B = "project-b-token-51c7e9"
+
+
+def _two_projects_config(tmp_path: Path, url_a: str, url_b: str) -> Path:
+    """Projects a and b, each on its own server with its own models; b's token in a file,
+    and b one model at a time."""
+    (tmp_path / "b-token").write_text(TOKEN_B + "\n")
+    config = tmp_path / "projects.toml"
+    config.write_text(
+        f"""
+[projects.a]
+models_file = "a.csv"
+[projects.a.api]
+url = "{url_a}"
+project_id = "{PROJECT_A}"
+
+[projects.b]
+models_file = "b.csv"
+limits = {{ concurrency = 1 }}
+[projects.b.api]
+url = "{url_b}"
+project_id = "{PROJECT_B}"
+token_file = "{tmp_path / "b-token"}"
+"""
+    )
+    return config
+
+
+def test_one_run_drives_two_projects_each_on_its_own_server(tmp_path: Path) -> None:
+    """Two `fleet sim` (two projects, two tokens): plan, run, status and report per project;
+    each server gets only its models' jobs, b's concurrency holds, and no token is written."""
+    with (
+        emulator(tmp_path, "--models", "6", "--time-scale", "5000", models_csv="a.csv") as url_a,
+        emulator(
+            tmp_path, "--models", "4", "--time-scale", "5000", "--seed", "2",
+            "--project-id", PROJECT_B, token=TOKEN_B, models_csv="b.csv",
+        ) as url_b,
+    ):  # fmt: skip
+        config = str(_two_projects_config(tmp_path, url_a, url_b))
+        env = {"FLEET_PROJECTS__A__API__TOKEN": TOKEN}
+        plan = fleet("plan", "--config", config, "--json", cwd=tmp_path, env=env)
+        assert plan.returncode == 0, plan.stderr
+        assert json.loads(plan.stdout)["projects"] == {"a": {"submit": 6}, "b": {"submit": 4}}
+        done = fleet(
+            "run", "--run-id", "two", "--config", config, "--log-level", "debug", *FAST,
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "10 of 10 models succeeded" in done.stderr
+        stats = {"a": sim_stats(url_a), "b": sim_stats(url_b)}
+    assert {name: s["jobs_by_type"]["TRAINING"] for name, s in stats.items()} == {"a": 6, "b": 4}
+    assert all(s["max_jobs_per_model_and_type"] == 1 for s in stats.values())
+    assert stats["b"]["peak_running_jobs"] == 1
+    lines = json_lines(done.stdout)
+    assert {x.get("project") for x in lines if x["event"] == "fleet.stage.submitted"} == {"a", "b"}
+    status = json.loads(fleet("status", "two", "--json", cwd=tmp_path).stdout)
+    assert status["projects"] == {"a": {"succeeded": 6}, "b": {"succeeded": 4}}
+    assert sorted(m["project"] for m in status["models"]) == ["a"] * 6 + ["b"] * 4
+    text = fleet("status", "two", cwd=tmp_path).stdout
+    assert "projects" in text
+    report = fleet("report", "two", cwd=tmp_path).stdout
+    assert "## Projects" in report
+    assert "| a | 6 | 0 | 0 | 0 | 0 | 6 |" in report
+    written = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("fleet.db"))
+    for secret in (TOKEN, TOKEN_B):
+        assert secret not in done.stdout + done.stderr + report + text
+        assert secret.encode() not in written
+
+
+def test_a_project_whose_server_is_down_stops_alone_with_exit_3(tmp_path: Path) -> None:
+    """b's server does not answer: a's models all finish, b's wait, and fleet exits 3 naming
+    b; the same run id finishes b once its server is back."""
+    with emulator(tmp_path, "--models", "5", "--time-scale", "5000", models_csv="a.csv") as url_a:
+        with emulator(
+            tmp_path, "--models", "3", "--seed", "2", "--project-id", PROJECT_B,
+            token=TOKEN_B, models_csv="b.csv",
+        ):  # fmt: skip
+            pass  # b.csv written; the server is gone
+        config = str(_two_projects_config(tmp_path, url_a, "http://127.0.0.1:9/modelops/core"))
+        env = {"FLEET_PROJECTS__A__API__TOKEN": TOKEN, "FLEET_PROJECTS__B__API__OUTAGE_BUDGET": "1"}
+        done = fleet(
+            "run", "--run-id", "n", "--config", config, "--api.retry-budget", "1",
+            "--api.retry-attempts", "2", *FAST, cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert done.returncode == 3, done.stderr
+        assert "5 of 8 models succeeded" in done.stderr
+        assert "the run could not proceed: project b: cannot reach ModelOps" in done.stderr
+        assert "Traceback" not in done.stderr
+        with emulator(
+            tmp_path, "--models", "3", "--time-scale", "5000", "--seed", "2",
+            "--project-id", PROJECT_B, token=TOKEN_B, models_csv="b.csv",
+        ) as url_b:  # fmt: skip
+            config = str(_two_projects_config(tmp_path, url_a, url_b))
+            again = fleet("run", "--run-id", "n", "--config", config, *FAST, cwd=tmp_path, env=env)
+            assert again.returncode == 0, again.stderr
+            assert "8 of 8 models succeeded" in again.stderr
+            assert sim_stats(url_b)["jobs_by_type"]["TRAINING"] == 3
+        assert sim_stats(url_a)["jobs_by_type"]["TRAINING"] == 5

@@ -19,7 +19,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,9 +34,18 @@ from rich.table import Table
 from fleet import __version__, sim
 from fleet import logging as fleet_logging
 from fleet.client import ModelOps, ModelOpsClient, RetryPolicy
-from fleet.config import ModelEntry, ModelSpec, Settings, env_name, flag_specs, load_settings
+from fleet.config import (
+    DEFAULT_PROJECT,
+    ModelEntry,
+    ModelSpec,
+    Settings,
+    api_section,
+    env_name,
+    flag_specs,
+    load_settings,
+)
 from fleet.errors import ConfigError, FleetError, RunNotFound, StoreError, ungrouped
-from fleet.metrics import figures_of, push, write_textfile
+from fleet.metrics import figures_of, push, registry_of, write_registry
 from fleet.report import RunReport, build_report, render
 from fleet.scheduler import (
     FINISHED_RUN_STATUSES,
@@ -52,8 +62,8 @@ from fleet.selection import (
     plan_new,
     plan_resume,
     select,
-    specs_with,
     totals,
+    totals_by_project,
 )
 from fleet.sim.world import RATE_FIELDS
 from fleet.stages import Outcome, StageState
@@ -395,10 +405,12 @@ class _Selection:
 
 
 async def _chosen_models(
-    settings: Settings, selection: _Selection, api: ModelOps | None
+    settings: Settings, selection: _Selection, clients: Mapping[str, ModelOps]
 ) -> list[ModelSpec]:
-    """The models of a new run: config + discovery, the shard, then the selection flags."""
-    found = await discovered(api, settings) if api is not None else []
+    """The models of a new run: config + discovery, the shard, then the selection flags.
+
+    `clients` are those of the projects to discover models in."""
+    found = {name: await discovered(api, settings, name) for name, api in clients.items()}
     only = None
     if selection.only_failed is not None:
         if not await anyio.Path(settings.db).is_file():
@@ -406,7 +418,7 @@ async def _chosen_models(
         async with Store.open(settings.db, readonly=True) as store:
             models = await store.models((await store.run(selection.only_failed)).id)
         only = frozenset(m.spec.id for m in models if model_outcome(m) is Outcome.FAILED)
-    every = specs_with(settings, found)
+    every = settings.model_specs(found)
     specs = select(
         every, globs=selection.globs, tags=selection.tags, only=only, shard=settings.shard
     )
@@ -442,28 +454,47 @@ async def _run_with_client(
     retry_failed: bool = False,
     selection: _Selection | None = None,
 ) -> int:
-    assert settings.api.url is not None
-    assert settings.api.project_id is not None
     for warning in settings.warnings:
         log.warning("fleet.config.secret_in_file", detail=warning)
-    verify: bool | str = settings.api.verify_tls
-    if settings.api.verify_tls and settings.api.ca_bundle is not None:
-        verify = str(settings.api.ca_bundle)
-    async with ModelOpsClient(
-        settings.api.url,
-        settings.api.project_id,
-        settings.api.token_source(),
-        verify=verify,
-        timeout_s=settings.api.timeout,
-        max_connections=settings.max_connections,
-        retry=RetryPolicy(attempts=settings.api.retry_attempts, budget_s=settings.api.retry_budget),
-        throttle=Throttle(max_rps=settings.max_rps),
-        breaker=Breaker(budget_s=settings.api.outage_budget),
-    ) as api:
+    async with AsyncExitStack() as stack:
+        # One client per project: its own token, connections, throttle and breaker, so one
+        # project's server failing or throttling does not slow the others'.
+        clients = {
+            name: await stack.enter_async_context(_client(settings, name))
+            for name in settings.every_project()
+        }
         specs = None
         if not retry_failed and not await _run_exists(settings.db, run_id):
-            specs = await _chosen_models(settings, selection or _Selection((), (), None), api)
-        return await _drive(settings, api, run_id, retry_failed=retry_failed, specs=specs)
+            discovering = {
+                name: clients[name]
+                for name, project in settings.every_project().items()
+                if project.discover.names
+            }
+            specs = await _chosen_models(
+                settings, selection or _Selection((), (), None), discovering
+            )
+        return await _drive(settings, clients, run_id, retry_failed=retry_failed, specs=specs)
+
+
+def _client(settings: Settings, project: str) -> ModelOpsClient:
+    """The API client of one project (`settings.require_api()` has checked its settings)."""
+    api = settings.every_project()[project].api
+    assert api.url is not None
+    assert api.project_id is not None
+    verify: bool | str = api.verify_tls
+    if api.verify_tls and api.ca_bundle is not None:
+        verify = str(api.ca_bundle)
+    return ModelOpsClient(
+        api.url,
+        api.project_id,
+        api.token_source(api_section(project)),
+        verify=verify,
+        timeout_s=api.timeout,
+        max_connections=settings.max_connections,
+        retry=RetryPolicy(attempts=api.retry_attempts, budget_s=api.retry_budget),
+        throttle=Throttle(max_rps=settings.max_rps),
+        breaker=Breaker(budget_s=api.outage_budget),
+    )
 
 
 async def _run_exists(db: Path, run_id: str | None) -> bool:
@@ -499,7 +530,7 @@ async def _demo(settings: Settings, sim_settings: sim.SimSettings, run_id: str |
             models = await api.list_models()
             entries = tuple(ModelEntry(id=m.id, name=m.name) for m in models)
             settings = settings.model_copy(update={"models": entries})
-            code = await _drive(settings, api, run_id)
+            code = await _drive(settings, {DEFAULT_PROJECT: api}, run_id)
     stats = world.stats()
     _say(
         f"emulator: {stats['requests_total']} requests, jobs {stats['jobs_by_type']}, "
@@ -566,26 +597,38 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     _configure_logging(settings, explicit=False)
     rows, header = anyio.run(_plan, settings, args.run_id, _Selection.of(args))
     counts = totals(rows)
+    by_project = totals_by_project(rows)
     if args.json:
         document = {
             "run": header,
             "shard": None if settings.shard is None else str(settings.shard),
             "db": str(settings.db),
             "totals": counts,
+            "projects": by_project,
             "models": [dataclasses.asdict(row) for row in rows],
         }
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
         return EXIT_OK
+    several = len(by_project) > 1
     console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(header)
     table = Table(title="plan", title_justify="left")
-    for column in ("name", "action", "detail"):
+    for column in (
+        ("project", "name", "action", "detail") if several else ("name", "action", "detail")
+    ):
         table.add_column(column)
     for row in rows:
-        table.add_row(row.name, row.action, row.detail)
+        table.add_row(*((row.project,) if several else ()), row.name, row.action, row.detail)
     console.print(table)
-    console.print("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    console.print("totals: " + _counted(counts))
+    if several:
+        for project, of_project in by_project.items():
+            console.print(f"  {project}: {_counted(of_project)}")
     return EXIT_OK
+
+
+def _counted(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
 async def _plan(
@@ -599,17 +642,14 @@ async def _plan(
                 models = await store.models(run_id)
                 header = f"run {run_id} ({record.status}){_shard_note(settings)} would resume:"
                 return plan_resume(models, record.stages), header
-    api: ModelOpsClient | None = None
-    if settings.discover.names:
+    discovering = [n for n, p in settings.every_project().items() if p.discover.names]
+    if discovering:
         settings.require_api()
-        assert settings.api.url is not None
-        assert settings.api.project_id is not None
-        api = ModelOpsClient(settings.api.url, settings.api.project_id, settings.api.token_source())
-    try:
-        specs = await _chosen_models(settings, selection, api)
-    finally:
-        if api is not None:
-            await api.aclose()
+    async with AsyncExitStack() as stack:
+        clients = {
+            name: await stack.enter_async_context(_client(settings, name)) for name in discovering
+        }
+        specs = await _chosen_models(settings, selection, clients)
     stages = ",".join(settings.active_stages())
     header = f"a new run of {len(specs)} models ({stages}){_shard_note(settings)} would:"
     return plan_new(specs, settings), header
@@ -697,7 +737,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 async def _drive(
     settings: Settings,
-    api: ModelOpsClient,
+    clients: Mapping[str, ModelOpsClient],
     run_id: str | None,
     *,
     retry_failed: bool = False,
@@ -715,7 +755,7 @@ async def _drive(
                 started = time.time()
                 result = await run(
                     settings,
-                    api,
+                    clients,
                     store,
                     run_id=run_id,
                     progress=progress,
@@ -724,7 +764,12 @@ async def _drive(
                     specs=specs,
                 )
                 await _publish_metrics(
-                    settings, store, result=result, progress=progress, api=api, started=started
+                    settings,
+                    store,
+                    result=result,
+                    progress=progress,
+                    clients=clients,
+                    started=started,
                 )
                 tg.cancel_scope.cancel()
 
@@ -744,26 +789,33 @@ async def _publish_metrics(
     *,
     result: RunResult,
     progress: Progress,
-    api: ModelOpsClient,
+    clients: Mapping[str, ModelOpsClient],
     started: float,
 ) -> None:
-    """The run's Prometheus metrics, to a textfile and/or a Pushgateway, if configured."""
+    """The run's Prometheus metrics, to a textfile and/or a Pushgateway, if configured: the
+    figures of each project (labelled with its id), from its models and its client."""
     if settings.metrics_file is None and settings.pushgateway is None:
         return
-    figures = await figures_of(store, result, progress, api, started_at=started)
-    project = api.project_id
+    several = len(clients) > 1
+    figures = {
+        client.project_id: await figures_of(
+            store, result, progress, client, started_at=started, project=name if several else None
+        )
+        for name, client in clients.items()
+    }
     if settings.metrics_file is not None:
         try:
-            write_textfile(figures, settings.metrics_file, project=project)
+            write_registry(registry_of(figures), settings.metrics_file)
         except FleetError as exc:
             log.warning(
                 "fleet.metrics.write_failed", path=str(settings.metrics_file), error=str(exc)
             )
     if settings.pushgateway is not None:
-        try:
-            push(figures, settings.pushgateway, project=project)
-        except FleetError as exc:
-            log.warning("fleet.metrics.push_failed", error=str(exc))
+        for project, of_project in figures.items():
+            try:
+                push(of_project, settings.pushgateway, project=project)
+            except FleetError as exc:
+                log.warning("fleet.metrics.push_failed", project=project, error=str(exc))
 
 
 async def _watch_signals(
@@ -829,7 +881,7 @@ def _report(result: RunResult, *, fail_on_reject: bool = False) -> int:
             f"  failed {failure.name} ({failure.model_id}) at {failure.stage}: {failure.reason}\n"
         )
     if result.aborted is not None:
-        _error(f"the run could not proceed: {result.aborted}")
+        _error(f"the run could not proceed: {result.reason or result.aborted}")
         _error(f"its state is saved; run again with --run-id {result.run_id} to resume")
         return EXIT_CANNOT_PROCEED
     if result.status == RUN_HALTED:
@@ -852,11 +904,9 @@ def _configure_logging(settings: Settings, *, explicit: bool) -> None:
     if sys.stdout.isatty() and not explicit and level == "info":
         level = "warning"  # the live display shows progress; per-stage lines would drown it
     fleet_logging.configure(level=level)
-    secret = settings.api.client_secret
-    if secret is not None:
-        fleet_logging.redactor.add(secret.get_secret_value())
-    if settings.api.token is not None:
-        fleet_logging.redactor.add(settings.api.token.get_secret_value())
+    for project in settings.every_project().values():
+        fleet_logging.redactor.add(*project.api.secrets())
+    fleet_logging.redactor.add(*settings.api.secrets())
 
 
 def _summary_stream() -> TextIO:

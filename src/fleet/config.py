@@ -584,7 +584,7 @@ class Settings(BaseSettings):
             key = (project.api.url, project.api.project_id or "")
             if key in where:
                 raise ValueError(
-                    f"{_section(name)}.project_id: {where[key]} names the same project on the "
+                    f"{api_section(name)}.project_id: {where[key]} names the same project on the "
                     "same server; a project is configured once"
                 )
             if project.api.project_id is not None:
@@ -605,7 +605,9 @@ class Settings(BaseSettings):
         if name == DEFAULT_PROJECT and not self.projects:
             return  # [api] alone: checked by require_api, when a command needs the server
         if project.api.project_id is None and name != DEFAULT_PROJECT:
-            raise ValueError(f"{_section(name)}.project_id: missing; every project names its own")
+            raise ValueError(
+                f"{api_section(name)}.project_id: missing; every project names its own"
+            )
         try:
             Lifecycle.model_validate(_deep_merge(self.defaults.model_dump(), project.defaults))
         except ValidationError as exc:
@@ -658,7 +660,7 @@ class Settings(BaseSettings):
     def require_api(self) -> None:
         """Check what `fleet run` needs that a demo or `fleet status` does not."""
         for name, project in self.every_project().items():
-            api, s = project.api, _section(name)
+            api, s = project.api, api_section(name)
             if api.url is None:
                 flag = " or --api.url" if s == "api" else ""
                 raise ConfigError(
@@ -732,7 +734,7 @@ def _in_two(model_id: str, first: str, second: str) -> str:
     return f"model {model_id} is in projects {first} and {second}; a model is in one project"
 
 
-def _section(project: str) -> str:
+def api_section(project: str) -> str:
     """Where a project's API settings are: `api` for the default one."""
     return "api" if project == DEFAULT_PROJECT else f"projects.{project}.api"
 
@@ -786,7 +788,7 @@ def load_settings(
     for name, project in settings.every_project().items():
         api = project.api
         if api.token_file is not None and api.token is None:
-            _read_secret(api.token_file, f"{_section(name)}.token_file")
+            _read_secret(api.token_file, f"{api_section(name)}.token_file")
     settings._warnings.extend(  # noqa: SLF001 - load_settings builds the object it annotates
         f"{section}.{name} is in {config}: anyone who can read the file can use it; prefer "
         f"{env_name(section + '.' + name)} or {section}.{name}_file"

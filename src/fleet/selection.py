@@ -10,19 +10,22 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 
 from fleet.client import ModelOps
-from fleet.config import ModelEntry, ModelSpec, Settings
+from fleet.config import DEFAULT_PROJECT, ModelEntry, ModelSpec, Settings
 from fleet.shards import Shard
 from fleet.stages import DONE, STAGE_ORDER, Stage, StageState
 from fleet.store import ModelRecord
 
 
-async def discovered(api: ModelOps, settings: Settings) -> list[ModelEntry]:
-    """The project's models whose names match `[discover] names` and not `exclude`."""
-    names, exclude = settings.discover.names, settings.discover.exclude
+async def discovered(
+    api: ModelOps, settings: Settings, project: str = DEFAULT_PROJECT
+) -> list[ModelEntry]:
+    """The project's models whose names match its `[discover] names` and not `exclude`."""
+    discover = settings.every_project()[project].discover
+    names, exclude = discover.names, discover.exclude
     if not names:
         return []
     return [
@@ -34,10 +37,9 @@ async def discovered(api: ModelOps, settings: Settings) -> list[ModelEntry]:
 
 
 def specs_with(settings: Settings, extra: Iterable[ModelEntry]) -> list[ModelSpec]:
-    """The config's models plus discovered ones; a configured entry wins over a discovered one."""
-    configured = {entry.id for entry in settings.models}
-    added = tuple(entry for entry in extra if entry.id not in configured)
-    return settings.model_copy(update={"models": (*settings.models, *added)}).model_specs()
+    """The config's models plus ones discovered in the default project; a configured entry
+    wins over a discovered one."""
+    return settings.model_specs({DEFAULT_PROJECT: list(extra)})
 
 
 def select(
@@ -70,22 +72,22 @@ class PlanRow:
     name: str
     action: str  # submit | adopt | reconcile | poll | retry | skip | nothing
     detail: str
+    project: str = DEFAULT_PROJECT
 
 
 def plan_new(specs: Sequence[ModelSpec], settings: Settings) -> list[PlanRow]:
     """What a new run would do first for each model."""
     first = settings.first_stage()
     if first is Stage.TRAIN:
-        return [PlanRow(s.id, s.name, "submit", "train, then the stages after it") for s in specs]
-    return [
-        PlanRow(s.id, s.name, "adopt", f"start from the {settings.from_version} version at {first}")
-        for s in specs
-    ]
+        action, detail = "submit", "train, then the stages after it"
+    else:
+        action, detail = "adopt", f"start from the {settings.from_version} version at {first}"
+    return [PlanRow(s.id, s.name, action, detail, s.project) for s in specs]
 
 
 def plan_resume(models: Sequence[ModelRecord], stages: Sequence[Stage]) -> list[PlanRow]:
     """What resuming an unfinished run would do next for each model."""
-    return [_next_step(model, stages) for model in models]
+    return [replace(_next_step(m, stages), project=m.spec.project) for m in models]
 
 
 def _next_step(model: ModelRecord, stages: Sequence[Stage]) -> PlanRow:
@@ -111,3 +113,11 @@ def _next_step(model: ModelRecord, stages: Sequence[Stage]) -> PlanRow:
 
 def totals(rows: Iterable[PlanRow]) -> Mapping[str, int]:
     return dict(Counter(row.action for row in rows))
+
+
+def totals_by_project(rows: Iterable[PlanRow]) -> Mapping[str, Mapping[str, int]]:
+    """`totals` of each project's rows, the projects in the order their first rows come."""
+    by_project: dict[str, Counter[str]] = {}
+    for row in rows:
+        by_project.setdefault(row.project, Counter())[row.action] += 1
+    return {project: dict(counts) for project, counts in by_project.items()}
