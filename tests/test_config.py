@@ -845,3 +845,23 @@ def test_without_projects_there_is_one_project_named_default():
 
     assert list(settings.every_project()) == ["default"]
     assert settings.every_project()["default"].api == settings.api
+
+
+def test_the_commented_projects_example_of_fleet_toml_loads(tmp_path):
+    """Uncommented, fleet.toml's [projects.wholesale] example is a valid second project."""
+    text = (Path(__file__).parent.parent / "fleet.toml").read_text()
+    head, example = text.split("# [projects.wholesale]", 1)
+    uncommented = "\n".join(
+        "" if line == "#" else line.removeprefix("# ")
+        for line in f"# [projects.wholesale]{example}".splitlines()
+    )
+    settings = load(
+        toml_file(tmp_path, head + uncommented),
+        env={"FLEET_API__TOKEN": TOKEN, "FLEET_PROJECTS__WHOLESALE__API__TOKEN": "w"},
+    )
+
+    assert list(settings.every_project()) == ["default", "wholesale"]
+    wholesale = settings.every_project()["wholesale"]
+    assert wholesale.limits.concurrency == 20
+    assert wholesale.api.bearer() == "w"
+    assert wholesale.api.url != settings.api.url
