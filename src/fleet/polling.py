@@ -58,7 +58,7 @@ _BACKOFF = 0.2
 _CHANGES_OVERLAP = timedelta(seconds=1)
 # A look reads the changes since the previous one in pages of this many, sized to twice
 # what the previous look found: parsing a full page of jobs costs more than the request.
-_CHANGES_PAGE = (10, 200)
+_CHANGES_PAGE = (50, 200)
 # Finished jobs seen in a look but not (yet) followed: a job that ends before its submitter
 # hands it over is still found.
 _RECENT_FINISHED = 10_000
