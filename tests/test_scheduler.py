@@ -44,6 +44,24 @@ def _peak_overlap(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
+class FailsAfter:
+    """The emulated client, whose job reads start failing with `error` after `polls` of them."""
+
+    def __init__(self, env: Emulated, polls: int, error: Exception) -> None:
+        self._env = env
+        self._polls = polls
+        self._error = error
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._env.api, name)
+
+    async def get_job(self, job_id: str) -> object:
+        self._polls -= 1
+        if self._polls < 0:
+            raise self._error
+        return await self._env.api.get_job(job_id)
+
+
 async def test_every_model_goes_through_every_stage(tmp_path: Path) -> None:
     """Thirty models end deployed, the previous versions retired, one job of each type each."""
     async with emulated(models=30) as env:
@@ -188,27 +206,13 @@ async def test_a_rejected_token_aborts_the_run(tmp_path: Path) -> None:
 async def test_a_token_revoked_mid_run_aborts_with_state_saved(tmp_path: Path) -> None:
     """401s while many models poll stop the run as aborted (not a crash); it can resume."""
 
-    class RevokedAfter:
-        def __init__(self, env: Emulated, polls: int) -> None:
-            self._env = env
-            self._polls = polls
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self._env.api, name)
-
-        async def get_job(self, job_id: str) -> object:
-            self._polls -= 1
-            if self._polls < 0:
-                raise AuthError("token rejected by ModelOps (HTTP 401)", status=401)
-            return await self._env.api.get_job(job_id)
-
     async with emulated(models=12) as env:
         db = tmp_path / "fleet.db"
         settings = settings_for(env, db)
         async with Store.open(db) as store:
             result = await scheduler.run(
                 settings,
-                RevokedAfter(env, polls=15),
+                FailsAfter(env, 15, AuthError("token rejected by ModelOps (HTTP 401)", status=401)),
                 store,
                 run_id="r",
                 sleep=env.time.sleep,
@@ -517,24 +521,17 @@ async def test_a_project_lost_mid_run_stops_alone_and_resumes(tmp_path: Path) ->
     """b's server goes away mid-run: b's models in flight stop where they are, a's finish,
     and the same run id finishes b without a second job."""
 
-    class GoneAfter:
-        def __init__(self, env: Emulated, polls: int) -> None:
-            self._env = env
-            self._polls = polls
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self._env.api, name)
-
-        async def get_job(self, job_id: str) -> object:
-            self._polls -= 1
-            if self._polls < 0:
-                raise ServerUnavailable("ModelOps failed every request for 600 s")
-            return await self._env.api.get_job(job_id)
-
     db = tmp_path / "fleet.db"
     async with _two_projects(models_a=10, models_b=10) as (a, b):
         settings = _projects_settings(a, b, db)
-        result = await _run_projects(settings, {"a": a.api, "b": GoneAfter(b, polls=8)}, a)
+        result = await _run_projects(
+            settings,
+            {
+                "a": a.api,
+                "b": FailsAfter(b, 8, ServerUnavailable("ModelOps failed every request for 600 s")),
+            },
+            a,
+        )
         assert result.status == "aborted"
         assert result.reason == "project b: ModelOps failed every request for 600 s"
         assert a.world.stats()["jobs_by_type"]["RETIREMENT"] == 10
