@@ -8,6 +8,11 @@ seed-pattern baseline (bench/baseline.py) against a fresh emulator with the same
 side's figures come from the emulator's own records (`/_sim/jobs`, `/_sim/stats`) in simulated
 seconds, and from the client process's rusage. BENCHMARKS.md defines every figure.
 
+Both emulators answer as `fleet sim` does by default (Spring Data REST's answers where nothing
+real was recorded); `--sim-arg` passes flags on to both, e.g. `--sim-arg=--profile=optimistic`
+for a server where every unverified optimisation works. The figures count the lifecycle jobs
+the clients submitted: the scoring jobs an "@once" deployment starts are left out.
+
 Run it with the project's venv python. The fleet it measures is the one `python -m fleet`
 imports: set PYTHONPATH to measure another source tree.
 """
@@ -120,7 +125,7 @@ class Emulator:
             *("--models", str(args.models), "--seed", str(args.seed)),
             *("--time-scale", str(time_scale), "--token", TOKEN),
             *("--models-csv", str(self.models_csv)),
-            *(["--no-batch-finders"] if args.no_batch_finders else []),
+            *args.sim_arg,
         ]
         self._log = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -195,20 +200,22 @@ def night_figures(
     first_request_at: float | None,
     limits: dict[str, int],
 ) -> dict[str, Any]:
-    """The emulator's view of one night: the jobs created from `before["now"]` on."""
+    """The emulator's view of one night: the lifecycle jobs created from `before["now"]` on
+    (scoring jobs are the server's, not the client's; a stuck job has no end)."""
     start = before["now"]
-    night = [j for j in jobs if j["created_at"] >= start]
-    durations = [j["ends_at"] - j["created_at"] for j in night]
+    night = [j for j in jobs if j["created_at"] >= start and j["type"] in STAGES]
+    ended = [j for j in night if j["ends_at"] is not None]
     per_model: dict[str, float] = defaultdict(float)
     per_stage: dict[str, float] = defaultdict(float)
-    for job, duration in zip(night, durations, strict=True):
+    for job in ended:
+        duration = job["ends_at"] - job["created_at"]
         per_model[job["model_id"]] += duration
         per_stage[STAGES[job["type"]]] += duration
     lower_bound = max(
         max(per_model.values(), default=0.0),
         max((total / limits[stage] for stage, total in per_stage.items()), default=0.0),
     )
-    last_end = max((j["ends_at"] for j in night), default=None)
+    last_end = max((j["ends_at"] for j in ended), default=None)
     makespan = (
         last_end - first_request_at
         if last_end is not None and first_request_at is not None
@@ -219,7 +226,7 @@ def night_figures(
         routes_after.get(route, 0) - routes_before.get(route, 0) for route in STATUS_ROUTES
     )
     latencies: dict[str, list[float]] = defaultdict(list)
-    for j in night:
+    for j in ended:
         if j["detected_at"] is not None:
             late = (j["detected_at"] - j["ends_at"]) / (j["ends_at"] - j["created_at"]) * 100
             latencies[j["type"]].append(late)
@@ -556,7 +563,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=0.7, help="approve Accuracy >= this")
     parser.add_argument("--no-baseline", action="store_true", help="measure fleet only")
     parser.add_argument(
-        "--no-batch-finders", action="store_true", help="emulate a 7.3 server without finders"
+        "--sim-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="a flag for both emulators, as --sim-arg=FLAG (repeatable), e.g. "
+        "--sim-arg=--profile=optimistic",
     )
     parser.add_argument("--timeout", type=float, default=3600.0, help="real s per client run")
     parser.add_argument("--workdir", type=Path, help="keep logs and state here (default: temp)")
@@ -582,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         **nights[-1],
         "poll_interval_sim_s": args.poll_interval,
-        "batch_finders": not args.no_batch_finders,
+        "sim_args": args.sim_arg,
         "nights": nights[:-1],
         "baseline": baseline,
         "machine": machine(),

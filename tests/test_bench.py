@@ -48,14 +48,14 @@ def load_bench() -> ModuleType:
     return module
 
 
-def job(model: str, kind: str, created: float, ends: float, detected: float | None) -> dict:
+def job(model: str, kind: str, created: float, ends: float | None, detected: float | None) -> dict:
     return {
         "id": f"{model}-{kind}",
         "type": kind,
         "model_id": model,
         "created_at": created,
         "ends_at": ends,
-        "outcome": "COMPLETED",
+        "outcome": None if ends is None else "COMPLETED",
         "detected_at": detected,
     }
 
@@ -93,6 +93,35 @@ def test_figures_follow_the_documented_formulas() -> None:
     assert wide["lower_bound_s"] == 650.0  # now model a's own jobs bound the night
 
 
+def test_figures_leave_out_scoring_jobs_and_count_stuck_ones_unfinished() -> None:
+    """A deployment's SCORING job is not the client's; a stuck job (no end) is unfinished."""
+    bench = load_bench()
+    jobs = [
+        job("a", "TRAINING", 1000.0, 1600.0, 1606.0),
+        job("a", "SCORING", 1600.0, 9000.0, None),
+        job("b", "TRAINING", 1000.0, None, None),
+    ]
+    before, after = stats(900.0, 0, {}), stats(2000.0, 10, {})
+    limits = {"train": 1, "evaluate": 1, "deploy": 1, "retire": 1}
+    figures = bench.night_figures(jobs, before, after, 999.0, limits)
+    assert figures["jobs"] == 2
+    assert figures["jobs_by_type"]["TRAINING"] == 2
+    assert figures["jobs_unfinished"] == 1
+    assert figures["lower_bound_s"] == 600.0
+    assert figures["last_job_end_at"] == 1600.0
+
+
+def test_emulator_flags_pass_through_to_both_emulators(tmp_path: Path) -> None:
+    """--sim-arg is repeatable and reaches the `fleet sim` command line as given."""
+    bench = load_bench()
+    argv = ["--models", "5", "--json", "x", "--sim-arg=--profile=optimistic"]
+    args = bench.parse_args([*argv, "--sim-arg=--no-job-history"])
+    assert args.sim_arg == ["--profile=optimistic", "--no-job-history"]
+    emulator = bench.Emulator(tmp_path, args, 60.0, "sim")
+    assert emulator._command[-2:] == ["--profile=optimistic", "--no-job-history"]
+    assert bench.parse_args(["--models", "5", "--json", "x"]).sim_arg == []
+
+
 def test_default_limits_scale_with_the_fleet() -> None:
     """Trainings at once are a tenth of the models, at most 250; the rest follow from it."""
     bench = load_bench()
@@ -126,6 +155,8 @@ def test_bench_runs_fleet_two_nights_and_the_baseline(tmp_path: Path) -> None:
             # cores; at 500x a night takes about 4 real seconds.
             *("--time-scale", "500", "--poll-interval", "50", *limits),
             *("--workdir", str(tmp_path / "work")),
+            # The default emulator, said out loud: the flag reaches it and is recorded.
+            "--sim-arg=--profile=default",
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -166,3 +197,4 @@ def test_bench_runs_fleet_two_nights_and_the_baseline(tmp_path: Path) -> None:
     assert result["baseline"]["jobs_by_type"] == first["jobs_by_type"]
     assert result["machine"]["nproc"] >= 1
     assert result["date"]
+    assert result["sim_args"] == ["--profile=default"]

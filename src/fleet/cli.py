@@ -335,11 +335,59 @@ def _add_sim_flags(parser: argparse.ArgumentParser, time_scale: float | None = N
         help="methods the HTTP faults apply to (GET,POST)",
     )
     parser.add_argument(
-        "--no-batch-finders",
-        dest="batch_finders",
-        action="store_false",
-        help="answer like a 7.3 server: no jobs findByStatusIn, no sort=updatedAt",
+        "--stuck-rate", type=float, default=0.0, help="jobs that never end (RUNNING for ever)"
     )
+    server = parser.add_argument_group(
+        "emulated server (what nothing recorded shows; default: Spring Data REST's answers)"
+    )
+    server.add_argument(
+        "--profile",
+        default="default",
+        metavar="default|optimistic",
+        help="a preset (optimistic: every unverified optimisation works); flags below override",
+    )
+    shown = sim.Behaviour()
+    valued: tuple[tuple[str, str, type[float | int | str], str, str], ...] = (
+        ("--job-sort", "job_sort", str, "dropped|honoured|error", "GET /api/jobs?sort=updatedAt"),
+        ("--updated-at", "updated_at", str, "absent|fresh|stale", "a job's updatedAt"),
+        ("--status-missing-rate", "status_missing_rate", float, "R", "job reads without status"),
+        ("--job-types", "job_types", str, "guessed|other", "names of train and retire jobs"),
+        (
+            "--evaluated-lag",
+            "evaluated_lag_s",
+            float,
+            "S",
+            "simulated seconds from an evaluation's end to its EVALUATED event (inf: never)",
+        ),
+        ("--archived-models", "archived_models", int, "N", "archived models, listed last"),
+        (
+            "--archived-versions-rate",
+            "archived_versions_rate",
+            float,
+            "R",
+            "models with a newer, archived version",
+        ),
+        ("--events-listing", "events_listing", str, "hal|list|absent", "a version's events"),
+    )
+    for flag, name, kind, metavar, text in valued:
+        server.add_argument(
+            flag,
+            dest=f"behaviour:{name}",
+            type=kind,
+            metavar=metavar,
+            help=f"{text} (default {getattr(shown, name)})",
+        )
+    for flag, name, text in (
+        ("--status-finder", "status_finder", "serve GET /api/jobs/search/findByStatusIn"),
+        ("--job-history", "job_history", "last night's jobs are in the job list"),
+        ("--deployed-version-status", "deployed_version_status", "a deployed version: DEPLOYED"),
+    ):
+        server.add_argument(
+            flag,
+            dest=f"behaviour:{name}",
+            action=argparse.BooleanOptionalAction,
+            help=f"{text} (default {'on' if getattr(shown, name) else 'off'})",
+        )
 
 
 def _setting_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -355,6 +403,11 @@ def _sim_settings(args: argparse.Namespace, **extra: Any) -> sim.SimSettings:
         raise ConfigError("--models: must be at least 1")
     if args.time_scale <= 0:
         raise ConfigError("--time-scale: must be greater than 0")
+    overrides = {
+        key.removeprefix("behaviour:"): value
+        for key, value in vars(args).items()
+        if key.startswith("behaviour:") and value is not None
+    }
     try:
         return sim.SimSettings(
             models=args.models,
@@ -363,7 +416,7 @@ def _sim_settings(args: argparse.Namespace, **extra: Any) -> sim.SimSettings:
             **{name: getattr(args, name) for name in RATE_FIELDS},
             delay_after_s=args.delay_after_s,
             fault_methods=tuple(m.strip().upper() for m in args.fault_methods.split(",")),
-            batch_finders=args.batch_finders,
+            behaviour=sim.Behaviour.profile(args.profile, **overrides),
             **extra,
         )
     except ValueError as exc:
@@ -558,7 +611,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         _say(
             f"ModelOps emulator on {url} (project {settings.project_id}, "
-            f"{settings.models} models, time x{settings.time_scale}); Ctrl-C stops it"
+            f"{settings.models} models, time x{settings.time_scale}, datasets: train "
+            f"{world.train_dataset_id}, evaluate {world.eval_dataset_id}); Ctrl-C stops it"
         )
 
     try:
@@ -582,11 +636,13 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _write_models_csv(path: Path, world: sim.World) -> None:
+    """The active models, each with the world's datasets: what `--models-file` needs."""
+    datasets = (world.train_dataset_id, world.eval_dataset_id)
     try:
         with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["id", "name"])
-            writer.writerows((model.id, model.name) for model in world.models())
+            writer.writerow(["id", "name", "train_dataset_id", "evaluate_dataset_id"])
+            writer.writerows((model.id, model.name, *datasets) for model in world.models())
     except OSError as exc:
         raise ConfigError(f"--models-csv: cannot write {path} ({exc.strerror})") from None
     _say(f"wrote {len(world.models())} models to {path}")

@@ -4,17 +4,12 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from sim_support import BASE_URL, HEADERS
 
 from fleet.sim import ManualClock, SimSettings, World, create_app
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-
-TOKEN = SimSettings().token
-PROJECT_ID = SimSettings().project_id
-HEADERS = {"Authorization": f"Bearer {TOKEN}", "AOA-Project-ID": PROJECT_ID}
-BASE_URL = "http://sim/modelops/core"
-STATS_URL = "http://sim/_sim/stats"
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from sim_support import EVALUATE, LAG, TRAIN, behaving
 
 UNKNOWN = str(uuid.UUID(int=1))
 
@@ -13,15 +14,15 @@ def first_model(world) -> str:
 
 async def trained(client, clock, world) -> str:
     """A fresh version of the first model whose training has completed."""
-    job = (await client.post(f"/api/models/{first_model(world)}/train", json={})).json()
+    job = (await client.post(f"/api/models/{first_model(world)}/train", json=TRAIN)).json()
     clock.advance(3600)
     return str(job["trainedModelId"])
 
 
 async def evaluated(client, clock, world) -> str:
     tm_id = await trained(client, clock, world)
-    await client.post(f"/api/trainedModels/{tm_id}/evaluate", json={})
-    clock.advance(90)
+    await client.post(f"/api/trainedModels/{tm_id}/evaluate", json=EVALUATE)
+    clock.advance(90 + LAG)
     return tm_id
 
 
@@ -67,17 +68,26 @@ async def test_foreign_project_is_403(client):
         f"/api/trainedModels/{UNKNOWN}",
         f"/api/trainedModels/{UNKNOWN}/events",
         f"/api/projects/{UNKNOWN}",
-        "/api/nothing/here",
+        "/api/jobs/search/findByColour",
+        "/api/models/search/findByNothing",
+        f"/api/deployments/search/findByJobId?jobId={UNKNOWN}",
     ],
 )
-async def test_unknown_ids_and_paths_are_404(client, path):
-    """Unknown ids and unknown paths answer 404 with a Spring error body."""
-    assert_spring_error(await client.get(path), 404, "")
+async def test_unknown_ids_and_search_methods_are_404_without_a_body(client, path):
+    """Spring Data REST answers an unknown entity or search method with an empty 404."""
+    response = await client.get(path)
+    assert response.status_code == 404
+    assert response.content == b""
+
+
+async def test_unrouted_paths_are_404_with_a_spring_body(client):
+    """A path outside the repositories gets Spring Boot's JSON error body."""
+    assert_spring_error(await client.get("/api/nothing/here"), 404, "")
 
 
 async def test_unknown_id_in_post_is_404(client):
-    """Training an unknown model is a 404 and creates nothing."""
-    response = await client.post(f"/api/models/{UNKNOWN}/train", json={})
+    """Training an unknown model is a 404 with Spring Boot's body, and creates nothing."""
+    response = await client.post(f"/api/models/{UNKNOWN}/train", json=TRAIN)
     assert_spring_error(response, 404, UNKNOWN)
 
 
@@ -89,11 +99,13 @@ async def test_unknown_id_in_post_is_404(client):
         ("/api/deployments/search/findByJobId", {"jobId": "nope"}),
         ("/api/deployments/search/findByJobId", {}),
         ("/api/trainedModels/search/findByModelIdAndStatus", {"modelId": UNKNOWN}),
-        ("/api/jobs", {"sort": "colour,asc"}),
+        ("/api/jobs/search/findByDeploymentId", {}),
+        ("/api/models/search/findByArchived", {}),
+        ("/api/models/search/findByArchived", {"archived": "maybe"}),
     ],
 )
 async def test_malformed_requests_are_400(client, path, params):
-    """Non-UUID ids, missing finder parameters and unknown sort fields are 400s."""
+    """Non-UUID ids and missing or unreadable finder parameters are 400s."""
     assert_spring_error(await client.get(path, params=params), 400, "")
 
 
@@ -110,8 +122,9 @@ async def test_finders_of_unknown_ids_are_empty_not_404(client):
 
 async def test_evaluating_before_training_completes_is_400(client, world):
     """A version whose training job has not completed cannot be evaluated."""
-    job = (await client.post(f"/api/models/{first_model(world)}/train", json={})).json()
-    response = await client.post(f"/api/trainedModels/{job['trainedModelId']}/evaluate", json={})
+    job = (await client.post(f"/api/models/{first_model(world)}/train", json=TRAIN)).json()
+    path = f"/api/trainedModels/{job['trainedModelId']}/evaluate"
+    response = await client.post(path, json=EVALUATE)
     assert_spring_error(response, 400, "training has not completed")
 
 
@@ -175,7 +188,7 @@ async def test_malformed_json_body_is_400(client, world):
     for content in (b"{not json", b"[1, 2]"):
         response = await client.post(path, content=content)
         assert_spring_error(response, 400, "JSON parse error")
-    assert world.jobs() == []
+    assert world.stats()["jobs_total"] == 0
 
 
 async def test_bearer_scheme_is_case_insensitive(client):
@@ -190,3 +203,42 @@ async def test_wrong_method_is_405_with_spring_body(client, world):
     response = await client.delete(f"/api/models/{first_model(world)}")
     assert_spring_error(response, 405, "DELETE")
     assert "GET" in response.headers["Allow"]
+
+
+async def test_required_fields_are_named_in_spring_validation_messages(client, clock, world):
+    """Missing datasetId, engineType and deploymentId are 400s naming the field."""
+    version = world.trained_models_of(first_model(world))[0]
+    refusals = [
+        (f"/api/models/{first_model(world)}/train", "datasetId"),
+        (f"/api/trainedModels/{version.id}/evaluate", "datasetId"),
+        (f"/api/trainedModels/{version.id}/deploy", "engineType"),
+        (f"/api/trainedModels/{version.id}/retire", "deploymentId"),
+    ]
+    for path, field in refusals:
+        response = await client.post(path, json={"comments": "no"})
+        assert_spring_error(response, 400, f"Field '{field}': must not be null")
+        assert "Validation failed for object=" in response.json()["message"]
+    assert world.stats()["jobs_total"] == 0
+
+
+async def test_archived_models_refuse_training_and_their_versions_every_step(client, world):
+    """An archived model cannot be trained, nor its version evaluated, approved or deployed."""
+    (archived, _) = world.archived_models()
+    (version,) = world.trained_models_of(archived.id)
+    response = await client.post(f"/api/models/{archived.id}/train", json=TRAIN)
+    assert_spring_error(response, 400, f"Model {archived.id} is archived")
+    for step, body in (("evaluate", EVALUATE), ("approve", {}), ("deploy", {"engineType": "X"})):
+        response = await client.post(f"/api/trainedModels/{version.id}/{step}", json=body)
+        assert_spring_error(response, 400, "is archived")
+    assert world.stats()["jobs_total"] == 0
+
+
+@pytest.mark.parametrize("settings", [behaving(models=20, archived_versions_rate=1.0)])
+async def test_archived_versions_refuse_evaluation(client, world):
+    """A version archived after training cannot be evaluated; its model can still train."""
+    model_id = first_model(world)
+    newer = world.trained_models_of(model_id)[-1]
+    assert newer.archived
+    response = await client.post(f"/api/trainedModels/{newer.id}/evaluate", json=EVALUATE)
+    assert_spring_error(response, 400, f"Trained model {newer.id} is archived")
+    assert (await client.post(f"/api/models/{model_id}/train", json=TRAIN)).status_code == 200

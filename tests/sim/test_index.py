@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 
-from fleet.sim.index import _Ranks
+from fleet.sim.index import JobIndex, _Ranks
 
 KEYS = ("CREATED", "RUNNING", "COMPLETED", "ERROR")
 
@@ -52,3 +53,23 @@ def test_sparse_matches_are_found_past_long_gaps():
     errors = ranks.window({"ERROR"}, 0, 100, descending=False)
     assert errors == list(range(0, 20_000, 997))
     assert ranks.window({"ERROR"}, 3, 2, descending=True) == [17 * 997, 16 * 997]
+
+
+def test_jobs_ended_before_the_index_are_logged_in_end_order():
+    """add_ended keeps creation order for createdAt and end order for updatedAt."""
+    ended = [
+        SimpleNamespace(id=f"old-{i}", outcome="COMPLETED", ends_at=end)
+        for i, end in enumerate((30.0, 10.0, 20.0))
+    ]
+    index = JobIndex()
+    index.add_ended(ended)
+    new = SimpleNamespace(id="new")
+    index.added(new, "CREATED")
+    index.changed(ended[1], "COMPLETED")  # touched again later: it moves to the end of the log
+    created = index.page(None, "createdAt", 0, 10, descending=False)
+    assert [j.id for j in created] == ["old-0", "old-1", "old-2", "new"]
+    changed = index.page(None, "updatedAt", 0, 10, descending=False)
+    assert [j.id for j in changed] == ["old-2", "old-0", "new", "old-1"]
+    assert index.count({"COMPLETED"}) == 3
+    with pytest.raises(ValueError, match="empty index"):
+        index.add_ended(ended)

@@ -19,7 +19,7 @@ async def test_serve_listens_on_loopback_and_stops():
         async with httpx.AsyncClient(base_url=base_url, headers=HEADERS) as client:
             response = await client.get("/api/models")
             assert response.status_code == 200
-            assert response.json()["page"]["totalElements"] == 3
+            assert response.json()["page"]["totalElements"] == 3 + 2  # and two archived
     async with httpx.AsyncClient() as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(base_url + "/api/models")

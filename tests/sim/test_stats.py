@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-STATS_URL = "http://sim/_sim/stats"
+import pytest
+from sim_support import DEPLOY, JOBS_URL, STATS_URL, TRAIN, approved, behaving, finish, post
 
 
 async def test_stats_count_requests_by_route_template(client, clock, world):
     """requests_by_route is keyed by method and route template; /_sim is not counted."""
     model_id = world.models()[0].id
-    job = (await client.post(f"/api/models/{model_id}/train", json={})).json()
+    job = (await client.post(f"/api/models/{model_id}/train", json=TRAIN)).json()
     for _ in range(3):
         await client.get(f"/api/jobs/{job['id']}", params={"projection": "expandJob"})
     await client.get("/api/models", headers={"Authorization": "Bearer wrong"})
@@ -24,9 +25,9 @@ async def test_stats_count_jobs_per_model_and_type_and_peak(client, clock, world
     """Jobs are counted by type, per model and type at most, and at peak concurrency."""
     first, second = (m.id for m in world.models()[:2])
     for model_id in (first, first, second):
-        await client.post(f"/api/models/{model_id}/train", json={})
+        await client.post(f"/api/models/{model_id}/train", json=TRAIN)
     clock.advance(3600)
-    await client.post(f"/api/models/{first}/train", json={})
+    await client.post(f"/api/models/{first}/train", json=TRAIN)
     stats = (await client.get(STATS_URL)).json()
     assert stats["jobs_by_type"] == {
         "TRAINING": 4,
@@ -41,9 +42,20 @@ async def test_stats_count_jobs_per_model_and_type_and_peak(client, clock, world
 
 
 async def test_initial_state_creates_no_jobs(client, world):
-    """Last night's deployed versions exist without any job being counted."""
+    """Last night's deployed versions and their jobs exist without any job being counted."""
     stats = (await client.get(STATS_URL)).json()
     assert stats["jobs_total"] == 0
+    assert set(stats["jobs_by_type"].values()) == {0}
+    assert stats["max_jobs_per_model_and_type"] == 0
+    assert stats["running_jobs"] == 0
+    archived_versions = sum(
+        tm.archived for m in world.models() for tm in world.trained_models_of(m.id)
+    )
+    assert stats["history_jobs"] == 3 * world.settings.models + archived_versions
+    assert stats["models"] == world.settings.models
+    assert stats["archived_models"] == 2
+    assert stats["scoring_jobs"] == 0
+    assert stats["retired_while_scoring"] == 0
     assert stats["active_deployments"] == world.settings.models
     assert set(stats["faults"]) == {
         "http_500",
@@ -53,10 +65,9 @@ async def test_initial_state_creates_no_jobs(client, world):
         "drop",
         "delay_after",
         "job_error",
+        "job_stuck",
     }
-
-
-JOBS_URL = "http://sim/_sim/jobs"
+    assert (await client.get(JOBS_URL)).json() == []
 
 
 async def test_stats_tell_the_clock_the_first_request_and_the_last_job_end(client, clock, world):
@@ -68,7 +79,7 @@ async def test_stats_tell_the_clock_the_first_request_and_the_last_job_end(clien
     assert stats["last_job_end_at"] is None
     clock.advance(10)
     model_id = world.models()[0].id
-    job = (await client.post(f"/api/models/{model_id}/train", json={})).json()
+    job = (await client.post(f"/api/models/{model_id}/train", json=TRAIN)).json()
     clock.advance(3600)
     await client.get("/api/models")
     stats = (await client.get(STATS_URL)).json()
@@ -85,7 +96,7 @@ async def test_stats_tell_the_clock_the_first_request_and_the_last_job_end(clien
 async def test_sim_jobs_lists_each_job_with_its_times_and_is_not_a_request(client, clock, world):
     """/_sim/jobs gives id, type, model, creation, end, outcome and detection of every job."""
     model_id = world.models()[0].id
-    job = (await client.post(f"/api/models/{model_id}/train", json={})).json()
+    job = (await client.post(f"/api/models/{model_id}/train", json=TRAIN)).json()
     (running,) = (await client.get(JOBS_URL)).json()
     assert running == {
         "id": job["id"],
@@ -105,8 +116,8 @@ async def test_sim_jobs_lists_each_job_with_its_times_and_is_not_a_request(clien
 async def first_jobs(client, clock, world) -> tuple[dict, dict]:
     """Trainings of the first two models, both ended."""
     first, second = (m.id for m in world.models()[:2])
-    a = (await client.post(f"/api/models/{first}/train", json={})).json()
-    b = (await client.post(f"/api/models/{second}/train", json={})).json()
+    a = (await client.post(f"/api/models/{first}/train", json=TRAIN)).json()
+    b = (await client.post(f"/api/models/{second}/train", json=TRAIN)).json()
     clock.advance(3600)
     return a, b
 
@@ -160,7 +171,7 @@ async def test_detection_reads_queries_and_bodies_but_not_refused_requests(clien
 async def test_a_request_before_the_end_does_not_detect(client, clock, world):
     """Polling a running job is not detection; the first poll after its end is."""
     model_id = world.models()[0].id
-    job = (await client.post(f"/api/models/{model_id}/train", json={})).json()
+    job = (await client.post(f"/api/models/{model_id}/train", json=TRAIN)).json()
     ends_at = world.job(job["id"]).ends_at
     clock.advance(ends_at - clock.now() - 1)
     await client.get(f"/api/jobs/{job['id']}")
@@ -168,3 +179,82 @@ async def test_a_request_before_the_end_does_not_detect(client, clock, world):
     clock.advance(1)
     await client.get(f"/api/jobs/{job['id']}")
     assert detected(world, job) == ends_at
+
+
+async def once_deployed(client, clock, world) -> tuple[str, dict]:
+    """A new version of the first model deployed with cron "@once"; returns it and the job."""
+    tm_id = await approved(client, clock, world.models()[0].id)
+    deploy = await post(client, f"/api/trainedModels/{tm_id}/deploy", DEPLOY | {"cron": "@once"})
+    clock.advance(world.job(deploy["id"]).ends_at - clock.now())
+    return tm_id, deploy
+
+
+async def test_an_once_deployment_starts_a_scoring_job(client, clock, world):
+    """cron "@once" starts a SCORING job of 20-120 s, found by its deployment, not counted."""
+    _, deploy = await once_deployed(client, clock, world)
+    deployment = (
+        await client.get("/api/deployments/search/findByJobId", params={"jobId": deploy["id"]})
+    ).json()
+    found = await client.get(
+        "/api/jobs/search/findByDeploymentId",
+        params={"deploymentId": deployment["id"], "projection": "expandJob"},
+    )
+    (scoring,) = found.json()["_embedded"]["jobs"]
+    assert found.json()["page"]["totalElements"] == 1
+    assert scoring["type"] == "SCORING"
+    assert scoring["status"] == "CREATED"
+    assert scoring["metadata"]["deploymentId"] == deployment["id"]
+    job = world.job(scoring["id"])
+    assert 20 * 0.85 <= job.ends_at - job.created_at <= 120 * 1.15
+    clock.advance(120 * 1.15)
+    by_id = await client.get(f"/api/jobs/{scoring['id']}", params={"projection": "expandJob"})
+    assert by_id.json()["status"] == "COMPLETED"
+    stats = (await client.get(STATS_URL)).json()
+    assert stats["scoring_jobs"] == 1
+    assert stats["jobs_by_type"] == {
+        "TRAINING": 1,
+        "EVALUATION": 1,
+        "DEPLOYMENT": 1,
+        "RETIREMENT": 0,
+    }
+    assert stats["jobs_total"] == 3
+    assert stats["max_jobs_per_model_and_type"] == 1
+    records = (await client.get(JOBS_URL)).json()
+    assert [r["type"] for r in records] == ["TRAINING", "EVALUATION", "DEPLOYMENT", "SCORING"]
+    unknown = await client.get(
+        "/api/jobs/search/findByDeploymentId", params={"deploymentId": world.project.id}
+    )
+    assert unknown.json()["_embedded"]["jobs"] == []
+
+
+async def test_other_crons_start_no_scoring(client, clock, world):
+    """A deployment scheduled otherwise ("@manual", a cron expression) scores nothing now."""
+    tm_id = await approved(client, clock, world.models()[0].id)
+    await finish(client, clock, await post(client, f"/api/trainedModels/{tm_id}/deploy", DEPLOY))
+    assert world.stats()["scoring_jobs"] == 0
+
+
+@pytest.mark.parametrize("wait", [0.0, 200.0], ids=["while scoring", "after scoring"])
+async def test_retiring_while_scoring_is_accepted_and_counted(client, clock, world, wait):
+    """A retire sent while the deployment's scoring job runs succeeds, and is counted."""
+    tm_id, deploy = await once_deployed(client, clock, world)
+    clock.advance(wait)
+    deployment = world.deployment_by_job(deploy["id"])
+    retire = await post(
+        client, f"/api/trainedModels/{tm_id}/retire", {"deploymentId": deployment.id}
+    )
+    await finish(client, clock, retire)
+    assert deployment.status == "RETIRED"
+    assert world.stats()["retired_while_scoring"] == (1 if wait == 0.0 else 0)
+    jobs = world.jobs_of_deployment(deployment.id)
+    assert [j.type for j in jobs] == ["SCORING", "RETIREMENT"]
+
+
+@pytest.mark.parametrize("settings", [behaving(job_history=False, archived_models=0)])
+async def test_a_fresh_project_has_no_history(client, world):
+    """job_history off: the job list starts empty; archived_models 0: nothing archived."""
+    assert (await client.get("/api/jobs")).json()["_embedded"]["jobs"] == []
+    stats = (await client.get(STATS_URL)).json()
+    assert stats["history_jobs"] == 0
+    assert stats["archived_models"] == 0
+    assert (await client.get("/api/models")).json()["page"]["totalElements"] == 5

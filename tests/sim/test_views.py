@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sim_support import EXPAND, LAG, TRAIN, behaving
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 # Only BYOM (imported PMML) versions carry this; the emulator's models are trained from Git.
@@ -50,7 +51,7 @@ def recorded(name: str) -> dict[str, Any]:
 
 async def approved_version(client, clock, world) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Train, evaluate with the recorded request, approve; returns (id, eval job, approval)."""
-    train = (await client.post(f"/api/models/{world.models()[0].id}/train", json={})).json()
+    train = (await client.post(f"/api/models/{world.models()[0].id}/train", json=TRAIN)).json()
     clock.advance(3600)
     request = recorded("job-evaluation.json")["metadata"]["evaluationRequest"]
     evaluation = (
@@ -63,7 +64,7 @@ async def approved_version(client, clock, world) -> tuple[str, dict[str, Any], d
             },
         )
     ).json()
-    clock.advance(90)
+    clock.advance(90 + LAG)
     approval = (
         await client.post(
             f"/api/trainedModels/{train['trainedModelId']}/approve", json={"comments": "LGTM"}
@@ -103,12 +104,59 @@ async def test_model_and_project_match_recordings(client, world):
 @pytest.mark.parametrize("path", ["/api/models", "/api/jobs"])
 async def test_timestamps_have_milliseconds_and_offset(client, world, path):
     """Timestamps read like 2025-07-03T21:51:36.960+00:00."""
-    await client.post(f"/api/models/{world.models()[0].id}/train", json={})
+    await client.post(f"/api/models/{world.models()[0].id}/train", json=TRAIN)
     body = (await client.get(path)).json()
     item = next(iter(body["_embedded"].values()))[0]
     assert len(item["createdAt"]) == len("2025-07-03T21:51:36.960+00:00")
     assert item["createdAt"].endswith("+00:00")
     assert item["createdAt"][19] == "."
+
+
+async def test_last_nights_jobs_match_recordings(client, world):
+    """Last night's evaluation and deployment jobs, read by id, have every recorded key."""
+    history = world.jobs()[: world.stats()["history_jobs"]]
+    for kind, fixture in (
+        ("EVALUATION", "job-evaluation.json"),
+        ("DEPLOYMENT", "job-deployment.json"),
+    ):
+        job = next(j for j in history if j.type == kind)
+        body = (await client.get(f"/api/jobs/{job.id}", params=EXPAND)).json()
+        byom = BYOM_ONLY | {"metadata.deploymentRequest.byomModelLocation"}
+        assert missing_keys(recorded(fixture), body) <= byom
+        assert body["status"] == "COMPLETED"
+
+
+async def test_events_listing_matches_the_recorded_events(client, world):
+    """A version's events (HAL, no page) carry every key of the events recorded in a job."""
+    version = world.trained_models_of(world.models()[0].id)[0]
+    events = (await client.get(f"/api/trainedModels/{version.id}/events")).json()
+    assert set(events) == {"_embedded", "_links"}
+    listed = events["_embedded"]["trainedModelEvents"]
+    recorded_events = recorded("job-deployment.json")["metadata"]["trainedModel"]["events"]
+    assert missing_keys(recorded_events, listed) == set()
+
+
+@pytest.mark.parametrize(
+    ("settings", "carried"),
+    [
+        (behaving(), False),
+        (behaving(updated_at="fresh"), True),
+        (behaving(updated_at="stale"), True),
+    ],
+    ids=["absent", "fresh", "stale"],
+)
+async def test_a_job_carries_updated_at_only_when_switched_on(client, clock, world, carried):
+    """No recorded job has updatedAt; "fresh" moves it with the status, "stale" never moves."""
+    job = (await client.post(f"/api/models/{world.models()[0].id}/train", json=TRAIN)).json()
+    assert ("updatedAt" in job) is carried
+    clock.advance(3600)
+    for params in ({}, EXPAND):
+        body = (await client.get(f"/api/jobs/{job['id']}", params=params)).json()
+        assert ("updatedAt" in body) is carried
+        if world.behaviour.updated_at == "fresh":
+            assert body["updatedAt"] > body["createdAt"]
+        elif carried:
+            assert body["updatedAt"] == body["createdAt"]
 
 
 def test_missing_keys_reports_nested_paths():

@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fleet.sim.app import create_app
+from fleet.sim.behaviour import Behaviour
 from fleet.sim.clock import Clock, ManualClock, SimClock
 from fleet.sim.server import serve, serve_forever
-from fleet.sim.world import SimSettings, World
+from fleet.sim.settings import SimSettings
+from fleet.sim.world import World
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
 __all__ = [
+    "Behaviour",
     "Clock",
     "ManualClock",
     "SimClock",

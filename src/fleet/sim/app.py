@@ -5,11 +5,31 @@ authentication (the static token or one issued by the OAuth2 token URL), project
 gateway faults, then the world catches up with the clock and the route runs. A fault answers
 before the route runs, so a faulted POST creates nothing; only a dropped or delayed answer
 comes after the route, so its POST did take effect.
+
+The routes, headers, payloads and statuses are those the official client (tmo 7.3) and the
+Model Factory tutorial use against real servers. Where no real answer was recorded the route
+answers as Spring Data REST does by default, and `Behaviour` (`behaviour.py`) switches to the
+other plausible answers:
+
+- An unknown entity id or an unknown search method: 404 with an empty body (SDR's
+  `handleNotFound`); an unrouted path outside the repositories: Spring Boot's JSON error body.
+  Refusals of the lifecycle POSTs (custom controllers) carry Spring Boot's body too.
+- `GET /api/jobs?sort=updatedAt,…`: the sort is dropped, 200 unsorted, as for every property
+  not in the entity's JSON (`job_sort` "honoured" sorts, "error" answers 500);
+  `sort=createdAt` is always honoured.
+- `GET /api/jobs/search/findByStatusIn`: absent, 404 (`status_finder` serves it).
+- A job read by id or in a listing may lack `status` (`status_missing_rate`, default never).
+- `GET /api/trainedModels/{id}/events`: HAL `_embedded` without a `page` block, as an
+  association resource (`events_listing` "list": a bare array, "absent": 404).
+  `GET /api/trainedModelEvents/search/findByTrainedModelId` is a HAL page in every case.
+- `GET /api/jobs/search/findByDeploymentId`: the scoring (and retirement) jobs of a
+  deployment, as tmo's `JobApi.find_by_deployment_id` reads them.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import uuid
 from typing import TYPE_CHECKING
@@ -17,22 +37,22 @@ from typing import TYPE_CHECKING
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fleet.sim import views
 from fleet.sim.faults import DroppedResponse, Fault, FaultInjector
 from fleet.sim.oauth import TOKEN_PATH, TokenEndpoint, Tokens
 from fleet.sim.paging import PageRequest, hal_page, page_request
-from fleet.sim.world import InvalidRequestError, NotFoundError, SimError
+from fleet.sim.world import InvalidRequestError, NotFoundError, ServerError, SimError, missing_field
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from starlette.requests import Request
-    from starlette.responses import Response
 
-    from fleet.sim.records import Job, JsonObject
+    from fleet.sim.index import Order
+    from fleet.sim.records import Job, JsonObject, Model
     from fleet.sim.world import World
 
     Handler = Callable[[Request], Awaitable[Response]]
@@ -42,11 +62,18 @@ _HAL = "application/hal+json"
 _PROJECT_HEADERS = ("aoa-project-id", "vmo-project-id")
 _EXPIRED_CHALLENGE = 'Bearer error="invalid_token", error_description="The access token expired"'
 _UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
-_JOB_SORTS = frozenset({"createdAt"})
-_JOB_SORTS_WITH_UPDATED = frozenset({"createdAt", "updatedAt"})
+# A repository's search resource: SDR answers an unknown method there with an empty 404.
+_SEARCH = re.compile(re.escape(PREFIX) + r"/api/[A-Za-z]+/search/[^/]+/?")
+# `updatedAt` is parsed as a sort so that `Behaviour.job_sort` decides what it does.
+_JOB_SORTS = frozenset({"createdAt", "updatedAt"})
+_MODEL_SORTS = frozenset({"createdAt", "updatedAt", "name"})
+_TRUE = frozenset({"true", "on", "yes", "1"})
+_FALSE = frozenset({"false", "off", "no", "0"})
 
 
-def create_app(world: World) -> Starlette:
+def create_app(
+    world: World, *, sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+) -> Starlette:
     """The ModelOps API under `/modelops/core`, plus `GET /_sim/stats` and `GET /_sim/jobs`.
 
     `/_sim/stats?since=T` takes `first_request_at` as the first API request at or after the
@@ -54,10 +81,11 @@ def create_app(world: World) -> Starlette:
     detection times, for the benchmark. Neither is an API request: they are not counted.
 
     With a `client_id` configured, also the OAuth2 token URL `POST /oauth2/token` (outside the
-    API: no bearer token, no faults).
+    API: no bearer token, no faults). Slow and delayed answers wait with `sleep` (real seconds;
+    tests pass their own).
     """
     tokens = Tokens(world)
-    api = _Api(world, tokens)
+    api = _Api(world, tokens, sleep)
     routes = [
         Route(PREFIX + path, api.gate(method, path, handler), methods=[method])
         for method, path, handler in api.routes()
@@ -74,26 +102,32 @@ def _hal(payload: JsonObject) -> JSONResponse:
 
 
 class _Api:
-    def __init__(self, world: World, tokens: Tokens) -> None:
+    def __init__(
+        self, world: World, tokens: Tokens, sleep: Callable[[float], Awaitable[None]]
+    ) -> None:
         self._world = world
+        self._sleep = sleep
         self._faults = FaultInjector(world.settings)
         self._tokens = tokens
         self._project_id = world.project.id.lower()
-        # A 7.3 server has neither the finder nor updatedAt among the sortable properties.
-        self._batch_finders = world.settings.batch_finders
-        self._job_sorts = _JOB_SORTS_WITH_UPDATED if self._batch_finders else _JOB_SORTS
+        self._behaviour = world.behaviour
+        self._shape = views.JobShape(world.behaviour.updated_at, world.job_type_names)
+        # Its own stream, so turning it on moves no other draw.
+        self._status_rng = random.Random(f"{world.settings.seed}:status-missing")  # noqa: S311
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         finders: list[tuple[str, str, Handler]] = []
-        if self._batch_finders:
+        if self._behaviour.status_finder:
             finders.append(("GET", "/api/jobs/search/findByStatusIn", self.find_jobs_by_status))
         return [
             ("GET", "/api/projects/{project_id}", self.get_project),
             ("GET", "/api/models", self.list_models),
+            ("GET", "/api/models/search/findByArchived", self.find_models_by_archived),
             ("GET", "/api/models/{model_id}", self.get_model),
             ("POST", "/api/models/{model_id}/train", self.train),
             ("GET", "/api/jobs", self.list_jobs),
             *finders,
+            ("GET", "/api/jobs/search/findByDeploymentId", self.find_jobs_by_deployment),
             ("GET", "/api/jobs/{job_id}", self.get_job),
             ("GET", "/api/trainedModels/search/findByModelId", self.find_versions),
             ("GET", "/api/trainedModels/search/findByModelIdAndStatus", self.find_versions),
@@ -133,7 +167,7 @@ class _Api:
                 return self._fault(request, fault)
             if self._faults.slow():
                 self._world.count_fault("slow")
-                await anyio.sleep(self._world.settings.slow_s)
+                await self._sleep(self._world.settings.slow_s)
             after = self._faults.after()  # drawn on arrival, so the draws follow arrival order
             answer = await self._handle(request, handler)
             if after is not None:
@@ -141,7 +175,7 @@ class _Api:
             if after == "drop":
                 return DroppedResponse(answer)
             if after == "delay_after":
-                await anyio.sleep(self._world.settings.delay_after_s)
+                await self._sleep(self._world.settings.delay_after_s)
             return answer
 
         return endpoint
@@ -151,6 +185,12 @@ class _Api:
         self._world.note_request(await _named_ids(request), now)
         try:
             return await handler(request)
+        except NotFoundError as exc:
+            # Every GET is a Spring Data REST resource: its 404 has no body. The POSTs are
+            # ModelOps' own controllers, whose refusals carry Spring Boot's error body.
+            if request.method == "GET":
+                return Response(status_code=404)
+            return self._error(request, exc.status, exc.message)
         except SimError as exc:
             return self._error(request, exc.status, exc.message)
 
@@ -190,6 +230,8 @@ class _Api:
         assert isinstance(exc, HTTPException)  # the only exception this handles
         if request.url.path.startswith(PREFIX):
             self._world.count_request(f"{request.method} <unrouted>")
+        if exc.status_code == 404 and _SEARCH.fullmatch(request.url.path):  # noqa: PLR2004
+            return Response(status_code=404)
         message = f"{exc.detail}: {request.method} {request.url.path}"
         return self._error(request, exc.status_code, message, exc.headers)
 
@@ -212,12 +254,20 @@ class _Api:
         return _hal(views.project(self._world.project))
 
     async def list_models(self, request: Request) -> Response:
-        paging = page_request(
-            request.query_params, entity="Model", sortable=frozenset({"createdAt", "name"})
-        )
-        models = self._world.models()
-        items = [views.model(m, self._project_id) for m in paging.window(models)]
-        return _hal(hal_page("models", items, paging, len(models)))
+        return self._models_page(request, self._world.listed_models())
+
+    async def find_models_by_archived(self, request: Request) -> Response:
+        value = request.query_params.get("archived")
+        if value is None:
+            raise InvalidRequestError(_missing_parameter("archived", "Boolean"))
+        if value.strip().lower() not in _TRUE | _FALSE:
+            raise InvalidRequestError(
+                "Failed to convert value of type 'java.lang.String' to required type "
+                f"'java.lang.Boolean'; Invalid boolean value [{value}]"
+            )
+        archived = value.strip().lower() in _TRUE
+        models = self._world.archived_models() if archived else self._world.models()
+        return self._models_page(request, models)
 
     async def get_model(self, request: Request) -> Response:
         model = self._world.model(_path_id(request, "model_id"))
@@ -229,13 +279,12 @@ class _Api:
         return self._job(job, expand=False)
 
     async def list_jobs(self, request: Request) -> Response:
-        paging = page_request(request.query_params, entity="Job", sortable=self._job_sorts)
-        if paging.sort_by == "updatedAt":
-            return self._jobs_page(request, paging, None)
+        paging, order = self._job_paging(request)
+        if order == "updatedAt":
+            return self._jobs_page(request, paging, None, order)
         jobs = self._world.jobs()
-        expand = request.query_params.get("projection") == "expandJob"
         now = self._world.now()
-        items = [views.job(j, self._project_id, now, expand=expand) for j in paging.window(jobs)]
+        items = [self._job_body(j, now, request) for j in paging.window(jobs)]
         return _hal(hal_page("jobs", items, paging, len(jobs)))
 
     async def find_jobs_by_status(self, request: Request) -> Response:
@@ -248,12 +297,22 @@ class _Api:
         )
         if not statuses:
             raise InvalidRequestError(_missing_parameter("status", "List"))
-        paging = page_request(request.query_params, entity="Job", sortable=self._job_sorts)
-        return self._jobs_page(request, paging, statuses)
+        paging, order = self._job_paging(request)
+        return self._jobs_page(request, paging, statuses, order)
+
+    async def find_jobs_by_deployment(self, request: Request) -> Response:
+        deployment_id = _query_id(request, "deploymentId")
+        paging, order = self._job_paging(request)
+        jobs = self._world.jobs_of_deployment(deployment_id)
+        now = self._world.now()
+        if order == "updatedAt":  # a deployment has a handful of jobs: sorting them is cheap
+            jobs.sort(key=lambda j: j.updated_at(now))
+        items = [self._job_body(j, now, request) for j in paging.window(jobs)]
+        return _hal(hal_page("jobs", items, paging, len(jobs)))
 
     async def get_job(self, request: Request) -> Response:
         job = self._world.job(_path_id(request, "job_id"))
-        return self._job(job, expand=request.query_params.get("projection") == "expandJob")
+        return _hal(self._job_body(job, self._world.now(), request))
 
     async def get_trained_model(self, request: Request) -> Response:
         tm = self._world.trained_model(_path_id(request, "trained_model_id"))
@@ -264,7 +323,7 @@ class _Api:
         status = request.query_params.get("status")
         if request.url.path.endswith("AndStatus") and not status:
             raise InvalidRequestError(_missing_parameter("status", "String"))
-        paging = page_request(request.query_params, entity="TrainedModel")
+        paging = page_request(request.query_params)
         versions = self._world.trained_models_of(model_id, status)
         items = [
             views.trained_model(tm, self._project_id, with_status=True)
@@ -273,11 +332,23 @@ class _Api:
         return _hal(hal_page("trainedModels", items, paging, len(versions)))
 
     async def list_events(self, request: Request) -> Response:
-        tm = self._world.trained_model(_path_id(request, "trained_model_id"))
-        return self._events(request, tm.id)
+        listing = self._behaviour.events_listing
+        tm_id = _path_id(request, "trained_model_id")
+        if listing == "absent":
+            raise NotFoundError(f"No events resource for trained model {tm_id}")
+        tm = self._world.trained_model(tm_id)
+        items = [views.event(e, self._project_id) for e in self._world.events_of(tm.id)]
+        if listing == "list":
+            return JSONResponse(items)
+        path = f"trainedModels/{tm.id}/events"
+        return _hal(views.association(path, "trainedModelEvents", items))
 
     async def find_events(self, request: Request) -> Response:
-        return self._events(request, _query_id(request, "trainedModelId"))
+        trained_model_id = _query_id(request, "trainedModelId")
+        paging = page_request(request.query_params)
+        events = self._world.events_of(trained_model_id)
+        items = [views.event(e, self._project_id) for e in paging.window(events)]
+        return _hal(hal_page("trainedModelEvents", items, paging, len(events)))
 
     async def evaluate(self, request: Request) -> Response:
         trained_model_id = _path_id(request, "trained_model_id")
@@ -304,7 +375,7 @@ class _Api:
         body = await _body(request)
         deployment_id = body.get("deploymentId")
         if not isinstance(deployment_id, str):
-            raise InvalidRequestError("deploymentId is required")
+            raise missing_field("deploymentId", "retirementRequest")
         job = self._world.retire(trained_model_id, _uuid(deployment_id))
         return self._job(job, expand=False)
 
@@ -317,42 +388,64 @@ class _Api:
         status = request.query_params.get("status")
         if not status:
             raise InvalidRequestError(_missing_parameter("status", "String"))
-        paging = page_request(request.query_params, entity="Deployment")
+        paging = page_request(request.query_params)
         deployments = self._world.deployments_of(trained_model_id, status)
         items = [views.deployment(d, self._project_id) for d in paging.window(deployments)]
         return _hal(hal_page("deployments", items, paging, len(deployments)))
 
     async def find_active(self, request: Request) -> Response:
-        paging = page_request(request.query_params, entity="Deployment")
+        paging = page_request(request.query_params)
         active = self._world.active_deployments()
         items = [views.deployment(d, self._project_id) for d in paging.window(active)]
         return _hal(hal_page("deployments", items, paging, len(active)))
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def _models_page(self, request: Request, models: Sequence[Model]) -> Response:
+        # Names follow creation order (archived models are numbered last) and a model's
+        # updatedAt is its createdAt, so every sort is a read of the list one way or the other.
+        paging = page_request(request.query_params, sortable=_MODEL_SORTS)
+        items = [views.model(m, self._project_id) for m in paging.window(models)]
+        return _hal(hal_page("models", items, paging, len(models)))
+
+    def _job_paging(self, request: Request) -> tuple[PageRequest, Order]:
+        """The page asked for, and the order the server really lists jobs in."""
+        paging = page_request(request.query_params, sortable=_JOB_SORTS)
+        if paging.sort_by != "updatedAt":
+            return paging, "createdAt"
+        if self._behaviour.job_sort == "error":
+            raise ServerError("No property 'updatedAt' found for type 'Job'")
+        if self._behaviour.job_sort == "dropped":
+            return paging.unsorted(), "createdAt"
+        # Honoured, by the server's own updatedAt: a stale one is the creation time.
+        return paging, "createdAt" if self._behaviour.updated_at == "stale" else "updatedAt"
+
     def _jobs_page(
-        self, request: Request, paging: PageRequest, statuses: frozenset[str] | None
+        self,
+        request: Request,
+        paging: PageRequest,
+        statuses: frozenset[str] | None,
+        order: Order,
     ) -> Response:
         jobs, total, now = self._world.find_jobs(
-            statuses,
-            "updatedAt" if paging.sort_by == "updatedAt" else "createdAt",
-            paging.offset,
-            paging.size,
-            descending=paging.descending,
+            statuses, order, paging.offset, paging.size, descending=paging.descending
         )
-        expand = request.query_params.get("projection") == "expandJob"
         # Shown as of the time they were matched at, so each carries a status it matched.
-        items = [views.job(j, self._project_id, now, expand=expand) for j in jobs]
+        items = [self._job_body(j, now, request) for j in jobs]
         return _hal(hal_page("jobs", items, paging, total))
 
-    def _job(self, job: Job, *, expand: bool) -> Response:
-        return _hal(views.job(job, self._project_id, self._world.now(), expand=expand))
+    def _job_body(self, job: Job, now: float, request: Request) -> JsonObject:
+        """A job as a read shows it; with `expandJob`, a seeded share lacks its `status`."""
+        expand = request.query_params.get("projection") == "expandJob"
+        body = views.job(job, self._project_id, now, expand=expand, shape=self._shape)
+        rate = self._behaviour.status_missing_rate
+        if expand and rate > 0 and self._status_rng.random() < rate:
+            del body["status"]
+        return body
 
-    def _events(self, request: Request, trained_model_id: str) -> Response:
-        paging = page_request(request.query_params, entity="TrainedModelEvent")
-        events = self._world.events_of(trained_model_id)
-        items = [views.event(e, self._project_id) for e in paging.window(events)]
-        return _hal(hal_page("trainedModelEvents", items, paging, len(events)))
+    def _job(self, job: Job, *, expand: bool) -> Response:
+        now = self._world.now()
+        return _hal(views.job(job, self._project_id, now, expand=expand, shape=self._shape))
 
 
 async def _named_ids(request: Request) -> list[str]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class Clock(Protocol):
@@ -15,18 +18,27 @@ class Clock(Protocol):
 class SimClock:
     """Wall-clock time sped up by `time_scale`: ten minutes of training take ten seconds at 60x."""
 
-    __slots__ = ("_start", "_t0", "_time_scale")
+    __slots__ = ("_monotonic", "_start", "_t0", "_time_scale")
 
-    def __init__(self, time_scale: float, start: float | None = None) -> None:
+    def __init__(
+        self,
+        time_scale: float,
+        start: float | None = None,
+        *,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`start` defaults to `wall()`; time then runs with `monotonic` (tests pass fakes)."""
         if time_scale <= 0:
             raise ValueError(f"time_scale must be positive, got {time_scale}")
         self._time_scale = time_scale
-        self._start = time.time() if start is None else start
+        self._start = wall() if start is None else start
         # monotonic, so a system clock step cannot make simulated time run backwards.
-        self._t0 = time.monotonic()
+        self._monotonic = monotonic
+        self._t0 = monotonic()
 
     def now(self) -> float:
-        return self._start + (time.monotonic() - self._t0) * self._time_scale
+        return self._start + (self._monotonic() - self._t0) * self._time_scale
 
 
 class ManualClock:

@@ -12,7 +12,10 @@ import math
 import random
 import uuid
 
+# The lifecycle jobs clients submit; a deployment made with cron "@once" also starts a
+# SCORING job of its own.
 JOB_TYPES = ("TRAINING", "EVALUATION", "DEPLOYMENT", "RETIREMENT")
+SCORING = "SCORING"
 
 _TRAINING_MEDIAN_S = 600.0
 _TRAINING_SIGMA = 0.5
@@ -21,6 +24,7 @@ _UNIFORM_BOUNDS_S = {
     "EVALUATION": (40.0, 90.0),
     "DEPLOYMENT": (5.0, 30.0),
     "RETIREMENT": (3.0, 15.0),
+    SCORING: (20.0, 120.0),
 }
 # Each job's duration is its model's base duration times a log-normal jitter, at most ±15%.
 _JITTER_SIGMA = 0.05
@@ -74,15 +78,26 @@ def _bounds(job_type: str) -> tuple[float, float]:
     try:
         return _UNIFORM_BOUNDS_S[job_type]
     except KeyError:
-        raise ValueError(f"unknown job type {job_type!r}; expected one of {JOB_TYPES}") from None
+        raise ValueError(
+            f"unknown job type {job_type!r}; expected one of {(*JOB_TYPES, SCORING)}"
+        ) from None
 
 
 def job_fails(seed: int, model: str, job_type: str, nth: int, error_rate: float) -> bool:
     """Whether that job ends in ERROR; independent of its duration draw."""
+    return _job_draw(seed, model, job_type, nth, what="fail", rate=error_rate)
+
+
+def job_sticks(seed: int, model: str, job_type: str, nth: int, stuck_rate: float) -> bool:
+    """Whether that job never ends (RUNNING for ever); independent of the other draws."""
+    return _job_draw(seed, model, job_type, nth, what="stuck", rate=stuck_rate)
+
+
+def _job_draw(seed: int, model: str, job_type: str, nth: int, *, what: str, rate: float) -> bool:
     if job_type not in JOB_TYPES:
         raise ValueError(f"unknown job type {job_type!r}; expected one of {JOB_TYPES}")
-    # Without errors no draw is needed: random() < 0 never holds.
-    return error_rate > 0 and _rng(seed, model, job_type, nth, "fail").random() < error_rate
+    # At rate 0 no draw is needed: random() < 0 never holds.
+    return rate > 0 and _rng(seed, model, job_type, nth, what).random() < rate
 
 
 def metrics(seed: int, model: str, version: int) -> dict[str, str]:

@@ -18,7 +18,7 @@ from starlette.responses import Response
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
-    from fleet.sim.world import SimSettings
+    from fleet.sim.settings import SimSettings
 
 AfterFault = Literal["drop", "delay_after"]
 

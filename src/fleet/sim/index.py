@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Sequence
 
     from fleet.sim.records import Job
 
@@ -164,6 +164,24 @@ class JobIndex:
         self._change_log.append(job)
         self._slot[job.id] = (created, logged)
         self._status[job.id] = status
+
+    def add_ended(self, jobs: Sequence[Job]) -> None:
+        """Jobs that ended before the index began (last night's), given in creation order.
+
+        They are logged in order of their end, so the change log stays sorted by `updatedAt`
+        whatever order they were created in. Only an empty index takes them.
+        """
+        if self._created:
+            raise ValueError("ended jobs go into an empty index")
+        positions = [self._by_creation.append(str(job.outcome)) for job in jobs]
+        self._created.extend(jobs)
+        for job, created in zip(jobs, positions, strict=True):
+            self._status[job.id] = str(job.outcome)
+            self._slot[job.id] = (created, -1)
+        for job in sorted(jobs, key=lambda j: j.ends_at):
+            logged = self._by_change.append(str(job.outcome))
+            self._change_log.append(job)
+            self._slot[job.id] = (self._slot[job.id][0], logged)
 
     def changed(self, job: Job, status: str) -> None:
         """The job's status changed now, later than (or as late as) every earlier change."""

@@ -3,18 +3,23 @@
 Every collection the emulator lists is kept in creation order, so sorting by `createdAt` is
 reading it forwards or backwards, and a page costs O(size), not a sort of the whole collection.
 Jobs sorted by `updatedAt` come from the world's job index instead (`index.py`).
+
+A sort on a property the collection cannot sort by is dropped silently, as Spring Data REST's
+`JacksonMappingAwareSortTranslator` drops every property that is not in the entity's JSON:
+the answer is 200 and unsorted (creation order), never 400.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from fleet.sim.world import InvalidRequestError
-
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterator
+
+    from starlette.datastructures import QueryParams
 
     from fleet.sim.records import JsonObject
 
@@ -43,6 +48,10 @@ class PageRequest:
     def offset(self) -> int:
         return self.page * self.size
 
+    def unsorted(self) -> PageRequest:
+        """The same page with its sort dropped: creation order."""
+        return dataclasses.replace(self, descending=False, sort_by=None)
+
     def window(self, items: Listing[T_co]) -> list[T_co]:
         start = self.page * self.size
         if isinstance(items, list):  # slicing a list skips the offset without iterating it
@@ -56,23 +65,20 @@ class PageRequest:
 
 
 def page_request(
-    params: Mapping[str, str],
-    *,
-    entity: str,
-    sortable: frozenset[str] = frozenset({"createdAt"}),
-    newest_first: bool = False,
+    params: QueryParams, *, sortable: frozenset[str] = frozenset({"createdAt"})
 ) -> PageRequest:
-    """Read paging parameters the lenient way Spring does: bad numbers fall back to defaults."""
+    """Read paging parameters the lenient way Spring does: bad numbers fall back to defaults,
+    and the first `sort` (`prop[,asc|desc]`, repeatable) on a `sortable` property wins."""
     page = _int(params.get("page"), 0)
     size = _int(params.get("size"), DEFAULT_SIZE)
-    descending = newest_first
+    descending = False
     sort_by = None
-    sort = params.get("sort")
-    if sort:
-        sort_by, _, direction = sort.partition(",")
-        if sort_by not in sortable:
-            raise InvalidRequestError(f"No property '{sort_by}' found for type '{entity}'")
-        descending = direction.strip().lower() == "desc"
+    for sort in params.getlist("sort"):
+        name, _, direction = sort.partition(",")
+        if name.strip() in sortable:
+            sort_by = name.strip()
+            descending = direction.strip().lower() == "desc"
+            break
     return PageRequest(
         page=max(page, 0),
         size=min(size, MAX_SIZE) if size > 0 else DEFAULT_SIZE,

@@ -29,6 +29,7 @@ class Model:
     index: int
     name: str
     created_at: float
+    archived: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class TrainedModel:
     job_id: str
     external_id: str
     status: str
+    archived: bool = False
     events: list[Event] = field(default_factory=list)
     deployments: list[Deployment] = field(default_factory=list)
 
@@ -72,6 +74,12 @@ class Job:
     # How many of the trained model's events existed at creation: the job shows that snapshot.
     events_seen: int
     deployment_id: str | None = None
+    # A stuck job runs through its queue phases and then stays RUNNING: `ends_at` is only
+    # when it would have ended.
+    stuck: bool = False
+    # One of last night's jobs, made with the world: part of the project's job history, not
+    # of what clients submitted.
+    history: bool = False
     outcome: str | None = None
     # For the benchmark: when a request about this job's model first arrived after it ended.
     detected_at: float | None = None
@@ -117,3 +125,6 @@ class Deployment:
     engine_type_config: JsonObject
     cron: str
     retirement_job_id: str | None = None
+    scoring_job: Job | None = None  # started at once by a cron "@once" deployment
+    # The jobs that name this deployment (its scoring job, its retirements), oldest first.
+    jobs: list[Job] = field(default_factory=list)

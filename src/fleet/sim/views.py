@@ -1,17 +1,29 @@
 """JSON shapes of the emulator's answers, modelled key for key on recorded ModelOps responses.
 
-The recorded bodies are in tests/fixtures/; tests/sim/test_views.py checks that every key they
-carry is also in what these functions produce.
+Recorded (tests/fixtures/, checked key for key by tests/sim/test_views.py): the project, a
+model, the evaluation and deployment jobs as their POSTs answer, the approval event, the
+EVALUATED event with its metrics as strings. Derived from those, since never recorded: a train
+job (shaped like the recorded IMPORT job), a retire job, a deployment, Spring Data REST's
+error body, and a job read with `projection=expandJob`, which adds `status`.
+
+Where the shape depends on an unrecorded choice, `JobShape` carries the server's answer (see
+`behaviour.py`): a job carries no `updatedAt` by default, as no recorded job does
+(`updated_at` "fresh" or "stale" adds one), and train and retire jobs are named TRAINING and
+RETIREMENT unless `job_types` names them otherwise.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from fleet.sim.behaviour import UpdatedAt
     from fleet.sim.records import Deployment, Event, Job, JsonObject, Model, Project, TrainedModel
 
 OWNER_ID = "fleet_sim"
@@ -68,7 +80,7 @@ def model(m: Model, project_id: str) -> JsonObject:
         "name": m.name,
         "description": f"Demand forecast for store {m.index + 1}",
         "language": "PYTHON",
-        "archived": False,
+        "archived": m.archived,
         "automation": {
             "training": {"@type": "base"},
             "evaluation": {"@type": "base"},
@@ -120,22 +132,38 @@ def trained_model(
         body["status"] = tm.status
     if events_seen is not None:
         body["events"] = [event(e, project_id) for e in reversed(tm.events[:events_seen])]
-    body["archived"] = False
+    body["archived"] = tm.archived
     return body
 
 
-def job(j: Job, project_id: str, now: float, *, expand: bool) -> JsonObject:
-    """A job; only the `expandJob` projection carries `status` and `updatedAt`."""
+@dataclass(frozen=True, slots=True)
+class JobShape:
+    """How the server shows a job where nothing recorded says: its `updatedAt`, if any, and
+    what it calls each canonical job type (TRAINING ...) when that differs."""
+
+    updated_at: UpdatedAt = "absent"
+    type_names: Mapping[str, str] = field(default_factory=dict)
+
+    def updated(self, j: Job, now: float) -> float:
+        """The server's own notion of the job's last change: with "stale", its creation."""
+        return j.created_at if self.updated_at == "stale" else j.updated_at(now)
+
+
+def job(
+    j: Job, project_id: str, now: float, *, expand: bool, shape: JobShape | None = None
+) -> JsonObject:
+    """A job; only the `expandJob` projection carries `status`."""
+    shape = shape or JobShape()
     body: JsonObject = {
         "id": j.id,
         "projectId": project_id,
         "ownerId": OWNER_ID,
         "createdAt": iso(j.created_at),
     }
-    if expand:
-        body["updatedAt"] = iso(j.updated_at(now))
+    if shape.updated_at != "absent":
+        body["updatedAt"] = iso(shape.updated(j, now))
     body |= {
-        "type": j.type,
+        "type": shape.type_names.get(j.type, j.type),
         "source": "MODEL",
         "modelId": j.model_id,
         "trainedModelId": j.trained_model.id,
@@ -225,6 +253,15 @@ def deployment(d: Deployment, project_id: str) -> JsonObject:
     if d.retirement_job_id is not None:
         body["retirementJobId"] = d.retirement_job_id
     return body
+
+
+def association(path: str, relation: str, items: list[JsonObject]) -> JsonObject:
+    """A collection reached through an entity (`trainedModels/{id}/events`): Spring Data REST
+    answers such an association resource with `_embedded` and its link, but no `page` block."""
+    return {
+        "_embedded": {relation: items},
+        "_links": {"self": {"href": f"{_LINK_HOST}/api/{path}"}},
+    }
 
 
 def error(status: int, message: str, path: str, now: float) -> JsonObject:

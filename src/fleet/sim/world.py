@@ -1,9 +1,28 @@
 """The in-memory ModelOps: projects, models, versions, jobs and deployments, with no HTTP.
 
 Nothing runs in the background. Every call first `advance()`s the world to the clock's time,
-applying due status changes (a job's queue phases, then its end) in time order, so the emulator
-is as deterministic as its clock. Every lookup goes through a dict, an append-only list or the
-job index (`index.py`), so it stays fast with 10,000 models and tens of thousands of jobs.
+applying due status changes (a job's queue phases, its end, an evaluation's EVALUATED event)
+in time order, so the emulator is as deterministic as its clock. Every lookup goes through a
+dict, an append-only list or the job index (`index.py`), so it stays fast with 10,000 models
+and tens of thousands of jobs.
+
+What the world does, and where it comes from:
+
+- Recorded (tmo 7.3 notebooks, the Model Factory tutorial): the lifecycle train → evaluate →
+  approve/reject → deploy → retire, the job statuses, metrics as strings on the EVALUATED
+  event with the `jobId` of its evaluation, a `cron = "@once"` deployment starting a scoring
+  job at once, and the fields the official client refuses to send without (`datasetId` on
+  train and evaluate, `engineType` on deploy, `deploymentId` on retire).
+- Spring Data REST's default where nothing was recorded, each with a switch in `Behaviour`
+  for the other plausible answer: the project has a job history (last night's jobs), archived
+  models and archived versions; an evaluation's EVALUATED event comes a little after its job
+  completes (`evaluated_lag_s`); a deployed version keeps its APPROVED status, only the
+  deployment says DEPLOYED (`deployed_version_status`); train and retire jobs are named
+  TRAINING and RETIREMENT (`job_types`). Internally types stay canonical; `views.py` names them.
+
+The stats describe what clients caused: `jobs_by_type`, `jobs_total` and
+`max_jobs_per_model_and_type` count the lifecycle jobs they submitted, not last night's
+history jobs nor the scoring jobs deployments start (counted in `scoring_jobs`).
 
 The world also records, for the benchmark and at no cost to the answers, when each job's end
 was first noticed: the first request about its model after it ended (`note_request`).
@@ -18,7 +37,6 @@ import math
 import random
 from array import array
 from collections import Counter, deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fleet.sim import draws
@@ -33,6 +51,7 @@ from fleet.sim.records import (
     Project,
     TrainedModel,
 )
+from fleet.sim.settings import RATE_FIELDS, SimSettings
 
 if TYPE_CHECKING:
     from _collections_abc import dict_values
@@ -40,95 +59,33 @@ if TYPE_CHECKING:
 
     from fleet.sim.clock import Clock
 
+__all__ = [
+    "RATE_FIELDS",
+    "InvalidRequestError",
+    "NotFoundError",
+    "ServerError",
+    "SimError",
+    "SimSettings",
+    "World",
+    "missing_field",
+]
+
 _DAY = 86_400.0
-_END = -1  # the phase number of a job's end in the schedule of status changes
-_FAULT_KINDS = ("http_500", "http_503", "http_429", "slow", "drop", "delay_after", "job_error")
-_FAULT_METHODS = frozenset({"GET", "POST"})
+# Phase numbers in the schedule of status changes, besides `Job.phase()`'s queue phases.
+_END = -1  # the job's end
+_EVALUATED = -2  # an evaluation's EVALUATED event, `evaluated_lag_s` after its end
+_FAULT_KINDS = (
+    "http_500",
+    "http_503",
+    "http_429",
+    "slow",
+    "drop",
+    "delay_after",
+    "job_error",
+    "job_stuck",
+)
 # A version can be approved only from EVALUATED; evaluating again never demotes a decision.
 _EVALUATED_FROM = frozenset({"TRAINED", "EVALUATED"})
-
-
-# The settings that are probabilities, each within [0, 1].
-RATE_FIELDS = (
-    "job_error_rate",
-    "http_500_rate",
-    "http_503_rate",
-    "http_429_rate",
-    "slow_rate",
-    "drop_rate",
-    "delay_after_rate",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class SimSettings:
-    """How big the emulated project is and how badly it behaves.
-
-    Rates are probabilities in [0, 1]: `job_error_rate` per job (decided by a hash of the job,
-    see `World.job_will_fail`), the others per API request whose method is in `fault_methods`.
-    `drop_rate` and `delay_after_rate` strike after the request took effect: its answer is cut
-    off mid-body (the client sees a transport error), or sent only after `delay_after_s`.
-
-    With `client_id` and `client_secret` set, `POST /oauth2/token` hands out access tokens
-    (OAuth2 client credentials) that expire `token_lifetime_s` later on the emulator's clock;
-    the static `token` keeps working alongside them.
-    """
-
-    models: int = 200  # named store-0001 ... store-0200
-    seed: int = 0  # everything random (ids, durations, metrics, failures) derives from it
-    time_scale: float = 60.0  # simulated seconds per real second, for `SimClock`
-    token: str = "fleet-demo-token"  # noqa: S105 - the emulator's own demo credential
-    project_id: str = "5f1a3c9e-8d2b-4e7a-9c61-0f2d4b8a7e13"
-    job_error_rate: float = 0.0
-    http_500_rate: float = 0.0
-    http_503_rate: float = 0.0
-    http_429_rate: float = 0.0
-    retry_after_s: float = 1.0  # sent with 429 and 503, rounded up to whole seconds
-    slow_rate: float = 0.0
-    slow_s: float = 0.5  # real seconds a slow request waits before it is handled
-    drop_rate: float = 0.0
-    delay_after_rate: float = 0.0
-    delay_after_s: float = 5.0  # real seconds a handled request holds back its answer
-    fault_methods: tuple[str, ...] = ("GET", "POST")  # the methods the HTTP faults strike
-    initial_deployed: bool = True  # every model starts with a version deployed last night
-    client_id: str | None = None  # None: no token URL, only the static `token`
-    client_secret: str | None = None  # set together with client_id
-    token_lifetime_s: float = 3600.0  # simulated seconds an issued access token is valid
-    # GET /api/jobs/search/findByStatusIn and sort=updatedAt on GET /api/jobs, as the aoa 7.0
-    # client knew them; False answers like a 7.3 server: 404 and 400.
-    batch_finders: bool = True
-
-    def __post_init__(self) -> None:
-        if self.models < 0:
-            raise ValueError(f"models must be >= 0, got {self.models}")
-        if self.time_scale <= 0:
-            raise ValueError(f"time_scale must be positive, got {self.time_scale}")
-        for name in RATE_FIELDS:
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
-        if self.http_500_rate + self.http_503_rate + self.http_429_rate > 1.0:
-            raise ValueError("http_500_rate + http_503_rate + http_429_rate must not exceed 1")
-        if self.drop_rate + self.delay_after_rate > 1.0:
-            raise ValueError("drop_rate + delay_after_rate must not exceed 1")
-        if self.retry_after_s < 0 or self.slow_s < 0 or self.delay_after_s < 0:
-            raise ValueError("retry_after_s, slow_s and delay_after_s must be >= 0")
-        methods = self.fault_methods
-        if not isinstance(methods, tuple) or not _FAULT_METHODS.issuperset(methods):
-            raise ValueError(
-                f"fault_methods must be a tuple of GET and POST, got {self.fault_methods!r}"
-            )
-        self._check_client_credentials()
-
-    def _check_client_credentials(self) -> None:
-        if (self.client_id is None) != (self.client_secret is None):
-            raise ValueError("client_id and client_secret must be set together")
-        # HTTP Basic splits the credentials at the first colon, so an id cannot contain one.
-        if self.client_id is not None and (not self.client_id or ":" in self.client_id):
-            raise ValueError(f"client_id must be non-empty and without ':', got {self.client_id!r}")
-        if self.client_secret == "":
-            raise ValueError("client_secret must not be empty")
-        if not 0 < self.token_lifetime_s < math.inf:
-            raise ValueError(f"token_lifetime_s must be positive, got {self.token_lifetime_s}")
 
 
 class SimError(Exception):
@@ -149,28 +106,45 @@ class InvalidRequestError(SimError):
     status = 400
 
 
+class ServerError(SimError):
+    status = 500
+
+
+def missing_field(name: str, request: str) -> InvalidRequestError:
+    """A request body without a field the service requires, as Spring's validation words it."""
+    return InvalidRequestError(
+        f"Validation failed for object='{request}'. Error count: 1. "
+        f"Field '{name}': must not be null"
+    )
+
+
 class World:
     """One emulated ModelOps project and everything in it."""
 
     def __init__(self, settings: SimSettings, clock: Clock) -> None:
         self.settings = settings
+        self.behaviour = settings.behaviour
+        # What the server calls each canonical job type (TRAINING ...), where it differs.
+        self.job_type_names = self.behaviour.job_type_names(settings.seed)
         self._clock = clock
         self._ids = random.Random(f"{settings.seed}:ids")  # noqa: S311 - reproducible ids
         self._seq = itertools.count()
         start = clock.now()
         self.project = Project(settings.project_id, "Store demand forecasting", start - 400 * _DAY)
-        self._models: dict[str, Model] = {}
-        self._model_list: list[Model] = []
+        self._models: dict[str, Model] = {}  # active and archived
+        self._model_list: list[Model] = []  # active
+        self._archived: list[Model] = []
         self._trained: dict[str, TrainedModel] = {}
         self._versions: dict[str, list[TrainedModel]] = {}
         self._jobs: dict[str, Job] = {}
         self._job_list: list[Job] = []
         # Heap of (time, seq, job id, phase): the job's next status change, where phase
-        # numbers `Job.phase()` and `_END` is its end. Without batch finders nothing needs
-        # the queue phases, so only ends are scheduled.
+        # numbers `Job.phase()`, `_END` is its end and `_EVALUATED` its EVALUATED event.
+        # When no answer needs jobs by status, only ends and events are scheduled.
         self._due: list[tuple[float, int, str, int]] = []
-        self._index = JobIndex() if settings.batch_finders else None
+        self._index = JobIndex() if self.behaviour.needs_job_index else None
         self._jobs_per_key: Counter[tuple[str, str]] = Counter()
+        self._scoring_per_model: Counter[str] = Counter()
         self._deployments: dict[str, Deployment] = {}
         self._deployment_by_job: dict[str, Deployment] = {}
         self._active: dict[str, Deployment] = {}  # insertion order = creation order
@@ -178,6 +152,9 @@ class World:
         self._peak_running = 0
         self._max_per_key = 0
         self._jobs_by_type: Counter[str] = Counter(dict.fromkeys(draws.JOB_TYPES, 0))
+        self._scoring_jobs = 0
+        self._retired_while_scoring = 0
+        self._history_jobs = 0
         self._requests: Counter[str] = Counter()
         self._faults: Counter[str] = Counter(dict.fromkeys(_FAULT_KINDS, 0))
         self._tokens_issued = 0
@@ -190,6 +167,9 @@ class World:
         self._last_end: float | None = None
         self.train_dataset_id = draws.uuid_from(self._ids)
         self.eval_dataset_id = draws.uuid_from(self._ids)
+        # Last night's requests name these; the emulator accepts any (it keeps neither).
+        self.dataset_connection_id = draws.uuid_from(draws.spread(settings.seed, "connection"))
+        self.dataset_template_id = draws.uuid_from(draws.spread(settings.seed, "template"))
         self._populate(start)
 
     # -- time -------------------------------------------------------------------------------
@@ -202,19 +182,20 @@ class World:
         now = self._clock.now()
         due = self._due
         while due and due[0][0] <= now:
-            _, _, job_id, phase = heapq.heappop(due)
+            at, _, job_id, phase = heapq.heappop(due)
             job = self._jobs[job_id]
             if phase == _END:
                 self._finish(job)
-                continue
-            assert self._index is not None  # phases are only scheduled for the index
-            self._index.changed(job, QUEUE_PHASES[phase][0])
-            following = phase + 1
-            if following < len(QUEUE_PHASES):
-                at = job.phase(following)[1]
-                heapq.heappush(due, (at, next(self._seq), job.id, following))
+            elif phase == _EVALUATED:
+                self._evaluated(job, at)
             else:
-                heapq.heappush(due, (job.ends_at, next(self._seq), job.id, _END))
+                assert self._index is not None  # phases are only scheduled for the index
+                self._index.changed(job, QUEUE_PHASES[phase][0])
+                following = phase + 1
+                if following < len(QUEUE_PHASES):
+                    self._schedule(job.phase(following)[1], job, following)
+                else:
+                    self._schedule(job.ends_at, job, _END)
         return now
 
     def duration(self, model_id: str, job_type: str, nth: int) -> float:
@@ -227,6 +208,12 @@ class World:
             self.settings.seed, model_id, job_type, nth, self.settings.job_error_rate
         )
 
+    def job_will_stick(self, model_id: str, job_type: str, nth: int) -> bool:
+        """Whether the `nth` (1-based) job of `job_type` for a model never ends."""
+        return draws.job_sticks(
+            self.settings.seed, model_id, job_type, nth, self.settings.stuck_rate
+        )
+
     # -- reads ------------------------------------------------------------------------------
 
     def model(self, model_id: str) -> Model:
@@ -236,7 +223,15 @@ class World:
             raise NotFoundError(f"Model {model_id} not found") from None
 
     def models(self) -> Sequence[Model]:
+        """The active models, oldest first (what `--models N` counts)."""
         return self._model_list
+
+    def archived_models(self) -> Sequence[Model]:
+        return self._archived
+
+    def listed_models(self) -> list[Model]:
+        """What `GET /api/models` lists: the active models, then the archived ones."""
+        return [*self._model_list, *self._archived]
 
     def job(self, job_id: str) -> Job:
         self.advance()
@@ -246,7 +241,7 @@ class World:
             raise NotFoundError(f"Job {job_id} not found") from None
 
     def jobs(self) -> Sequence[Job]:
-        """All jobs, oldest first."""
+        """All jobs, oldest first: last night's, then those clients and deployments started."""
         self.advance()
         return self._job_list
 
@@ -265,10 +260,16 @@ class World:
         them as of that time, so each shows a status it was selected by.
         """
         if self._index is None:
-            raise NotFoundError("Job finders by status are not offered by this server")
+            raise NotFoundError("Jobs by status or last change are not offered by this server")
         now = self.advance()
         jobs = self._index.page(statuses, order, offset, limit, descending=descending)
         return jobs, self._index.count(statuses), now
+
+    def jobs_of_deployment(self, deployment_id: str) -> list[Job]:
+        """The jobs naming a deployment (scoring, retirement), oldest first; a finder."""
+        self.advance()
+        deployment = self._deployments.get(deployment_id)
+        return [] if deployment is None else list(deployment.jobs)
 
     def trained_model(self, trained_model_id: str) -> TrainedModel:
         self.advance()
@@ -310,41 +311,23 @@ class World:
     # -- lifecycle --------------------------------------------------------------------------
 
     def train(self, model_id: str, request: JsonObject) -> Job:
+        _require(request, "datasetId", "trainingRequest")
         self.advance()
         model = self.model(model_id)
-        now = self._clock.now()
+        if model.archived:
+            raise InvalidRequestError(f"Model {model.id} is archived and cannot be trained")
         job_id = draws.uuid_from(self._ids)
-        versions = self._versions.setdefault(model.id, [])
-        tm = TrainedModel(
-            id=draws.uuid_from(self._ids),
-            model_id=model.id,
-            version=len(versions) + 1,
-            created_at=now,
-            job_id=job_id,
-            external_id=draws.uuid_from(self._ids),
-            # Not a documented status: the version exists but has no TRAINED event yet.
-            status="TRAINING",
-        )
-        versions.append(tm)
-        self._trained[tm.id] = tm
-        self._owner[tm.id] = model.id
-        automation = _automation("base", _dict(request, "automationOverrides"))
-        metadata = {"trainingRequest": request, **_job_context(request), "automation": automation}
-        return self._start_job("TRAINING", tm, metadata, job_id=job_id)
+        tm = self._new_version(model, self._clock.now(), job_id)
+        return self._start_job("TRAINING", tm, _training_metadata(request), job_id=job_id)
 
     def evaluate(self, trained_model_id: str, request: JsonObject) -> Job:
-        tm = self.trained_model(trained_model_id)
+        _require(request, "datasetId", "evaluationRequest")
+        tm = self._writable(trained_model_id, "evaluated")
         if tm.status == "TRAINING":
             raise InvalidRequestError(
                 f"Trained model {tm.id} cannot be evaluated: its training has not completed"
             )
-        automation = _automation("base", _dict(request, "automationOverrides"))
-        metadata = {
-            "evaluationRequest": {**request, "automation": automation},
-            **_job_context(request),
-            "automation": automation,
-        }
-        return self._start_job("EVALUATION", tm, metadata)
+        return self._start_job("EVALUATION", tm, _evaluation_metadata(request))
 
     def approve(self, trained_model_id: str, comments: str) -> Event:
         return self._decide(trained_model_id, "APPROVED", comments)
@@ -353,26 +336,14 @@ class World:
         return self._decide(trained_model_id, "REJECTED", comments)
 
     def deploy(self, trained_model_id: str, request: JsonObject) -> Job:
-        tm = self.trained_model(trained_model_id)
+        _require(request, "engineType", "deploymentRequest")
+        tm = self._writable(trained_model_id, "deployed")
         if tm.status != "APPROVED":
             raise InvalidRequestError(
                 f"Trained model {tm.id} cannot be deployed: its status is {tm.status}, "
                 "only an APPROVED version can be deployed"
             )
-        engine_type = request.get("engineType")
-        if not isinstance(engine_type, str) or not engine_type:
-            raise InvalidRequestError("engineType is required")
-        engine_config = _automation("deploy", _dict(request, "engineTypeConfig"))
-        metadata = {
-            "deploymentRequest": {
-                **request,
-                "engineTypeConfig": engine_config,
-                "type": "MODEL_VERSION",
-            },
-            **_job_context(request),
-            "automation": engine_config,
-        }
-        return self._start_job("DEPLOYMENT", tm, metadata)
+        return self._start_job("DEPLOYMENT", tm, _deployment_metadata(request))
 
     def retire(self, trained_model_id: str, deployment_id: str) -> Job:
         tm = self.trained_model(trained_model_id)
@@ -385,8 +356,13 @@ class World:
             raise InvalidRequestError(
                 f"Deployment {deployment_id} is not active (status {deployment.status})"
             )
+        scoring = deployment.scoring_job
+        if scoring is not None and scoring.outcome is None:
+            self._retired_while_scoring += 1  # accepted, as nothing says a server refuses it
         metadata = {"retirementRequest": {"deploymentId": deployment_id}}
-        return self._start_job("RETIREMENT", tm, metadata, deployment_id=deployment_id)
+        job = self._start_job("RETIREMENT", tm, metadata, deployment=deployment)
+        deployment.jobs.append(job)
+        return job
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -406,7 +382,8 @@ class World:
                 unnoticed.popleft().detected_at = at
 
     def job_records(self) -> list[JsonObject]:
-        """What the benchmark needs of each job, in simulated seconds since the epoch."""
+        """What the benchmark needs of each job clients caused (last night's are left out),
+        in simulated seconds since the epoch; a stuck job has no end (`ends_at` None)."""
         self.advance()
         return [
             {
@@ -414,11 +391,11 @@ class World:
                 "type": job.type,
                 "model_id": job.model_id,
                 "created_at": job.created_at,
-                "ends_at": job.ends_at,
+                "ends_at": None if job.stuck else job.ends_at,
                 "outcome": job.outcome,
                 "detected_at": job.detected_at,
             }
-            for job in self._job_list
+            for job in itertools.islice(self._job_list, self._history_jobs, None)
         ]
 
     def count_fault(self, kind: str) -> None:
@@ -442,12 +419,18 @@ class World:
             "last_job_end_at": self._last_end,
             "requests_total": self._requests.total(),
             "requests_by_route": dict(self._requests),
+            # Lifecycle jobs clients submitted: no history job, no scoring job.
             "jobs_by_type": dict(self._jobs_by_type),
             "max_jobs_per_model_and_type": self._max_per_key,
             "peak_running_jobs": self._peak_running,
             "running_jobs": self._running,
-            "jobs_total": len(self._job_list),
+            "jobs_total": self._jobs_by_type.total(),
+            "scoring_jobs": self._scoring_jobs,
+            # Retire requests accepted while the deployment's scoring job was still running.
+            "retired_while_scoring": self._retired_while_scoring,
+            "history_jobs": self._history_jobs,  # last night's, in the job list from the start
             "models": len(self._model_list),
+            "archived_models": len(self._archived),
             "active_deployments": len(self._active),
             "faults": dict(self._faults),
             "tokens_issued": self._tokens_issued,  # by the OAuth2 token URL
@@ -457,9 +440,20 @@ class World:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _decide(self, trained_model_id: str, decision: str, comments: str) -> Event:
+    def _writable(self, trained_model_id: str, verb: str) -> TrainedModel:
+        """A version a lifecycle step may act on: neither it nor its model is archived."""
         tm = self.trained_model(trained_model_id)
+        if self._models[tm.model_id].archived:
+            raise InvalidRequestError(
+                f"Model {tm.model_id} is archived: its trained models cannot be {verb}"
+            )
+        if tm.archived:
+            raise InvalidRequestError(f"Trained model {tm.id} is archived and cannot be {verb}")
+        return tm
+
+    def _decide(self, trained_model_id: str, decision: str, comments: str) -> Event:
         verb = "approved" if decision == "APPROVED" else "rejected"
+        tm = self._writable(trained_model_id, verb)
         if tm.status in {"APPROVED", "REJECTED"}:
             raise InvalidRequestError(
                 f"Trained model {tm.id} cannot be {verb}: it is already {tm.status}"
@@ -473,6 +467,26 @@ class World:
             tm, decision, self._clock.now(), metadata={"comments": comments}, set_status=True
         )
 
+    def _new_version(
+        self, model: Model, at: float, job_id: str, *, archived: bool = False
+    ) -> TrainedModel:
+        versions = self._versions[model.id]
+        tm = TrainedModel(
+            id=draws.uuid_from(self._ids),
+            model_id=model.id,
+            version=len(versions) + 1,
+            created_at=at,
+            job_id=job_id,
+            external_id=draws.uuid_from(self._ids),
+            # Not a documented status: the version exists but has no TRAINED event yet.
+            status="TRAINING",
+            archived=archived,
+        )
+        versions.append(tm)
+        self._trained[tm.id] = tm
+        self._owner[tm.id] = model.id
+        return tm
+
     def _start_job(
         self,
         job_type: str,
@@ -480,8 +494,9 @@ class World:
         metadata: JsonObject,
         *,
         job_id: str | None = None,
-        deployment_id: str | None = None,
+        deployment: Deployment | None = None,
     ) -> Job:
+        """A lifecycle job a client submitted, created now."""
         # Every change due by now is applied first: the index's change log stays in time order.
         now = self.advance()
         key = (tm.model_id, job_type)
@@ -497,49 +512,94 @@ class World:
             will_fail=self.job_will_fail(tm.model_id, job_type, nth),
             metadata=metadata,
             events_seen=len(tm.events),
-            deployment_id=deployment_id,
+            deployment_id=None if deployment is None else deployment.id,
+            stuck=self.job_will_stick(tm.model_id, job_type, nth),
         )
-        self._jobs[job.id] = job
-        self._job_list.append(job)
-        self._owner[job.id] = job.model_id
-        if self._index is None:
-            heapq.heappush(self._due, (job.ends_at, next(self._seq), job.id, _END))
-        else:
-            self._index.added(job, job.status_at(now))
-            heapq.heappush(self._due, (job.phase(1)[1], next(self._seq), job.id, 1))
+        self._add_job(job)
         self._jobs_by_type[job_type] += 1
         self._max_per_key = max(self._max_per_key, nth)
         self._running += 1
         self._peak_running = max(self._peak_running, self._running)
         return job
 
+    def _start_scoring(self, deployment: Deployment, at: float) -> None:
+        """The batch scoring a `cron = "@once"` deployment runs at once (not a lifecycle job)."""
+        tm = deployment.trained_model
+        self._scoring_per_model[tm.model_id] += 1
+        nth = self._scoring_per_model[tm.model_id]
+        job = Job(
+            id=draws.uuid_from(self._ids),
+            type=draws.SCORING,
+            model_id=tm.model_id,
+            trained_model=tm,
+            created_at=at,
+            ends_at=at + self.duration(tm.model_id, draws.SCORING, nth),
+            will_fail=False,
+            metadata={
+                "scoringRequest": {"engineType": deployment.engine_type, "cron": deployment.cron},
+                "automation": deployment.engine_type_config,
+            },
+            events_seen=len(tm.events),
+            deployment_id=deployment.id,
+        )
+        deployment.scoring_job = job
+        deployment.jobs.append(job)
+        self._add_job(job)
+        self._scoring_jobs += 1
+
+    def _add_job(self, job: Job) -> None:
+        """A job created at `job.created_at`, which is now in the world's time."""
+        self._jobs[job.id] = job
+        self._job_list.append(job)
+        self._owner[job.id] = job.model_id
+        if self._index is None:
+            self._schedule(job.ends_at, job, _END)
+        else:
+            self._index.added(job, job.status_at(job.created_at))
+            self._schedule(job.phase(1)[1], job, 1)
+
+    def _schedule(self, at: float, job: Job, phase: int) -> None:
+        heapq.heappush(self._due, (at, next(self._seq), job.id, phase))
+
     def _finish(self, job: Job) -> None:
-        self._running -= 1
-        self._last_end = job.ends_at
-        self._unnoticed.setdefault(job.model_id, deque()).append(job)
+        if job.stuck:
+            self._faults["job_stuck"] += 1  # it stays RUNNING: nothing else happens
+            return
+        at = job.ends_at
         job.outcome = "ERROR" if job.will_fail else "COMPLETED"
         if self._index is not None:
             self._index.changed(job, job.outcome)
+        self._unnoticed.setdefault(job.model_id, deque()).append(job)
+        if job.type == draws.SCORING:
+            return
+        self._running -= 1
+        self._last_end = at
         if job.will_fail:
             self._faults["job_error"] += 1
             return
-        tm, at = job.trained_model, job.ends_at
+        tm = job.trained_model
         if job.type == "TRAINING":
             self._transition(tm, "TRAINED", at, job_id=job.id, set_status=True)
         elif job.type == "EVALUATION":
-            self._transition(
-                tm,
-                "EVALUATED",
-                at,
-                job_id=job.id,
-                dataset_id=_str_or_none(job.metadata["evaluationRequest"].get("datasetId")),
-                metadata=draws.metrics(self.settings.seed, tm.model_id, tm.version),
-                set_status=tm.status in _EVALUATED_FROM,
-            )
+            lag = self.behaviour.evaluated_lag_s
+            if lag < math.inf:
+                self._schedule(at + lag, job, _EVALUATED)
         elif job.type == "DEPLOYMENT":
             self._open_deployment(tm, job.id, at, job.metadata["deploymentRequest"])
         else:
             self._close_deployment(self._deployments[job.deployment_id or ""], job.id, at)
+
+    def _evaluated(self, job: Job, at: float) -> None:
+        tm = job.trained_model
+        self._transition(
+            tm,
+            "EVALUATED",
+            at,
+            job_id=job.id,
+            dataset_id=_str_or_none(job.metadata["evaluationRequest"].get("datasetId")),
+            metadata=draws.metrics(self.settings.seed, tm.model_id, tm.version),
+            set_status=tm.status in _EVALUATED_FROM,
+        )
 
     def _open_deployment(
         self, tm: TrainedModel, job_id: str, at: float, request: JsonObject
@@ -560,7 +620,11 @@ class World:
         self._deployment_by_job[job_id] = deployment
         self._active[deployment.id] = deployment
         tm.deployments.append(deployment)
-        self._transition(tm, "DEPLOYED", at, job_id=job_id, set_status=True)
+        self._transition(
+            tm, "DEPLOYED", at, job_id=job_id, set_status=self.behaviour.deployed_version_status
+        )
+        if deployment.cron == "@once":
+            self._start_scoring(deployment, at)
         return deployment
 
     def _close_deployment(self, deployment: Deployment, job_id: str, at: float) -> None:
@@ -573,7 +637,9 @@ class World:
         del self._active[deployment.id]
         tm = deployment.trained_model
         if not tm.active_deployments():
-            self._transition(tm, "RETIRED", at, job_id=job_id, set_status=True)
+            self._transition(
+                tm, "RETIRED", at, job_id=job_id, set_status=self.behaviour.deployed_version_status
+            )
 
     def _transition(
         self,
@@ -593,51 +659,58 @@ class World:
             tm.status = status
         return event
 
-    def _populate(self, start: float) -> None:
-        seed = self.settings.seed
-        for index in range(self.settings.models):
-            model = Model(
-                id=draws.model_id(seed, index),
-                index=index,
-                name=f"store-{index + 1:04d}",
-                created_at=start - 180 * _DAY + index * 37.0,
-            )
-            self._models[model.id] = model
-            self._model_list.append(model)
-            self._owner[model.id] = model.id
-            self._versions[model.id] = []
-            if self.settings.initial_deployed:
-                self._deploy_last_night(model, start)
+    # -- the project as it is found --------------------------------------------------------
 
-    def _deploy_last_night(self, model: Model, start: float) -> None:
-        """Version 1, trained, evaluated, approved and deployed last night without real jobs."""
-        rng = draws.spread(self.settings.seed, model.id, "last-night")
+    def _populate(self, start: float) -> None:
+        history: list[Job] = []
+        for index in range(self.settings.models):
+            model = self._new_model(index, start, archived=False)
+            if self.settings.initial_deployed:
+                self._deploy_last_night(model, start, history)
+        for index in range(self.behaviour.archived_models):
+            model = self._new_model(self.settings.models + index, start, archived=True)
+            self._archive_long_ago(model)
+        if self.behaviour.job_history:
+            self._keep_history(history)
+
+    def _new_model(self, index: int, start: float, *, archived: bool) -> Model:
+        model = Model(
+            id=draws.model_id(self.settings.seed, index),
+            index=index,
+            name=f"store-{index + 1:04d}",
+            # Archived models are numbered after the active ones, so name order is age order.
+            created_at=start - 180 * _DAY + index * 37.0,
+            archived=archived,
+        )
+        self._models[model.id] = model
+        (self._archived if archived else self._model_list).append(model)
+        self._owner[model.id] = model.id
+        self._versions[model.id] = []
+        return model
+
+    def _deploy_last_night(self, model: Model, start: float, history: list[Job]) -> None:
+        """Version 1, trained, evaluated, approved and deployed last night; its jobs go to
+        `history`. A seeded share of models also trained a version 2 that was archived."""
+        seed = self.settings.seed
+        rng = draws.spread(seed, model.id, "last-night")
         trained_at = start - 14 * 3600.0 + rng.uniform(0.0, 3600.0)
         evaluated_at = trained_at + rng.uniform(120.0, 1800.0)
         approved_at = evaluated_at + rng.uniform(60.0, 600.0)
         deployed_at = approved_at + rng.uniform(30.0, 300.0)
-        # The jobs of last night's run are referenced by id but not kept by the emulator.
         train_job, eval_job, deploy_job = (draws.uuid_from(self._ids) for _ in range(3))
-        tm = TrainedModel(
-            id=draws.uuid_from(self._ids),
-            model_id=model.id,
-            version=1,
-            created_at=trained_at - rng.uniform(300.0, 1200.0),
-            job_id=train_job,
-            external_id=draws.uuid_from(self._ids),
-            status="TRAINING",
-        )
-        self._versions[model.id].append(tm)
-        self._trained[tm.id] = tm
-        self._owner[tm.id] = model.id
+        tm = self._new_version(model, trained_at - rng.uniform(300.0, 1200.0), train_job)
+        span = (tm.created_at, trained_at)
+        history.append(self._past_job("TRAINING", tm, train_job, span, self._train_request))
         self._transition(tm, "TRAINED", trained_at, job_id=train_job, set_status=True)
+        span = (evaluated_at - draws.base_duration(seed, model.id, "EVALUATION"), evaluated_at)
+        history.append(self._past_job("EVALUATION", tm, eval_job, span, self._eval_request))
         self._transition(
             tm,
             "EVALUATED",
             evaluated_at,
             job_id=eval_job,
             dataset_id=self.eval_dataset_id,
-            metadata=draws.metrics(self.settings.seed, model.id, tm.version),
+            metadata=draws.metrics(seed, model.id, tm.version),
             set_status=True,
         )
         self._transition(
@@ -646,13 +719,137 @@ class World:
         request = {
             "engineType": "DOCKER_BATCH",
             "engineTypeConfig": {"engine": "python-batch"},
+            "language": "PYTHON",
+            "publishOnly": False,
+            "datasetConnectionId": self.dataset_connection_id,
+            "datasetTemplateId": self.dataset_template_id,
             "cron": "@daily",
         }
+        deploying = deployed_at - draws.base_duration(seed, model.id, "DEPLOYMENT")
+        span = (max(approved_at, deploying), deployed_at)
+        history.append(self._past_job("DEPLOYMENT", tm, deploy_job, span, request))
         self._open_deployment(tm, deploy_job, deployed_at, request)
+        rate = self.behaviour.archived_versions_rate
+        if rate > 0 and draws.spread(seed, model.id, "archived-version").random() < rate:
+            created = deployed_at + rng.uniform(600.0, 3600.0)
+            history.append(self._archived_version(model, created))
+
+    def _archived_version(self, model: Model, created: float) -> Job:
+        """A version trained after the deployed one, then archived; returns its train job."""
+        trained = created + draws.base_duration(self.settings.seed, model.id, "TRAINING")
+        job_id = draws.uuid_from(self._ids)
+        tm = self._new_version(model, created, job_id, archived=True)
+        job = self._past_job("TRAINING", tm, job_id, (created, trained), self._train_request)
+        self._transition(tm, "TRAINED", trained, job_id=job_id, set_status=True)
+        return job
+
+    @property
+    def _train_request(self) -> JsonObject:
+        return {
+            "datasetId": self.train_dataset_id,
+            "datasetConnectionId": self.dataset_connection_id,
+        }
+
+    @property
+    def _eval_request(self) -> JsonObject:
+        return {
+            "datasetId": self.eval_dataset_id,
+            "datasetConnectionId": self.dataset_connection_id,
+        }
+
+    def _past_job(
+        self,
+        job_type: str,
+        tm: TrainedModel,
+        job_id: str,
+        span: tuple[float, float],
+        request: JsonObject,
+    ) -> Job:
+        """A COMPLETED job of last night's run, from `span[0]` to `span[1]`; made before the
+        transition it causes, so it shows the events the version had when it was created."""
+        metadata = {
+            "TRAINING": _training_metadata,
+            "EVALUATION": _evaluation_metadata,
+            "DEPLOYMENT": _deployment_metadata,
+        }[job_type](request)
+        return Job(
+            id=job_id,
+            type=job_type,
+            model_id=tm.model_id,
+            trained_model=tm,
+            created_at=span[0],
+            ends_at=span[1],
+            will_fail=False,
+            metadata=metadata,
+            events_seen=len(tm.events),
+            history=True,
+            outcome="COMPLETED",
+        )
+
+    def _keep_history(self, history: list[Job]) -> None:
+        """Last night's jobs become the start of the job list, in creation order."""
+        history.sort(key=lambda job: job.created_at)
+        for job in history:
+            self._jobs[job.id] = job
+            self._owner[job.id] = job.model_id
+        self._job_list.extend(history)
+        self._history_jobs = len(history)
+        if self._index is not None:
+            self._index.add_ended(history)
+
+    def _archive_long_ago(self, model: Model) -> None:
+        """An archived model keeps the version it had: trained and evaluated, never deployed."""
+        rng = draws.spread(self.settings.seed, model.id, "archived")
+        trained_at = model.created_at + rng.uniform(5 * _DAY, 30 * _DAY)
+        job_id = draws.uuid_from(self._ids)
+        tm = self._new_version(model, trained_at - rng.uniform(300.0, 1200.0), job_id)
+        self._transition(tm, "TRAINED", trained_at, job_id=job_id, set_status=True)
+        self._transition(
+            tm,
+            "EVALUATED",
+            trained_at + rng.uniform(120.0, 1800.0),
+            job_id=draws.uuid_from(self._ids),
+            dataset_id=self.eval_dataset_id,
+            metadata=draws.metrics(self.settings.seed, model.id, tm.version),
+            set_status=True,
+        )
 
 
 _DEFAULT_RESOURCES = {"memory": "500m", "cpu": "0.5"}
 _DEFAULT_IMAGE = "artifacts.td.teradata.com/tdproduct-docker-snapshot/avmo/vmo-python-base:3.9.4"
+
+
+def _require(request: JsonObject, name: str, request_name: str) -> None:
+    value = request.get(name)
+    if not isinstance(value, str) or not value:
+        raise missing_field(name, request_name)
+
+
+def _training_metadata(request: JsonObject) -> JsonObject:
+    automation = _automation("base", _dict(request, "automationOverrides"))
+    return {"trainingRequest": request, **_job_context(request), "automation": automation}
+
+
+def _evaluation_metadata(request: JsonObject) -> JsonObject:
+    automation = _automation("base", _dict(request, "automationOverrides"))
+    return {
+        "evaluationRequest": {**request, "automation": automation},
+        **_job_context(request),
+        "automation": automation,
+    }
+
+
+def _deployment_metadata(request: JsonObject) -> JsonObject:
+    engine_config = _automation("deploy", _dict(request, "engineTypeConfig"))
+    return {
+        "deploymentRequest": {
+            **request,
+            "engineTypeConfig": engine_config,
+            "type": "MODEL_VERSION",
+        },
+        **_job_context(request),
+        "automation": engine_config,
+    }
 
 
 def _automation(kind: str, overrides: JsonObject) -> JsonObject:
