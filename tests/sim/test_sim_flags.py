@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
+import sys
 
 import pytest
 
+from cli_support import clean_env
 from fleet import cli, sim
 from fleet.errors import ConfigError
 
@@ -98,3 +101,25 @@ def test_the_models_csv_has_the_active_models_and_their_datasets(tmp_path, capsy
     assert {row["train_dataset_id"] for row in rows} == {world.train_dataset_id}
     assert {row["evaluate_dataset_id"] for row in rows} == {world.eval_dataset_id}
     assert "wrote 3 models" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_fleet_sim_names_its_datasets_when_it_starts(tmp_path):
+    """The startup line names the train and evaluate datasets the models CSV carries."""
+    csv_path = tmp_path / "models.csv"
+    command = [
+        *(sys.executable, "-m", "fleet", "sim", "--port", "0", "--models", "2"),
+        *("--models-csv", str(csv_path), "--profile", "optimistic"),
+    ]
+    with subprocess.Popen(
+        command, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stderr is not None
+            line = next(line for line in proc.stderr if "ModelOps emulator on" in line)
+        finally:
+            proc.terminate()
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        (row, _) = list(csv.DictReader(handle))
+    assert f"train {row['train_dataset_id']}" in line
+    assert f"evaluate {row['evaluate_dataset_id']}" in line

@@ -77,8 +77,9 @@ def create_app(
     """The ModelOps API under `/modelops/core`, plus `GET /_sim/stats` and `GET /_sim/jobs`.
 
     `/_sim/stats?since=T` takes `first_request_at` as the first API request at or after the
-    simulated time T. `/_sim/jobs` lists every job with its simulated creation, end and
-    detection times, for the benchmark. Neither is an API request: they are not counted.
+    simulated time T. `/_sim/jobs` lists every job clients caused (not last night's) with its
+    simulated creation, end and detection times, for the benchmark. Neither is an API
+    request: they are not counted.
 
     With a `client_id` configured, also the OAuth2 token URL `POST /oauth2/token` (outside the
     API: no bearer token, no faults). Slow and delayed answers wait with `sleep` (real seconds;
