@@ -3,13 +3,16 @@
 Recorded (tests/fixtures/, checked key for key by tests/sim/test_views.py): the project, a
 model, the evaluation and deployment jobs as their POSTs answer, the approval event, the
 EVALUATED event with its metrics as strings. Derived from those, since never recorded: a train
-job (shaped like the recorded IMPORT job), a retire job, a deployment, Spring Data REST's
-error body, and a job read with `projection=expandJob`, which adds `status`.
+job (shaped like the recorded IMPORT job), a retire job, a scoring job, a deployment, and a
+job read with `projection=expandJob`, which adds `status`. Spring's defaults where the shape
+is Spring's: Spring Boot's error body, and a version's events as an association resource
+(`_embedded` without a `page` block; `Behaviour.events_listing` picks a bare list instead).
 
-Where the shape depends on an unrecorded choice, `JobShape` carries the server's answer (see
-`behaviour.py`): a job carries no `updatedAt` by default, as no recorded job does
+Where a job's shape depends on an unrecorded choice, `JobShape` carries the server's answer
+(see `behaviour.py`): a job carries no `updatedAt` by default, as no recorded job does
 (`updated_at` "fresh" or "stale" adds one), and train and retire jobs are named TRAINING and
-RETIREMENT unless `job_types` names them otherwise.
+RETIREMENT unless `job_types` names them otherwise. `archived` is carried truthfully by
+models and versions.
 """
 
 from __future__ import annotations

@@ -13,12 +13,15 @@ What the world does, and where it comes from:
   event with the `jobId` of its evaluation, a `cron = "@once"` deployment starting a scoring
   job at once, and the fields the official client refuses to send without (`datasetId` on
   train and evaluate, `engineType` on deploy, `deploymentId` on retire).
-- Spring Data REST's default where nothing was recorded, each with a switch in `Behaviour`
-  for the other plausible answer: the project has a job history (last night's jobs), archived
-  models and archived versions; an evaluation's EVALUATED event comes a little after its job
-  completes (`evaluated_lag_s`); a deployed version keeps its APPROVED status, only the
-  deployment says DEPLOYED (`deployed_version_status`); train and retire jobs are named
-  TRAINING and RETIREMENT (`job_types`). Internally types stay canonical; `views.py` names them.
+- Not recorded, so the least helpful plausible answer (a Spring Data REST service's, where
+  SDR decides it), each with a switch in `Behaviour` for the others: the project has a job
+  history (last night's jobs, `job_history`), archived models and archived versions
+  (`archived_models`, `archived_versions_rate`); an evaluation's EVALUATED event comes a
+  little after its job completes (`evaluated_lag_s`); a deployed version keeps its APPROVED
+  status and only the deployment says DEPLOYED (`deployed_version_status`); train and retire
+  jobs are TRAINING and RETIREMENT (`job_types`: internally types stay canonical, `views.py`
+  names them). Jobs by status or last change (`status_finder`, `job_sort`) need the job
+  index, which is kept only then.
 
 The stats describe what clients caused: `jobs_by_type`, `jobs_total` and
 `max_jobs_per_model_and_type` count the lifecycle jobs they submitted, not last night's
