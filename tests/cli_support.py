@@ -111,7 +111,12 @@ def run_env(url: str) -> dict[str, str]:
 def empty_config(tmp_path: Path) -> Path:
     path = tmp_path / "fleet.toml"
     if not path.exists():
-        path.write_text('[api]\nproject_id = "5f1a3c9e-8d2b-4e7a-9c61-0f2d4b8a7e13"\n')
+        path.write_text(
+            '[api]\nproject_id = "5f1a3c9e-8d2b-4e7a-9c61-0f2d4b8a7e13"\n'
+            # Any dataset ids do for the emulator; its models.csv names its own.
+            '[defaults]\ntrain_dataset_id = "00000000-0000-4000-8000-00000000da7a"\n'
+            'evaluate_dataset_id = "00000000-0000-4000-8000-00000000da7b"\n'
+        )
     return path
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import httpx
 from fleet import sim
 from fleet.client import ModelOpsClient, RetryPolicy
 from fleet.config import ModelEntry, Settings, load_settings
+from fleet.sim.behaviour import Behaviour
+from fleet.sim.records import Job
 from fleet.store import Store
 from fleet.throttle import Breaker, Throttle
 
@@ -74,6 +76,15 @@ class Emulated:
         return tuple(ModelEntry(id=m.id, name=m.name) for m in self.world.models())
 
 
+_BEHAVIOUR_FIELDS = frozenset(f.name for f in fields(Behaviour))
+
+
+def tonight(world: sim.World) -> list[Job]:
+    """The lifecycle jobs clients submitted, oldest first: not the project's history (last
+    night's jobs), not the scoring jobs deployments start."""
+    return [j for j in world.jobs() if not j.history and j.type != "SCORING"]
+
+
 @asynccontextmanager
 async def emulated(
     clock: sim.ManualClock | None = None, **overrides: Any
@@ -81,8 +92,12 @@ async def emulated(
     """The emulator behind an httpx ASGI transport (no sockets) and a client speaking to it.
 
     Two worlds given one `clock` are two ModelOps projects living through the same time.
+    `overrides` are `SimSettings` fields, or `Behaviour` fields (the server's answers).
     """
-    settings = sim.SimSettings(**{"models": 10, **overrides})
+    behaviour = {k: overrides.pop(k) for k in list(overrides) if k in _BEHAVIOUR_FIELDS}
+    settings = sim.SimSettings(
+        **{"models": 10, **overrides}, behaviour=replace(Behaviour(), **behaviour)
+    )
     # Simulated time starts now, so jobs are never "older" than fleet's own timestamps.
     clock = clock or sim.ManualClock(start=time.time())
     world, app = sim.build(settings, clock)
@@ -105,6 +120,8 @@ def settings_for(env: Emulated, db: Path, **flags: Any) -> Settings:
         "api.project_id": env.settings.project_id,
         "db": str(db),
         "poll_interval": 1.0,
+        "defaults.train_dataset_id": env.world.train_dataset_id,
+        "defaults.evaluate_dataset_id": env.world.eval_dataset_id,
     }
     settings = load_settings(None, {**base, **flags}, env={}, use_default_file=False)
     return settings.model_copy(update={"models": env.entries()})

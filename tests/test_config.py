@@ -477,7 +477,7 @@ def test_models_take_their_overrides_over_the_defaults(tmp_path):
     assert first.lifecycle.resources == Resources(memory="2g", cpu="2")
     assert (second.id, second.name) == (M2, M2)
     assert second.lifecycle.retire_mode == "previous"
-    assert second.lifecycle.resources == Resources(memory="1g", cpu="2")
+    assert second.lifecycle.resources == Resources(memory=None, cpu="2")
 
 
 def test_a_model_listed_twice_is_a_config_error(tmp_path):
@@ -530,9 +530,9 @@ def test_models_come_from_a_csv_file_whose_empty_cells_inherit(tmp_path):
     first, second = load(flags={"models_file": str(models_file)}).model_specs()
 
     assert (first.name, first.lifecycle.retire_mode) == ("churn", "none")
-    assert first.lifecycle.resources == Resources(memory="4g", cpu="1")
+    assert first.lifecycle.resources == Resources(memory="4g", cpu=None)
     assert (second.name, second.lifecycle.retire_mode) == (M2, "previous")
-    assert second.lifecycle.resources == Resources(memory="1g", cpu="1")
+    assert second.lifecycle.resources == Resources()
 
 
 def test_a_bad_csv_row_is_named_by_its_line_number(tmp_path):
@@ -558,7 +558,7 @@ def test_models_come_from_a_jsonl_file(tmp_path):
     first, second = load(flags={"models_file": str(models_file)}).model_specs()
 
     assert (first.id, first.name) == (M1, "churn")
-    assert first.lifecycle.resources == Resources(memory="1g", cpu="2")
+    assert first.lifecycle.resources == Resources(memory=None, cpu="2")
     assert (second.id, second.lifecycle.retire_mode) == (M2, "deployed")
 
 
@@ -865,3 +865,79 @@ def test_the_commented_projects_example_of_fleet_toml_loads(tmp_path):
     assert wholesale.limits.concurrency == 20
     assert wholesale.api.bearer() == "w"
     assert wholesale.api.url != settings.api.url
+
+
+# -- what the official client requires ------------------------------------------------------
+
+DATASET = "00000000-0000-0000-0000-0000000000d5"
+
+
+def test_a_model_without_a_training_dataset_is_refused_before_any_request(tmp_path):
+    """The official client refuses to train without datasetId; fleet says so at start."""
+    config = toml_file(
+        tmp_path,
+        f"""
+        [defaults]
+        evaluate_dataset_id = "{DATASET}"
+        [[models]]
+        id = "{M1}"
+        """,
+    )
+
+    with pytest.raises(ConfigError, match=rf"models\[{M1}\]\.train_dataset_id: missing"):
+        load(config).require_datasets()
+
+
+def test_a_discovered_model_needs_its_datasets_in_defaults(tmp_path):
+    """Discovered models get [defaults]: checked before discovery asks the server."""
+    config = toml_file(
+        tmp_path,
+        f"""
+        [defaults]
+        train_dataset_id = "{DATASET}"
+        [discover]
+        names = ["store-*"]
+        """,
+    )
+
+    with pytest.raises(ConfigError, match=r"^defaults\.evaluate_dataset_id: missing"):
+        load(config).require_datasets()
+
+
+def test_datasets_are_needed_only_by_the_stages_that_run(tmp_path):
+    """A night that starts at approve trains and evaluates nothing: no dataset needed."""
+    config = toml_file(tmp_path, f'from_stage = "approve"\n[[models]]\nid = "{M1}"\n')
+
+    load(config).require_datasets()  # no error
+
+
+def test_a_models_own_dataset_satisfies_it(tmp_path):
+    config = toml_file(
+        tmp_path,
+        f"""
+        [[models]]
+        id = "{M1}"
+        train_dataset_id = "{DATASET}"
+        evaluate_dataset_id = "{DATASET}"
+        """,
+    )
+
+    load(config).require_datasets()  # no error
+
+
+def test_job_timeouts_have_generous_defaults_and_flags():
+    """Twelve hours for training and evaluation, an hour for the rest; each has a flag."""
+    settings = load_settings(None, {"job_timeout.deploy": 120}, env={}, use_default_file=False)
+
+    assert settings.job_timeout.of("train") == 12 * 3600
+    assert settings.job_timeout.of("evaluate") == 12 * 3600
+    assert settings.job_timeout.of("deploy") == 120
+    assert settings.job_timeout.of("score") == 3600
+    assert {"--job-timeout.train", "--result-wait"} <= {spec.flag for spec in flag_specs()}
+
+
+def test_resources_are_unset_by_default():
+    """No resources are sent unless set: each model's own automation settings apply."""
+    settings = load_settings(None, {}, env={}, use_default_file=False)
+
+    assert settings.defaults.resources.overrides() == {}

@@ -214,9 +214,37 @@ class Attempts(_PerStage):
     retire: PositiveInt = Field(1, description="tries of a retirement that ends in ERROR")
 
 
+class JobTimeouts(_Section):
+    """Seconds a remote job may take before its stage fails (the night goes on).
+
+    No client version has a cancel endpoint: a job past its timeout is left to the server,
+    and its stage fails, so that nothing waits on it for ever.
+    """
+
+    train: PositiveFloat = Field(43_200.0, description="seconds a training job may take")
+    evaluate: PositiveFloat = Field(43_200.0, description="seconds an evaluation job may take")
+    deploy: PositiveFloat = Field(3_600.0, description="seconds a deployment job may take")
+    retire: PositiveFloat = Field(3_600.0, description="seconds a retirement job may take")
+    score: PositiveFloat = Field(
+        3_600.0,
+        description="seconds retire_mode = deployed waits for the deployment's scoring job",
+    )
+
+    def of(self, kind: str) -> float:
+        """The timeout of a job of this kind: a stage's name, or "score"."""
+        value: float = getattr(self, kind)
+        return value
+
+
 class Resources(_Section):
-    memory: str = Field("1g", description="memory for the job's container")
-    cpu: str = Field("1", description="CPUs for the job's container")
+    """Container resources of a job; unset (the default): none sent, the model's own apply."""
+
+    memory: str | None = Field(None, description="memory for the job's container, e.g. 2g")
+    cpu: str | None = Field(None, description="CPUs for the job's container, e.g. 1")
+
+    def overrides(self) -> dict[str, str]:
+        """What to send: only the values that are set."""
+        return {k: v for k, v in (("memory", self.memory), ("cpu", self.cpu)) if v is not None}
 
 
 RetireMode = Literal["previous", "deployed", "none"]
@@ -410,8 +438,16 @@ class Settings(BaseSettings):
     poll_floor: PositiveFloat = Field(
         0.2, description="shortest gap, in seconds, between two looks at the server's jobs"
     )
-    poll_mode: Literal["auto", "changes", "finder", "each"] = Field(
-        "auto", description="how one look asks about many jobs (auto: the best the server has)"
+    poll_mode: Literal["each", "auto", "changes", "finder"] = Field(
+        "each",
+        description="each: a GET per job (what every client does); auto, changes, finder: "
+        "also try batched looks, each adopted only once proven on the server",
+    )
+    job_timeout: JobTimeouts = Field(default_factory=JobTimeouts)
+    result_wait: PositiveFloat = Field(
+        60.0,
+        description="seconds to keep re-reading what a finished job produced (its EVALUATED "
+        "event, its deployment) before failing the stage",
     )
     stages: Annotated[tuple[Stage, ...], NoDecode] = Field(
         STAGE_ORDER, description="stages to run, comma-separated, in lifecycle order"
@@ -676,6 +712,30 @@ class Settings(BaseSettings):
             if api.ca_bundle is not None and not api.ca_bundle.is_file():
                 raise ConfigError(f"{s}.ca_bundle: {api.ca_bundle} is not a readable file")
 
+    def require_datasets(self, specs: Sequence[ModelSpec] | None = None) -> None:
+        """Each stage that runs has its dataset, checked before any request: the official
+        client refuses to send a training or an evaluation without one.
+
+        Without `specs`: the configured models, and the defaults that discovered ones get.
+        """
+        needed = [(s, name) for s, name in _DATASETS if s in self.active_stages()]
+        if not needed:
+            return
+        if specs is None:
+            for project, settings in self.every_project().items():
+                if settings.discover.names:
+                    base = _deep_merge(self.defaults.model_dump(), settings.defaults)
+                    where = (
+                        "defaults" if project == DEFAULT_PROJECT else f"projects.{project}.defaults"
+                    )
+                    _check_datasets(Lifecycle.model_validate(base), needed, where)
+            specs = self.model_specs()
+        for spec in specs:
+            prefix = (
+                "models" if spec.project == DEFAULT_PROJECT else f"projects.{spec.project}.models"
+            )
+            _check_datasets(spec.lifecycle, needed, f"{prefix}[{spec.id}]")
+
     def model_specs(
         self, found: Mapping[str, Sequence[ModelEntry]] | None = None
     ) -> list[ModelSpec]:
@@ -719,6 +779,19 @@ def _spec(entry: ModelEntry, base: Mapping[str, Any], project: str, prefix: str)
         priority=entry.priority,
         project=project,
     )
+
+
+# The dataset each stage cannot run without.
+_DATASETS = ((Stage.TRAIN, "train_dataset_id"), (Stage.EVALUATE, "evaluate_dataset_id"))
+
+
+def _check_datasets(lifecycle: Lifecycle, needed: Sequence[tuple[Stage, str]], where: str) -> None:
+    for stage, name in needed:
+        if getattr(lifecycle, name) is None:
+            raise ConfigError(
+                f"{where}.{name}: missing; stage {stage} needs a dataset: set {name} in "
+                "[defaults] (or for this model) to the id of the dataset in ModelOps"
+            )
 
 
 def _unique(entries: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
