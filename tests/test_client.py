@@ -23,6 +23,7 @@ from fleet.client import (
     RemoteModel,
     TrainRequest,
     latest_metrics,
+    metrics_of_job,
 )
 from fleet.errors import (
     AuthError,
@@ -200,7 +201,7 @@ async def test_list_models_reads_every_page_up_to_total_pages(mock, api):
     models = await api.list_models()
 
     assert models == [
-        RemoteModel(id=MODEL_ID, name="PMML_Python_1330"),
+        RemoteModel(id=MODEL_ID, name="PMML_Python_1330", archived=False, language="PMML"),
         RemoteModel(id=uid(9), name="churn"),
     ]
     assert [call.request.url.params["page"] for call in route.calls] == ["0", "1"]
@@ -330,26 +331,148 @@ async def test_deployment_for_job_reads_the_bare_finder_object(mock, api):
     )
 
 
-async def test_active_deployments_finds_deployed_versions_then_their_deployments(mock, api):
-    """active_deployments lists the model's DEPLOYED versions, then each one's deployments."""
-    versions = mock.get(f"{API}/trainedModels/search/findByModelIdAndStatus").respond(
-        json=hal("trainedModels", [{"id": TRAINED_ID, "modelId": MODEL_ID, "status": "DEPLOYED"}])
-    )
-    deployment = {"id": DEPLOYMENT_ID, "status": "DEPLOYED", "trainedModel": {"id": TRAINED_ID}}
-    deployments = mock.get(f"{API}/deployments/search/findByStatusAndTrainedModelId").respond(
+async def test_active_deployments_reads_find_active_with_the_expand_projection(mock, api):
+    """active_deployments lists every active deployment of the project, with its version's
+    model (`expandDeployment`)."""
+    deployment = {
+        "id": DEPLOYMENT_ID,
+        "status": "DEPLOYED",
+        "createdAt": "2025-07-03T21:57:42.551+00:00",
+        "trainedModel": {"id": TRAINED_ID, "modelId": MODEL_ID},
+    }
+    route = mock.get(f"{API}/deployments/search/findActive").respond(
         json=hal("deployments", [deployment])
     )
 
-    got = await api.active_deployments(MODEL_ID)
+    got = await api.active_deployments()
 
     assert got == [
-        Deployment(id=DEPLOYMENT_ID, status="DEPLOYED", trained_model_id=TRAINED_ID, model_id=None)
+        Deployment(
+            id=DEPLOYMENT_ID,
+            status="DEPLOYED",
+            trained_model_id=TRAINED_ID,
+            model_id=MODEL_ID,
+            created_at=at("2025-07-03T21:57:42.551+00:00"),
+        )
     ]
-    assert sent(versions).url.params["modelId"] == MODEL_ID
-    assert sent(versions).url.params["status"] == "DEPLOYED"
-    params = sent(deployments).url.params
+    assert sent(route).url.params["projection"] == "expandDeployment"
+
+
+async def test_deployments_of_version_asks_for_its_deployed_ones(mock, api):
+    """The tutorial's call: findByStatusAndTrainedModelId with status DEPLOYED."""
+    deployment = {"id": DEPLOYMENT_ID, "status": "DEPLOYED", "trainedModel": {"id": TRAINED_ID}}
+    route = mock.get(f"{API}/deployments/search/findByStatusAndTrainedModelId").respond(
+        json=hal("deployments", [deployment])
+    )
+
+    got = await api.deployments_of_version(TRAINED_ID)
+
+    assert [d.id for d in got] == [DEPLOYMENT_ID]
+    params = sent(route).url.params
     assert (params["status"], params["trainedModelId"]) == ("DEPLOYED", TRAINED_ID)
     assert params["projection"] == "expandDeployment"
+
+
+async def test_versions_read_archived_status_and_the_job_that_made_them(mock, api):
+    """findByModelId: each version with its status, archived flag and creating job."""
+    recorded_version = recorded("job-evaluation.json")["metadata"]["trainedModel"]
+    archived = {"id": uid(7), "modelId": MODEL_ID, "archived": True, "status": "TRAINED"}
+    route = mock.get(f"{API}/trainedModels/search/findByModelId").respond(
+        json=hal("trainedModels", [recorded_version, archived])
+    )
+
+    got = await api.versions(MODEL_ID)
+
+    assert sent(route).url.params["modelId"] == MODEL_ID
+    assert got[0].id == TRAINED_ID
+    assert got[0].job_id == recorded_version["jobId"]
+    assert not got[0].archived
+    assert got[0].status is None  # an embedded version carries no status
+    assert (got[1].archived, got[1].status) == (True, "TRAINED")
+
+
+async def test_scoring_jobs_are_found_by_deployment(mock, api):
+    """findByDeploymentId lists the jobs a deployment started, with their status."""
+    route = mock.get(f"{API}/jobs/search/findByDeploymentId").respond(
+        json=hal("jobs", [job(status="RUNNING", type="SCORING")])
+    )
+
+    got = await api.scoring_jobs(DEPLOYMENT_ID)
+
+    assert [(j.id, j.status) for j in got] == [(JOB_ID, "RUNNING")]
+    params = sent(route).url.params
+    assert (params["deploymentId"], params["projection"]) == (DEPLOYMENT_ID, "expandJob")
+
+
+EVALUATED = {"id": uid(5), "trainedModelId": TRAINED_ID, "status": "EVALUATED"}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"_embedded": {"trainedModelEvents": [EVALUATED]}},
+        [EVALUATED],
+    ],
+    ids=["hal-without-page", "bare-list"],
+)
+async def test_events_are_read_as_hal_or_as_a_bare_list(mock, api, answer):
+    """An association resource answers HAL without a page block; some servers a bare list."""
+    mock.get(f"{API}/trainedModels/{TRAINED_ID}/events").respond(json=answer)
+
+    got = await api.events(TRAINED_ID)
+
+    assert [(e.id, e.status) for e in got] == [(uid(5), "EVALUATED")]
+
+
+async def test_events_fall_back_to_the_events_finder_on_404_for_the_rest_of_the_run(mock, api):
+    """Without the association route, trainedModelEvents/search/findByTrainedModelId serves."""
+    route = mock.get(f"{API}/trainedModels/{TRAINED_ID}/events").respond(404)
+    event = {"id": uid(5), "trainedModelId": TRAINED_ID, "status": "EVALUATED", "jobId": JOB_ID}
+    finder = mock.get(f"{API}/trainedModelEvents/search/findByTrainedModelId").respond(
+        json=hal("trainedModelEvents", [event])
+    )
+
+    first = await api.events(TRAINED_ID)
+    second = await api.events(TRAINED_ID)
+
+    assert first == second
+    assert first[0].job_id == JOB_ID
+    assert route.call_count == 1
+    assert finder.call_count == 2
+    assert sent(finder).url.params["trainedModelId"] == TRAINED_ID
+
+
+def test_metrics_of_job_take_only_that_evaluations_event():
+    """Never another evaluation's metrics: the EVALUATED event must name the job."""
+    day1, day2 = at("2025-07-01T00:00:00+00:00"), at("2025-07-02T00:00:00+00:00")
+    mine = Event(uid(1), TRAINED_ID, "EVALUATED", day1, {"AUC": "0.7"}, JOB_ID)
+    newer = Event(uid(2), TRAINED_ID, "EVALUATED", day2, {"AUC": "0.9"}, uid(8))
+
+    assert metrics_of_job([newer, mine], JOB_ID) == {"AUC": "0.7"}
+    assert metrics_of_job([newer], JOB_ID) is None
+
+
+async def test_the_job_page_probe_is_sent_once_with_its_sort(mock, api):
+    """One try, the sort as given, and the server's totalElements."""
+    route = mock.get(f"{API}/jobs").respond(
+        json=hal("jobs", [job(updatedAt="2025-07-03T21:57:42.551+00:00")])
+    )
+
+    jobs, total = await api.job_page("updatedAt,asc", 2)
+
+    assert (len(jobs), total) == (1, 1)
+    params = sent(route).url.params
+    asked = (params["sort"], params["size"], params["projection"])
+    assert asked == ("updatedAt,asc", "2", "expandJob")
+
+
+async def test_a_failing_probe_is_not_retried(mock, api):
+    """A batched look's probe gets one try: a 500 is reported, not retried."""
+    route = mock.get(f"{API}/jobs").respond(500)
+
+    with pytest.raises(TransientApiError):
+        await api.job_page("updatedAt,desc", 2)
+    assert route.call_count == 1
 
 
 # -- writes ---------------------------------------------------------------------------------
@@ -371,16 +494,24 @@ async def test_train_posts_the_camel_case_request(mock, api):
 
 
 async def test_train_leaves_unset_settings_out_of_the_body(mock, api):
-    """Unset datasets and image are omitted rather than sent as null."""
+    """Nothing unset is sent: no null, no empty hyperparameters, no resources or image (the
+    model's own automation settings apply)."""
     route = mock.post(f"{API}/models/{MODEL_ID}/train").respond(json=job())
-    bare = TrainRequest(None, None, hyperparameters={}, resources={}, docker_image=None)
+    bare = TrainRequest(DATASET_ID, None, hyperparameters={}, resources={}, docker_image=None)
 
     await api.train(MODEL_ID, bare)
 
-    body = sent_body(route)
-    assert "datasetId" not in body
-    assert "datasetConnectionId" not in body
-    assert None not in body["automationOverrides"].values()
+    assert sent_body(route) == {"datasetId": DATASET_ID}
+
+
+async def test_deploy_in_vantage_sends_an_empty_image_when_none_is_set(mock, api):
+    """As the recorded in-Vantage deployment does; no resources unless set."""
+    route = mock.post(f"{API}/trainedModels/{TRAINED_ID}/deploy").respond(json=job())
+    bare = DeployRequest("IN_VANTAGE", "byom", None, {}, "PMML", None, None, "@once", False)
+
+    await api.deploy(TRAINED_ID, bare)
+
+    assert sent_body(route)["engineTypeConfig"] == {"dockerImage": "", "engine": "byom"}
 
 
 async def test_train_reads_the_new_version_from_metadata_trained_model(mock, api):
@@ -533,11 +664,11 @@ async def test_an_unknown_id_raises_not_found_with_the_server_message(mock, api)
     assert f"Job {JOB_ID} does not exist" in str(caught.value)
 
 
-@pytest.mark.parametrize("status", [400, 409, 422])
+@pytest.mark.parametrize("status", [400, 422])
 async def test_other_client_errors_are_permanent_and_not_retried(mock, api, status):
-    """400, 409 and 422 raise PermanentApiError with the status, after one request."""
+    """400 and 422 raise PermanentApiError with the status, after one request."""
     route = mock.post(f"{API}/trainedModels/{TRAINED_ID}/approve").respond(
-        status, json=spring_error(status, "Conflict", "trained model is already APPROVED")
+        status, json=spring_error(status, "Bad Request", "trained model is already APPROVED")
     )
 
     with pytest.raises(PermanentApiError) as caught:
@@ -712,12 +843,28 @@ async def test_an_unreadable_post_answer_is_an_unknown_outcome(mock, api):
     assert route.call_count == 1
 
 
-async def test_a_polled_job_without_status_is_a_protocol_error(mock, api):
-    """expandJob always carries status; a job without one is not a readable job."""
-    mock.get(f"{API}/jobs/{JOB_ID}").respond(json={"id": JOB_ID, "type": "TRAINING"})
+async def test_a_polled_job_without_status_is_a_job_not_yet_finished(mock, api):
+    """The official client reads a missing status as UNKNOWN and keeps waiting: not terminal."""
+    mock.get(f"{API}/jobs/{JOB_ID}").respond(json=recorded("job-evaluation.json") | {"id": JOB_ID})
 
-    with pytest.raises(ProtocolError, match="no status"):
-        await api.get_job(JOB_ID)
+    got = await api.get_job(JOB_ID)
+
+    assert got.status is None
+    assert not got.terminal
+
+
+async def test_a_409_on_a_post_is_retried_then_raised_as_a_conflict(mock, api):
+    """Spring Data REST answers 409 to a conflict: nothing was applied, so it is sent again."""
+    route = mock.post(f"{API}/trainedModels/{TRAINED_ID}/approve").mock(
+        side_effect=[
+            httpx.Response(409, json=spring_error(409, "Conflict", "version changed")),
+            httpx.Response(200, json=recorded("event-approved.json")),
+        ]
+    )
+
+    await api.approve(TRAINED_ID, "LGTM")
+
+    assert route.call_count == 2
 
 
 async def test_a_page_whose_collection_is_not_a_list_is_a_protocol_error(mock, api):
@@ -735,7 +882,9 @@ CALLS_WITH_A_BAD_ID = {
     "get_job": lambda api: api.get_job(BAD_ID),
     "events": lambda api: api.events(BAD_ID),
     "deployment_for_job": lambda api: api.deployment_for_job(BAD_ID),
-    "active_deployments": lambda api: api.active_deployments(BAD_ID),
+    "deployments_of_version": lambda api: api.deployments_of_version(BAD_ID),
+    "versions": lambda api: api.versions(BAD_ID),
+    "scoring_jobs": lambda api: api.scoring_jobs(BAD_ID),
     "train": lambda api: api.train(BAD_ID, TRAIN),
     "evaluate": lambda api: api.evaluate(BAD_ID, EVALUATE),
     "approve": lambda api: api.approve(BAD_ID, "LGTM"),

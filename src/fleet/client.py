@@ -28,6 +28,7 @@ from fleet.auth import ClientCredentials, StaticToken, TokenSource
 from fleet.errors import (
     ApiError,
     AuthError,
+    Conflict,
     NotFound,
     OutcomeUnknown,
     PermanentApiError,
@@ -44,7 +45,7 @@ _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _REFUSED_STATUSES = frozenset({429, 503})
 _PAGE_SIZE = 100
 _MAX_PAGE = 1000  # Spring Data REST's cap on `size`
-_UNFINISHED_JOB_STATUSES = ("CREATED", "SCHEDULED", "ASSIGNED", "RUNNING")
+UNFINISHED_JOB_STATUSES = ("CREATED", "SCHEDULED", "ASSIGNED", "RUNNING")
 # The largest answer fleet reads: a page of 100 jobs with their metadata is ~200 KB.
 MAX_BODY_BYTES = 16 * 1024 * 1024
 _T = TypeVar("_T")
@@ -54,6 +55,20 @@ _T = TypeVar("_T")
 class RemoteModel:
     id: str
     name: str
+    archived: bool = False
+    language: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """A trained model (a model version), as its model's versions finder lists it."""
+
+    id: str
+    model_id: str | None
+    created_at: datetime | None
+    status: str | None
+    archived: bool
+    job_id: str | None  # the job that created it (its training or import)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +93,7 @@ class Event:
     status: str
     created_at: datetime | None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    job_id: str | None = None  # the job that wrote it: an EVALUATED event names its evaluation
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +102,11 @@ class Deployment:
     status: str | None
     trained_model_id: str | None
     model_id: str | None
+    created_at: datetime | None = None
+
+
+# Request bodies send what the official client and the tutorial send, and nothing a user did
+# not set: unset resources or image leave the model's own automation settings in force.
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +118,13 @@ class TrainRequest:
     docker_image: str | None
 
     def body(self) -> dict[str, Any]:
+        hyperparameters = dict(self.hyperparameters)
+        overrides = {"hyperParameters": hyperparameters} if hyperparameters else None
         return _drop_none(
             {
                 "datasetId": self.dataset_id,
                 "datasetConnectionId": self.dataset_connection_id,
-                "modelConfigurationOverrides": {"hyperParameters": dict(self.hyperparameters)},
+                "modelConfigurationOverrides": overrides,
                 "automationOverrides": _automation(self.resources, self.docker_image),
             }
         )
@@ -137,14 +160,17 @@ class DeployRequest:
     publish_only: bool
 
     def body(self) -> dict[str, Any]:
+        image = self.docker_image
+        if image is None and self.engine_type == "IN_VANTAGE":
+            image = ""  # what the recorded in-Vantage deployments send
         return _drop_none(
             {
                 "engineType": self.engine_type,
                 "engineTypeConfig": _drop_none(
                     {
-                        "dockerImage": self.docker_image,
+                        "dockerImage": image,
                         "engine": self.engine,
-                        "resources": dict(self.resources),
+                        "resources": dict(self.resources) or None,
                     }
                 ),
                 "language": self.language,
@@ -158,23 +184,31 @@ class DeployRequest:
 
 
 class ModelOps(Protocol):
-    """What the lifecycle needs from ModelOps; `ModelOpsClient` speaks it over HTTP."""
+    """What the engine needs from ModelOps; `ModelOpsClient` speaks it over HTTP.
+
+    Every method is a request some real client is recorded making, except the batched job
+    looks (`job_page`, `changed_jobs`, `unfinished_jobs`), which the job watcher uses only
+    once it has proven them on the server (see polling.py and docs/api-calls.md).
+    """
 
     async def check_project(self) -> None: ...
     async def list_models(self) -> list[RemoteModel]: ...
     async def train(self, model_id: str, request: TrainRequest) -> Job: ...
     async def get_job(self, job_id: str) -> Job: ...
     def recent_jobs(self, limit: int) -> AsyncIterator[Job]: ...
+    async def job_page(self, sort: str, size: int) -> tuple[list[Job], int | None]: ...
     async def changed_jobs(self, since: datetime | None, page_size: int = 20) -> list[Job]: ...
     async def unfinished_jobs(self) -> list[Job]: ...
+    async def scoring_jobs(self, deployment_id: str) -> list[Job]: ...
     async def evaluate(self, trained_model_id: str, request: EvaluateRequest) -> Job: ...
     async def events(self, trained_model_id: str) -> list[Event]: ...
     async def approve(self, trained_model_id: str, comments: str) -> Event: ...
     async def reject(self, trained_model_id: str, comments: str) -> Event: ...
     async def deploy(self, trained_model_id: str, request: DeployRequest) -> Job: ...
     async def deployment_for_job(self, job_id: str) -> Deployment: ...
-    async def active_deployments(self, model_id: str) -> list[Deployment]: ...
-    async def latest_version(self, model_id: str) -> str | None: ...
+    async def active_deployments(self) -> list[Deployment]: ...
+    async def deployments_of_version(self, trained_model_id: str) -> list[Deployment]: ...
+    async def versions(self, model_id: str) -> list[Version]: ...
     async def retire(self, trained_model_id: str, deployment_id: str) -> Job: ...
 
 
@@ -248,6 +282,7 @@ class ModelOpsClient:
         # O(connections x waiting requests) on every request (a third of fleet's CPU at 300
         # models in flight before this).
         self._slots = anyio.CapacityLimiter(max_connections)
+        self._events_by_finder = False
 
     @property
     def project_id(self) -> str:
@@ -272,20 +307,24 @@ class ModelOpsClient:
 
     async def list_models(self) -> list[RemoteModel]:
         return [
-            RemoteModel(id=_req_str(item, "id"), name=str(item.get("name") or ""))
+            RemoteModel(
+                id=_req_str(item, "id"),
+                name=str(item.get("name") or ""),
+                archived=item.get("archived") is True,
+                language=_opt_str(item, "language"),
+            )
             async for item in self._pages("/api/models", "models", {})
         ]
 
     async def get_job(self, job_id: str) -> Job:
+        """A job with its status (the `expandJob` projection). A body without `status` is a
+        job not yet finished, as the official client's `JobApi.wait` reads it."""
         data = await self._get(f"/api/jobs/{_uuid(job_id)}", {"projection": "expandJob"})
-        job = _parse_job(data)
-        if job.status is None:
-            # expandJob always carries the status; without it the answer is not a job.
-            raise ProtocolError(f"job {job_id} has no status: {_excerpt(data)}")
-        return job
+        return _parse_job(data)
 
     async def recent_jobs(self, limit: int) -> AsyncIterator[Job]:
-        """Jobs newest first, at most `limit` of them (there is no finder by model)."""
+        """Jobs as `sort=createdAt,desc` lists them, at most `limit` (there is no finder by
+        model). The caller checks the order it gets: it is not guaranteed."""
         params = {"sort": "createdAt,desc", "projection": "expandJob"}
         seen = 0
         async for item in self._pages("/api/jobs", "jobs", params):
@@ -294,17 +333,28 @@ class ModelOpsClient:
             if seen >= limit:
                 return
 
+    async def job_page(self, sort: str, size: int) -> tuple[list[Job], int | None]:
+        """The first page of the jobs listing sorted by `sort` ("prop,dir"), and how many jobs
+        the server says it has. One try: a probe is not worth retrying."""
+        params = {"sort": sort, "projection": "expandJob", "page": "0", "size": str(size)}
+        data = await self._get("/api/jobs", params, retry=False)
+        items = _embedded(data, "jobs", "/api/jobs")
+        page_info = data.get("page")
+        total = page_info.get("totalElements") if isinstance(page_info, dict) else None
+        return [_parse_job(item) for item in items], total if isinstance(total, int) else None
+
     async def changed_jobs(self, since: datetime | None, page_size: int = 20) -> list[Job]:
         """Jobs whose status changed at or after `since` (server time), most recent first.
 
         Pages of `page_size` are read until one reaches back past `since`; without `since`,
-        only the first page: enough to learn where the changes are now.
-        Raises PermanentApiError when the server cannot sort jobs by `updatedAt`.
+        only the first page: enough to learn where the changes are now. One try per page.
+        Raises ProtocolError when a job has no `updatedAt` or the jobs are not in order.
         """
         params = {"sort": "updatedAt,desc", "projection": "expandJob"}
         jobs: list[Job] = []
         last: datetime | None = None
-        async for item in self._pages("/api/jobs", "jobs", params, size=page_size):
+        pages = self._pages("/api/jobs", "jobs", params, size=page_size, retry=False)
+        async for item in pages:
             job = _parse_job(item)
             if job.updated_at is None:
                 raise ProtocolError(f"/api/jobs: a job has no updatedAt: {_excerpt(item)}")
@@ -319,58 +369,64 @@ class ModelOpsClient:
         return jobs
 
     async def unfinished_jobs(self) -> list[Job]:
-        """Every job not yet in a terminal status (the `findByStatusIn` finder).
-
-        Raises PermanentApiError (404) when the server does not offer the finder.
-        """
-        params = {"status": ",".join(_UNFINISHED_JOB_STATUSES), "projection": "expandJob"}
+        """Every job not yet in a terminal status (the `findByStatusIn` finder), one try per
+        page. Raises NotFound when the server does not offer the finder."""
+        params = {"status": ",".join(UNFINISHED_JOB_STATUSES), "projection": "expandJob"}
         path = "/api/jobs/search/findByStatusIn"
-        return [
-            _parse_job(item) async for item in self._pages(path, "jobs", params, size=_MAX_PAGE)
-        ]
+        pages = self._pages(path, "jobs", params, size=_MAX_PAGE, retry=False)
+        return [_parse_job(item) async for item in pages]
+
+    async def scoring_jobs(self, deployment_id: str) -> list[Job]:
+        """The jobs a deployment started (a `cron = "@once"` deployment scores at once)."""
+        params = {"deploymentId": _uuid(deployment_id), "projection": "expandJob"}
+        path = "/api/jobs/search/findByDeploymentId"
+        return [_parse_job(item) async for item in self._pages(path, "jobs", params)]
 
     async def events(self, trained_model_id: str) -> list[Event]:
-        path = f"/api/trainedModels/{_uuid(trained_model_id)}/events"
-        return [_parse_event(item) async for item in self._pages(path, "trainedModelEvents", {})]
+        """The version's events, from its association resource or, where a server has none
+        (404), from the events finder (remembered for the rest of the run)."""
+        tm_id = _uuid(trained_model_id)
+        if not self._events_by_finder:
+            path = f"/api/trainedModels/{tm_id}/events"
+            try:
+                return [_parse_event(i) async for i in self._pages(path, "trainedModelEvents", {})]
+            except NotFound:
+                # This server has no such route (or no such version): the finder answers for
+                # every version, so it serves the rest of the run.
+                self._events_by_finder = True
+        path = "/api/trainedModelEvents/search/findByTrainedModelId"
+        params = {"trainedModelId": tm_id}
+        return [_parse_event(i) async for i in self._pages(path, "trainedModelEvents", params)]
 
     async def deployment_for_job(self, job_id: str) -> Deployment:
         data = await self._get("/api/deployments/search/findByJobId", {"jobId": _uuid(job_id)})
         return _parse_deployment(data)
 
-    async def active_deployments(self, model_id: str) -> list[Deployment]:
-        """The model's deployments that are DEPLOYED now (the versions in production)."""
-        model_id = _uuid(model_id)
-        path = "/api/trainedModels/search/findByModelIdAndStatus"
-        versions = [
-            _req_str(item, "id")
-            async for item in self._pages(
-                path, "trainedModels", {"modelId": model_id, "status": "DEPLOYED"}
-            )
+    async def active_deployments(self) -> list[Deployment]:
+        """Every active deployment of the project (what is in production), each naming its
+        version and model (`expandDeployment`)."""
+        path = "/api/deployments/search/findActive"
+        params = {"projection": "expandDeployment"}
+        return [
+            _parse_deployment(item)
+            async for item in self._pages(path, "deployments", params, size=_MAX_PAGE)
         ]
-        found: list[Deployment] = []
-        for version in versions:
-            params = {
-                "status": "DEPLOYED",
-                "trainedModelId": version,
-                "projection": "expandDeployment",
-            }
-            path = "/api/deployments/search/findByStatusAndTrainedModelId"
-            found.extend(
-                [_parse_deployment(d) async for d in self._pages(path, "deployments", params)]
-            )
-        return found
 
-    async def latest_version(self, model_id: str) -> str | None:
-        """The model's newest trained version (by createdAt), if it has any."""
+    async def deployments_of_version(self, trained_model_id: str) -> list[Deployment]:
+        """The version's deployments whose status is DEPLOYED."""
+        params = {
+            "status": "DEPLOYED",
+            "trainedModelId": _uuid(trained_model_id),
+            "projection": "expandDeployment",
+        }
+        path = "/api/deployments/search/findByStatusAndTrainedModelId"
+        return [_parse_deployment(d) async for d in self._pages(path, "deployments", params)]
+
+    async def versions(self, model_id: str) -> list[Version]:
+        """Every trained version of the model, in whatever order the server gives them."""
         path = "/api/trainedModels/search/findByModelId"
-        newest: tuple[datetime, str] | None = None
-        async for item in self._pages(
-            path, "trainedModels", {"modelId": _uuid(model_id), "sort": "createdAt,desc"}
-        ):
-            created = _timestamp(item.get("createdAt")) or datetime.min.replace(tzinfo=UTC)
-            if newest is None or created > newest[0]:
-                newest = (created, _req_str(item, "id"))
-        return None if newest is None else newest[1]
+        params = {"modelId": _uuid(model_id)}
+        return [_parse_version(item) async for item in self._pages(path, "trainedModels", params)]
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -402,34 +458,48 @@ class ModelOpsClient:
     # -- transport ---------------------------------------------------------------------------
 
     async def _pages(
-        self, path: str, collection: str, params: Mapping[str, str], *, size: int = _PAGE_SIZE
+        self,
+        path: str,
+        collection: str,
+        params: Mapping[str, str],
+        *,
+        size: int = _PAGE_SIZE,
+        retry: bool = True,
     ) -> AsyncIterator[dict[str, Any]]:
+        """Every item of a listing, page by page: a HAL page, a HAL list without a `page`
+        block (an association resource) or a bare JSON list are all read."""
         page = 0
         while True:
-            data = await self._get(path, {**params, "page": str(page), "size": str(size)})
-            embedded = data.get("_embedded")
-            items = embedded.get(collection, []) if isinstance(embedded, dict) else []
-            if not isinstance(items, list):
-                raise ProtocolError(f"{path}: _embedded.{collection} is not a list", path=path)
+            query = {**params, "page": str(page), "size": str(size)}
+            data = await self._send("GET", path, params=query, retry=retry)
+            if isinstance(data, list):
+                items: list[Any] = data
+                total_pages = None
+            elif isinstance(data, dict):
+                items = _embedded(data, collection, path)
+                page_info = data.get("page")
+                total_pages = page_info.get("totalPages") if isinstance(page_info, dict) else None
+            else:
+                raise ProtocolError(f"GET {path}: answer is not a listing: {_excerpt(data)}")
             for item in items:
                 if not isinstance(item, dict):
                     raise ProtocolError(f"{path}: an item of {collection} is not an object")
                 yield item
-            page_info = data.get("page")
-            total_pages = page_info.get("totalPages") if isinstance(page_info, dict) else None
             page += 1
             if not items or not isinstance(total_pages, int) or page >= total_pages:
                 return
 
-    async def _get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
-        return await self._send("GET", path, params=params)
+    async def _get(
+        self, path: str, params: Mapping[str, str] | None = None, *, retry: bool = True
+    ) -> dict[str, Any]:
+        return _object(await self._send("GET", path, params=params, retry=retry), "GET", path)
 
     async def _post(
         self, path: str, body: Mapping[str, Any], parse: Callable[[Mapping[str, Any]], _T]
     ) -> _T:
         """POST and parse; a success answer that cannot be read may still have been applied."""
         try:
-            return parse(await self._send("POST", path, body=body))
+            return parse(_object(await self._send("POST", path, body=body), "POST", path))
         except ProtocolError as exc:
             raise OutcomeUnknown(
                 f"POST {path}: answer unreadable ({exc})", method="POST", path=path
@@ -442,14 +512,16 @@ class ModelOpsClient:
         *,
         params: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+        retry: bool = True,
+    ) -> object:
+        """The answer's JSON; transient failures retried by the policy unless `retry` is off."""
         policy = self._retry
         retryable = _retryable_get if method == "GET" else _retryable_post
         while True:
             try:
                 async for attempt in stamina.retry_context(
                     on=retryable,
-                    attempts=policy.attempts,
+                    attempts=policy.attempts if retry else 1,
                     timeout=policy.budget_s,
                     wait_initial=policy.initial_s,
                     wait_max=policy.max_s,
@@ -462,7 +534,11 @@ class ModelOpsClient:
             except TransientApiError as exc:
                 # While the server fails everything, the breaker decides when to give up
                 # (outage_budget), not this request's own retries: go round and wait for it.
-                if isinstance(exc, OutcomeUnknown | ServerUnavailable) or not self.breaker.is_open:
+                if (
+                    not retry
+                    or isinstance(exc, OutcomeUnknown | ServerUnavailable)
+                    or not self.breaker.is_open
+                ):
                     raise
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
@@ -473,7 +549,7 @@ class ModelOpsClient:
         *,
         params: Mapping[str, str] | None,
         body: Mapping[str, Any] | None,
-    ) -> dict[str, Any]:
+    ) -> object:
         await self.breaker.admit()
         await self.throttle.wait()
         self.stats.requests[method] += 1
@@ -581,11 +657,11 @@ async def _bounded_body(response: httpx.Response, method: str, path: str) -> byt
     return b"".join(chunks)
 
 
-def _read(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
+def _read(response: httpx.Response, method: str, path: str) -> object:
     status = response.status_code
     if status < 300:  # noqa: PLR2004
         try:
-            data = _json(response)
+            return _json(response)
         except _Unreadable as exc:
             raise ProtocolError(
                 f"{method} {path}: answer is not JSON: {_excerpt(_text(response))}",
@@ -593,14 +669,6 @@ def _read(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
                 path=path,
                 status=status,
             ) from exc
-        if not isinstance(data, dict):
-            raise ProtocolError(
-                f"{method} {path}: answer is not a JSON object: {_excerpt(_text(response))}",
-                method=method,
-                path=path,
-                status=status,
-            )
-        return data
     message = _server_message(response)
     text = f"{method} {path}: HTTP {status}" + (f": {message}" if message else "")
     if status in {401, 403}:
@@ -623,7 +691,29 @@ def _read(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
         )
     if status == 404:  # noqa: PLR2004
         raise NotFound(text, method=method, path=path, status=status)
+    if status == 409:  # noqa: PLR2004
+        # Spring Data REST's answer to an optimistic-locking or integrity conflict: the
+        # request was not applied, and may succeed a moment later.
+        raise Conflict(text, method=method, path=path, status=status)
     raise PermanentApiError(text, method=method, path=path, status=status)
+
+
+def _object(data: object, method: str, path: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ProtocolError(
+            f"{method} {path}: answer is not a JSON object: {_excerpt(data)}",
+            method=method,
+            path=path,
+        )
+    return data
+
+
+def _embedded(data: Mapping[str, Any], collection: str, path: str) -> list[Any]:
+    embedded = data.get("_embedded")
+    items = embedded.get(collection, []) if isinstance(embedded, dict) else []
+    if not isinstance(items, list):
+        raise ProtocolError(f"{path}: _embedded.{collection} is not a list", path=path)
+    return items
 
 
 def _retryable_get(exc: Exception) -> bool | float:
@@ -731,6 +821,18 @@ def _parse_event(data: Mapping[str, Any]) -> Event:
         status=_req_str(data, "status"),
         created_at=_timestamp(data.get("createdAt")),
         metadata=metadata if isinstance(metadata, dict) else {},
+        job_id=_opt_str(data, "jobId"),
+    )
+
+
+def _parse_version(data: Mapping[str, Any]) -> Version:
+    return Version(
+        id=_req_str(data, "id"),
+        model_id=_opt_str(data, "modelId"),
+        created_at=_timestamp(data.get("createdAt")),
+        status=_opt_str(data, "status"),
+        archived=data.get("archived") is True,
+        job_id=_opt_str(data, "jobId"),
     )
 
 
@@ -746,16 +848,30 @@ def _parse_deployment(data: Mapping[str, Any]) -> Deployment:
         status=_opt_str(data, "status"),
         trained_model_id=trained_model_id,
         model_id=model_id,
+        created_at=_timestamp(data.get("createdAt")),
     )
 
 
 def latest_metrics(events: list[Event]) -> dict[str, str] | None:
-    """The metrics of the newest EVALUATED event, values kept as the strings the server sent."""
+    """The metrics of the newest EVALUATED event, values kept as the strings the server sent.
+
+    For a version judged without an evaluation of this run (a champion, `--from-stage
+    approve`); an evaluation of this run reads its own event (`metrics_of_job`)."""
     evaluated = [e for e in events if e.status == "EVALUATED"]
     if not evaluated:
         return None
     newest = max(evaluated, key=lambda e: (e.created_at is not None, e.created_at or 0))
-    return {str(k): str(v) for k, v in newest.metadata.items()}
+    return _metrics(newest)
+
+
+def metrics_of_job(events: list[Event], job_id: str) -> dict[str, str] | None:
+    """The metrics the evaluation job `job_id` wrote: its EVALUATED event names it."""
+    mine = [e for e in events if e.status == "EVALUATED" and e.job_id == job_id]
+    return _metrics(mine[-1]) if mine else None
+
+
+def _metrics(event: Event) -> dict[str, str]:
+    return {str(k): str(v) for k, v in event.metadata.items()}
 
 
 def _req_str(data: Mapping[str, Any], key: str) -> str:
@@ -788,8 +904,9 @@ def _timestamp(value: object) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _automation(resources: Mapping[str, str], docker_image: str | None) -> dict[str, Any]:
-    return _drop_none({"resources": dict(resources) or None, "dockerImage": docker_image})
+def _automation(resources: Mapping[str, str], docker_image: str | None) -> dict[str, Any] | None:
+    overrides = _drop_none({"resources": dict(resources) or None, "dockerImage": docker_image})
+    return overrides or None
 
 
 def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
@@ -808,7 +925,9 @@ __all__ = [
     "RemoteModel",
     "RetryPolicy",
     "TrainRequest",
+    "Version",
     "latest_metrics",
+    "metrics_of_job",
 ]
 
 

@@ -6,6 +6,7 @@
     ├── ApiError                  anything the ModelOps API answered or failed to answer
     │   ├── TransientApiError     timeouts, connection errors, 429, 500, 502, 503, 504 (retry_after)
     │   │   ├── OutcomeUnknown    a POST was sent but no answer came back: it may have been applied
+    │   │   ├── Conflict          409: a concurrent change; not applied, may succeed later
     │   │   └── ServerUnavailable the server kept failing past the outage budget (exit 3)
     │   ├── PermanentApiError     other 4xx: status code and the server's message
     │   │   └── NotFound          404
@@ -63,6 +64,10 @@ class TransientApiError(ApiError):
 
 class OutcomeUnknown(TransientApiError):
     """A POST went out and no response came back: the server may or may not have applied it."""
+
+
+class Conflict(TransientApiError):
+    """409: the server refused the request over a concurrent change (nothing was applied)."""
 
 
 class ServerUnavailable(TransientApiError):
