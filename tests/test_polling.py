@@ -1,33 +1,58 @@
-"""The job watcher: how often it asks, what one look covers, and how it falls back."""
+"""The job watcher: per-job reads by default, batched looks only once proven, never for ever."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import anyio
 import anyio.lowlevel
 import pytest
+from structlog.testing import capture_logs
 
-from fleet.client import Job
-from fleet.errors import AuthError, NotFound, PermanentApiError
-from fleet.polling import Finished, JobWatch, PollMode
+from fleet.client import UNFINISHED_JOB_STATUSES, Job
+from fleet.errors import AuthError, NotFound, PermanentApiError, TransientApiError
+from fleet.polling import Finished, JobWatch, PollMode, judge_sort
 
 EPOCH = datetime(2026, 11, 25, tzinfo=UTC)
 
+Sort = Literal["honoured", "dropped", "error"]
+Stamp = Literal["fresh", "stale", "absent"]
+
+
+@dataclass(frozen=True)
+class Server:
+    """How the fake server answers what no recording says."""
+
+    sort: Sort = "dropped"
+    updated_at: Stamp = "absent"
+    finder: bool = False
+    finder_stale: bool = False  # the finder keeps listing jobs that ended
+    no_status_every: int = 0  # every n-th read by id lacks `status` (0: never)
+    history: int = 2  # finished jobs already on the server
+
 
 class FakeJobs:
-    """Jobs that end at known times on a virtual clock, behind the three ways to ask."""
+    """Jobs that end at known times on a virtual clock, behind every way to ask about them."""
 
-    def __init__(self, *, changes: bool = True, finder: bool = True) -> None:
+    def __init__(self, server: Server | None = None) -> None:
+        self.server = server or Server()
         self.now = 0.0
         self.ends: dict[str, float] = {}
         self.created: dict[str, float] = {}
         self.calls: Counter[str] = Counter()
-        self._changes = changes
-        self._finder = finder
-        self.fail_with: Exception | None = None
+        self.fail_with: Exception | None = None  # raised by the batched looks
+        self.fail_gets_with: Exception | None = None
+        self._reads = itertools.count(1)
+        for n in range(self.server.history):
+            self.submit(f"old{n}", 1.0)
+            self.now += 1.0
+        self.now += 10.0
 
     async def sleep(self, seconds: float) -> None:
         self.now += seconds
@@ -41,38 +66,81 @@ class FakeJobs:
         self.ends[job_id] = self.now + runs_s
         return EPOCH + timedelta(seconds=self.now)
 
-    def _job(self, job_id: str) -> Job:
+    def _job(self, job_id: str, *, status: bool = True) -> Job:
         done = self.now >= self.ends[job_id]
         changed = self.ends[job_id] if done else self.created[job_id]
+        stamp = {"fresh": changed, "stale": self.created[job_id], "absent": None}
+        at = stamp[self.server.updated_at]
         return Job(
             id=job_id,
-            status="COMPLETED" if done else "RUNNING",
+            status=("COMPLETED" if done else "RUNNING") if status else None,
             type="TRAINING",
             model_id="m",
             trained_model_id="t",
             created_at=EPOCH + timedelta(seconds=self.created[job_id]),
-            updated_at=EPOCH + timedelta(seconds=changed),
+            updated_at=None if at is None else EPOCH + timedelta(seconds=at),
         )
+
+    def _by_change(self) -> list[Job]:
+        """The jobs in the order the server sorts `updatedAt` ascending (its own notion)."""
+
+        def changed(job_id: str) -> float:
+            ended = self.now >= self.ends[job_id]
+            if self.server.updated_at == "stale" or not ended:
+                return self.created[job_id]
+            return self.ends[job_id]
+
+        ids = sorted(self.ends, key=lambda j: (changed(j), self.created[j]))
+        return [self._job(j) for j in ids]
+
+    def _listing(self, direction: str) -> list[Job]:
+        if self.server.sort == "error":
+            raise TransientApiError("GET /api/jobs: HTTP 500", status=500)
+        if self.server.sort == "dropped":
+            return [self._job(j) for j in sorted(self.ends, key=lambda j: self.created[j])]
+        jobs = self._by_change()
+        return jobs[::-1] if direction == "desc" else jobs
 
     async def get_job(self, job_id: str) -> Job:
         self.calls["get"] += 1
-        return self._job(job_id)
+        if self.fail_gets_with is not None:
+            raise self.fail_gets_with
+        every = self.server.no_status_every
+        return self._job(job_id, status=not (every and next(self._reads) % every == 0))
+
+    async def job_page(self, sort: str, size: int) -> tuple[list[Job], int | None]:
+        self.calls["probe"] += 1
+        jobs = self._listing(sort.split(",")[1])
+        return jobs[:size], len(jobs)
 
     async def changed_jobs(self, since: datetime | None, page_size: int = 20) -> list[Job]:
         self.calls["changes"] += 1
         if self.fail_with is not None:
             raise self.fail_with
-        if not self._changes:
-            raise PermanentApiError("No property 'updatedAt' found for type 'Job'", status=400)
-        jobs = sorted((self._job(j) for j in self.ends), key=lambda j: j.updated_at or EPOCH)
-        jobs.reverse()
-        return [j for j in jobs if since is None or (j.updated_at and j.updated_at >= since)]
+        jobs = self._listing("desc")
+        out: list[Job] = []
+        last = None
+        for job in jobs:
+            if job.updated_at is None:
+                raise PermanentApiError("a job has no updatedAt")
+            if last is not None and job.updated_at > last:
+                raise PermanentApiError("not sorted")
+            last = job.updated_at
+            if since is not None and job.updated_at < since:
+                break
+            out.append(job)
+            if since is None and len(out) >= page_size:
+                break
+        return out
 
     async def unfinished_jobs(self) -> list[Job]:
         self.calls["finder"] += 1
-        if not self._finder:
-            raise NotFound("Not Found", status=404)
-        return [self._job(j) for j in self.ends if self.now < self.ends[j]]
+        if self.fail_with is not None:
+            raise self.fail_with
+        if not self.server.finder:
+            raise NotFound("GET /api/jobs/search/findByStatusIn: HTTP 404", status=404)
+        listed = [j for j in self.ends if self.server.finder_stale or self.now < self.ends[j]]
+        return [Job(j, "RUNNING", "TRAINING", "m", "t", None) for j in listed]
 
 
 def _watch(jobs: FakeJobs, **overrides: object) -> JobWatch:
@@ -85,13 +153,23 @@ async def _follow_all(
     watch: JobWatch,
     runs: dict[str, float],
     expected: Callable[[str], float | None] = lambda _: None,
+    *,
+    timeout_s: float = math.inf,
+    stagger_s: float = 0.0,
 ) -> dict[str, Finished | None]:
+    """Submit and follow each job (the n-th `stagger_s` x n later); their results."""
     results: dict[str, Finished | None] = {}
     stop = anyio.Event()
+    order = {job_id: n for n, job_id in enumerate(runs)}
 
     async def one(job_id: str, runs_s: float) -> None:
+        start = jobs.now + stagger_s * order[job_id]
+        while jobs.now < start:
+            await anyio.lowlevel.checkpoint()
         created = jobs.submit(job_id, runs_s)
-        results[job_id] = await watch.finished(job_id, created, "train", expected(job_id))
+        results[job_id] = await watch.finished(
+            job_id, created, "train", expected(job_id), timeout_s=timeout_s
+        )
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch.run, stop)
@@ -102,54 +180,242 @@ async def _follow_all(
     return results
 
 
-async def test_one_look_covers_every_job_and_each_finished_one_is_read_once() -> None:
+def _all_completed(results: dict[str, Finished | None]) -> bool:
+    return all(r is not None and r.job.status == "COMPLETED" for r in results.values())
+
+
+# -- the default: reads by id ---------------------------------------------------------------
+
+
+async def test_by_default_on_a_server_that_drops_the_sort_every_job_is_read_by_id() -> None:
+    """Spring Data REST's 200-unsorted answer is caught by the probe: no look is trusted."""
     jobs = FakeJobs()
+    watch = _watch(jobs)
+    runs = {f"j{i}": 100.0 + i for i in range(20)}
+    with capture_logs() as logs:
+        results = await _follow_all(jobs, watch, runs, expected=lambda j: runs[j])
+    assert _all_completed(results)
+    assert watch.mode is PollMode.EACH
+    assert jobs.calls["changes"] == 0
+    assert jobs.calls["probe"] == 2  # one probe, two pages, then never again
+    assert [e for e in logs if e["event"] == "fleet.poll.probe_failed"]
+
+
+async def test_each_reads_a_job_near_its_expected_end() -> None:
+    """With history, a job is read a few times around its end, not every interval."""
+    jobs = FakeJobs()
+    results = await _follow_all(jobs, _watch(jobs), {"long": 600.0}, expected=lambda _: 590.0)
+    finished = results["long"]
+    assert finished is not None
+    assert jobs.now - (jobs.created["long"] + 600.0) <= 590 * 0.02 + 1e-9
+    assert jobs.calls["get"] <= 4
+
+
+async def test_without_history_reads_back_off_up_to_poll_interval() -> None:
+    jobs = FakeJobs()
+    await _follow_all(jobs, _watch(jobs, poll_interval=30.0), {"j": 3600.0})
+    # Backing off by a fifth of the time run so far, capped at 30 s: about 140 reads for an
+    # hour, not the 7,200 a fixed 0.5 s would take.
+    assert jobs.calls["get"] < 160
+    assert jobs.now - (jobs.created["j"] + 3600.0) <= 30.0
+
+
+async def test_each_mode_never_probes() -> None:
+    jobs = FakeJobs(Server(sort="honoured", updated_at="fresh", finder=True))
+    watch = _watch(jobs, mode=PollMode.EACH)
+    results = await _follow_all(jobs, watch, {"a": 50.0, "b": 70.0})
+    assert _all_completed(results)
+    assert jobs.calls["probe"] == jobs.calls["changes"] == jobs.calls["finder"] == 0
+
+
+async def test_a_job_read_without_status_is_not_finished_and_warned_once() -> None:
+    """The official client reads a missing status as UNKNOWN and keeps polling; so does fleet."""
+    jobs = FakeJobs(Server(no_status_every=2))
+    with capture_logs() as logs:
+        results = await _follow_all(jobs, _watch(jobs), {"a": 300.0})
+    assert _all_completed(results)
+    warned = [e for e in logs if e["event"] == "fleet.job.no_status"]
+    assert len(warned) == 1
+    assert warned[0]["job_id"] == "a"
+
+
+# -- the sorted listing ----------------------------------------------------------------------
+
+
+async def test_a_sort_proven_at_start_covers_every_job_in_one_look() -> None:
+    jobs = FakeJobs(Server(sort="honoured", updated_at="fresh"))
+    watch = _watch(jobs)
     runs = {f"j{i}": 100.0 + i for i in range(50)}
-    results = await _follow_all(jobs, _watch(jobs), runs, expected=lambda j: runs[j])
-    assert all(r is not None and r.job.status == "COMPLETED" for r in results.values())
+    results = await _follow_all(jobs, watch, runs, expected=lambda j: runs[j])
+    assert _all_completed(results)
+    assert watch.mode is PollMode.CHANGES
     assert jobs.calls["get"] == 50  # the one confirming read per job
-    # Predicted looks, shared by all jobs: far fewer than one per job per interval.
     assert jobs.calls["changes"] <= 100
 
 
-async def test_a_job_is_seen_close_to_its_expected_end() -> None:
-    """With history, detection comes within a few percent of the job's duration."""
-    jobs = FakeJobs()
-    runs = {"long": 600.0}
-    results = await _follow_all(jobs, _watch(jobs), runs, expected=lambda _: 590.0)
-    finished = results["long"]
-    assert finished is not None
-    assert jobs.now - 600.0 <= 590 * 0.02 + 1e-9  # seen within 2% of its duration
-    assert abs(finished.ran_s - 600.0) <= 590 * 0.02  # what the next night will expect
-    # The first look at start, one just before the expected end, then 2% apart.
-    assert jobs.calls["changes"] <= 5
+async def test_on_a_fresh_project_the_probe_waits_for_two_jobs() -> None:
+    """Zero jobs tell nothing about a sort: the probe comes back once there are some."""
+    jobs = FakeJobs(Server(sort="honoured", updated_at="fresh", history=0))
+    watch = _watch(jobs, poll_interval=5.0)
+    runs = {f"j{i}": 600.0 + i for i in range(5)}
+    results = await _follow_all(jobs, watch, runs)
+    assert _all_completed(results)
+    assert watch.mode is PollMode.CHANGES
+    assert jobs.calls["probe"] >= 4  # inconclusive at start, conclusive later
 
 
-async def test_without_history_looks_back_off_up_to_poll_interval() -> None:
-    jobs = FakeJobs()
-    await _follow_all(jobs, _watch(jobs, poll_interval=30.0), {"j": 3600.0})
-    # Backing off by a fifth of the time run so far, capped at 30 s: about 140 looks for an
-    # hour, not the 7,200 a fixed 0.5 s would take.
-    assert jobs.calls["changes"] < 160
-    assert jobs.now - 3600.0 <= 30.0
-
-
-async def test_a_server_without_the_sorted_listing_gets_the_finder() -> None:
-    jobs = FakeJobs(changes=False)
-    watch = _watch(jobs)
-    runs = {f"j{i}": 50.0 for i in range(10)}
-    results = await _follow_all(jobs, watch, runs, expected=lambda _: 50.0)
-    assert watch.mode is PollMode.FINDER
-    assert all(r is not None for r in results.values())
-    assert jobs.calls["get"] == 10
-
-
-async def test_a_server_with_neither_gets_a_get_per_due_job() -> None:
-    jobs = FakeJobs(changes=False, finder=False)
-    watch = _watch(jobs)
-    results = await _follow_all(jobs, watch, {"a": 20.0, "b": 40.0}, expected=lambda _: None)
+async def test_a_listing_whose_updated_at_never_moves_is_demoted_and_no_job_is_lost() -> None:
+    """Sorted, but finished jobs never come to the top: the safety net reads them by id,
+    sees the contradiction, and the watcher goes back to reading by id."""
+    jobs = FakeJobs(Server(sort="honoured", updated_at="stale"))
+    watch = _watch(jobs, poll_interval=5.0)
+    runs = {f"j{i}": 100.0 + 10 * i for i in range(6)}
+    with capture_logs() as logs:
+        results = await _follow_all(jobs, watch, runs, expected=lambda j: runs[j], stagger_s=30)
+    assert _all_completed(results)
     assert watch.mode is PollMode.EACH
-    assert all(r is not None for r in results.values())
+    demoted = [e for e in logs if e["event"] == "fleet.poll.demoted"]
+    assert len(demoted) == 1
+    assert "never showed it" in demoted[0]["reason"]
+    latest = max(jobs.created[j] + runs[j] for j in runs)
+    assert jobs.now - latest <= 2 * 150.0  # seen within the safety net's bound
+
+
+async def test_a_sort_answered_500_is_given_up_after_three_probes() -> None:
+    jobs = FakeJobs(Server(sort="error"))
+    watch = _watch(jobs, poll_interval=5.0)
+    results = await _follow_all(jobs, watch, {"a": 2000.0})
+    assert _all_completed(results)
+    assert watch.mode is PollMode.EACH
+    assert jobs.calls["probe"] == 3  # the first page of each of three probes, then no more
+
+
+async def test_failing_looks_fall_back_to_reads_and_are_dropped_after_three() -> None:
+    """A look that fails is not retried: its due jobs are read by id; three in a row end it."""
+    jobs = FakeJobs(Server(sort="honoured", updated_at="fresh"))
+    watch = _watch(jobs, poll_interval=5.0)
+    runs = {f"j{i}": 200.0 + i for i in range(5)}
+    stop = anyio.Event()
+    results: dict[str, Finished | None] = {}
+
+    async def one(job_id: str) -> None:
+        created = jobs.submit(job_id, runs[job_id])
+        results[job_id] = await watch.finished(job_id, created, "train", None)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch.run, stop)
+        await anyio.lowlevel.checkpoint()
+        assert watch.mode is PollMode.CHANGES
+        jobs.fail_with = TransientApiError("GET /api/jobs: HTTP 503", status=503)
+        async with anyio.create_task_group() as followers:
+            for job_id in runs:
+                followers.start_soon(one, job_id)
+        stop.set()
+    assert _all_completed(results)
+    assert watch.mode is PollMode.EACH
+    assert jobs.calls["changes"] == 3
+
+
+# -- the finder ------------------------------------------------------------------------------
+
+
+async def test_a_finder_that_lists_running_jobs_is_adopted() -> None:
+    jobs = FakeJobs(Server(finder=True))
+    watch = _watch(jobs, poll_interval=5.0)
+    runs = {f"j{i}": 300.0 + i for i in range(10)}
+    results = await _follow_all(jobs, watch, runs, expected=lambda j: runs[j])
+    assert _all_completed(results)
+    assert watch.mode is PollMode.FINDER
+
+
+async def test_a_finder_that_keeps_listing_finished_jobs_is_demoted() -> None:
+    """An overdue job the finder still calls unfinished is read by id: it is COMPLETED."""
+    jobs = FakeJobs(Server(finder=True, finder_stale=True))
+    watch = _watch(jobs, poll_interval=5.0)
+    runs = {f"j{i}": 100.0 + i for i in range(4)}
+    with capture_logs() as logs:
+        results = await _follow_all(jobs, watch, runs, expected=lambda j: runs[j])
+    assert _all_completed(results)
+    assert watch.mode is PollMode.EACH
+    assert [e for e in logs if e["event"] == "fleet.poll.demoted"]
+
+
+async def test_without_a_finder_the_probe_is_refused_once() -> None:
+    jobs = FakeJobs(Server(finder=False))
+    watch = _watch(jobs, poll_interval=5.0)
+    results = await _follow_all(jobs, watch, {"a": 500.0, "b": 600.0})
+    assert _all_completed(results)
+    assert jobs.calls["finder"] == 1
+
+
+# -- never for ever --------------------------------------------------------------------------
+
+
+async def test_a_job_that_never_ends_is_released_at_its_timeout() -> None:
+    jobs = FakeJobs()
+    results = await _follow_all(jobs, _watch(jobs), {"stuck": math.inf}, timeout_s=3600.0)
+    finished = results["stuck"]
+    assert finished is not None
+    assert finished.timed_out
+    assert finished.job.status == "RUNNING"
+    assert jobs.now - jobs.created["stuck"] == pytest.approx(3600.0, abs=31.0)
+
+
+async def test_a_resumed_job_times_out_from_when_it_was_submitted() -> None:
+    jobs = FakeJobs()
+    watch = _watch(jobs)
+    jobs.submit("old-stuck", math.inf)
+    stop = anyio.Event()
+    results: list[Finished | None] = []
+
+    async def one() -> None:
+        results.append(
+            await watch.finished("old-stuck", None, "train", None, age_s=3000.0, timeout_s=3600.0)
+        )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch.run, stop)
+        async with anyio.create_task_group() as followers:
+            followers.start_soon(one)
+        stop.set()
+    assert results[0] is not None
+    assert results[0].timed_out
+    assert jobs.now - jobs.created["old-stuck"] <= 630.0
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        Server(),
+        Server(history=0),
+        Server(sort="honoured", updated_at="fresh"),
+        Server(sort="honoured", updated_at="fresh", history=0),
+        Server(sort="honoured", updated_at="stale"),
+        Server(sort="honoured", updated_at="absent"),
+        Server(sort="error"),
+        Server(finder=True),
+        Server(finder=True, finder_stale=True),
+        Server(sort="honoured", updated_at="stale", finder=True, finder_stale=True),
+        Server(no_status_every=3),
+        Server(sort="honoured", updated_at="fresh", no_status_every=2),
+    ],
+    ids=repr,
+)
+async def test_no_job_is_waited_on_for_ever(server: Server) -> None:
+    """The invariant, on every server: each job ends seen or timed out, within its timeout
+    plus one poll interval, in a bounded number of requests."""
+    jobs = FakeJobs(server)
+    watch = _watch(jobs, poll_interval=5.0)
+    runs = {f"j{i}": 60.0 * (i + 1) for i in range(6)} | {"stuck": math.inf}
+    timeout = 7200.0
+    results = await _follow_all(jobs, watch, runs, timeout_s=timeout)
+    assert all(results[j] is not None and results[j].job.terminal for j in runs if j != "stuck")  # type: ignore[union-attr]
+    stuck = results["stuck"]
+    assert stuck is not None
+    assert stuck.timed_out
+    assert jobs.now <= jobs.created["stuck"] + timeout + 5.0
+    # At most a read every poll_floor..poll_interval per job, plus the looks: bounded.
+    assert sum(jobs.calls.values()) <= len(runs) * timeout / 5.0
 
 
 async def test_a_rejected_token_reaches_every_waiter() -> None:
@@ -166,7 +432,7 @@ async def test_a_rejected_token_reaches_every_waiter() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch.run, stop)
-        jobs.fail_with = AuthError("token rejected by ModelOps (HTTP 401)", status=401)
+        jobs.fail_gets_with = AuthError("token rejected by ModelOps (HTTP 401)", status=401)
         async with anyio.create_task_group() as followers:
             followers.start_soon(one, "a")
             followers.start_soon(one, "b")
@@ -193,31 +459,9 @@ async def test_draining_releases_waiters_without_a_result() -> None:
     assert await watch.finished("b", None, "train", 1.0) is None
 
 
-async def test_a_resumed_job_is_read_by_id_at_its_first_look() -> None:
-    """A job handed over with no creation time (from an earlier process) is not vouched for
-    by the listing: its first look is a GET."""
-    jobs = FakeJobs()
-    watch = _watch(jobs)
-    stop = anyio.Event()
-    jobs.submit("old", 0.0)  # already finished before this process looked
-    jobs.now = 10.0
-    results: list[Finished | None] = []
-
-    async def one() -> None:
-        results.append(await watch.finished("old", None, "train", None))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch.run, stop)
-        async with anyio.create_task_group() as followers:
-            followers.start_soon(one)
-        stop.set()
-    assert results[0] is not None
-    assert results[0].job.status == "COMPLETED"
-
-
-@pytest.mark.parametrize("mode", [PollMode.CHANGES, PollMode.FINDER, PollMode.EACH])
+@pytest.mark.parametrize("mode", [PollMode.AUTO, PollMode.CHANGES, PollMode.FINDER, PollMode.EACH])
 async def test_every_mode_sees_every_job_end(mode: PollMode) -> None:
-    jobs = FakeJobs()
+    jobs = FakeJobs(Server(sort="honoured", updated_at="fresh", finder=True))
     runs = {f"j{i}": 10.0 * (i + 1) for i in range(8)}
     results = await _follow_all(jobs, _watch(jobs, mode=mode), runs, expected=lambda j: runs[j])
     assert {j for j, r in results.items() if r is not None} == set(runs)
@@ -226,7 +470,7 @@ async def test_every_mode_sees_every_job_end(mode: PollMode) -> None:
 async def test_a_job_that_ended_before_it_was_handed_over_is_still_seen() -> None:
     """A look may see a job finished before its submitter hands it over; later looks will
     not show it again, so it is remembered and read by id."""
-    jobs = FakeJobs()
+    jobs = FakeJobs(Server(sort="honoured", updated_at="fresh"))
     watch = _watch(jobs)
     stop = anyio.Event()
     results: dict[str, Finished | None] = {}
@@ -240,11 +484,43 @@ async def test_a_job_that_ended_before_it_was_handed_over_is_still_seen() -> Non
             followers.start_soon(follow, "long", jobs.submit("long", 60.0))
             followers.start_soon(follow, "mid", jobs.submit("mid", 5.0))  # moves the listing on
             created = jobs.submit("short", 0.1)
-            # Looks for "long" see "short" finished, then go on past the listing's overlap.
-            while jobs.now < 10.0:
+            start = jobs.now
+            while jobs.now < start + 10.0:
                 await anyio.lowlevel.checkpoint()
             followers.start_soon(follow, "short", created)
         stop.set()
     finished = results["short"]
     assert finished is not None
     assert finished.job.status == "COMPLETED"
+
+
+# -- the probe's judgement -------------------------------------------------------------------
+
+
+def _job(job_id: str, updated: float | None) -> Job:
+    stamp = None if updated is None else EPOCH + timedelta(seconds=updated)
+    return Job(job_id, "COMPLETED", None, None, None, EPOCH, stamp)
+
+
+@pytest.mark.parametrize(
+    ("ascending", "descending", "verdict"),
+    [
+        ([_job("a", 1), _job("b", 2)], [_job("c", 9), _job("b", 2)], True),
+        ([_job("a", 1), _job("b", 2)], [_job("a", 1), _job("b", 2)], False),  # dropped
+        ([_job("a", 1), _job("b", None)], [_job("c", 9), _job("b", 2)], False),
+        ([_job("a", 3), _job("b", 2)], [_job("c", 9), _job("b", 2)], False),  # not ascending
+        ([_job("a", 1)], [_job("a", 1)], None),  # one job tells nothing
+        ([], [], None),
+        ([_job("a", 1), _job("b", 1)], [_job("b", 1), _job("a", 1)], None),  # all at once
+    ],
+)
+def test_the_sort_probe_needs_two_ordered_pages_that_differ(
+    ascending: list[Job], descending: list[Job], verdict: bool | None
+) -> None:
+    """Both orders answered as asked, every job stamped, different first jobs."""
+    got, _ = judge_sort((ascending, len(ascending)), (descending, len(descending)))
+    assert got is verdict
+
+
+def test_the_finder_is_asked_for_the_unfinished_statuses_only() -> None:
+    assert set(UNFINISHED_JOB_STATUSES) == {"CREATED", "SCHEDULED", "ASSIGNED", "RUNNING"}

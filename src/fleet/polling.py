@@ -1,33 +1,48 @@
-"""Following remote jobs: one watcher looks after every job of the run, as rarely as it can.
+"""Following remote jobs: one watcher looks after every job of the run, and never for ever.
 
-A stage runner with a job in flight hands it to the `JobWatch` and waits. The watcher looks
-when the first job is due, and one look covers every job it follows:
-
-- **changes** (the server sorts jobs by `updatedAt`): one page of the jobs listing, newest
-  change first, read back to the previous look. Nothing older is read again.
-- **finder** (`findByStatusIn`): the jobs not yet finished; a followed job missing from them
-  has finished.
-- **each**: a GET of every due job, for a server that offers neither.
-
-The mode is found out at the first look and falls back in that order. Whatever the mode, a job
-seen finished is read once more by id, so its final state comes from its own resource.
-
-When to look is predicted: a job is due at its expected end (the duration of the same model's
+A stage runner with a job in flight hands it to the `JobWatch` and waits. By default each
+job is read by id, `GET /api/jobs/{id}?projection=expandJob`, the call every real client
+makes, on a predicted schedule: due at its expected end (the duration of the same model's
 same stage in earlier runs, else the median of this run's finished jobs of that stage), a
-little early rather than late, then at 2% of that duration past it, and less often the more
-it overruns (a fifth of the time it has run). A job with no expectation is looked at soon,
-then with that same back-off. `poll_interval` bounds the gap between two looks at a job;
-`poll_floor` is the shortest gap between two looks at the server. The first look happens at
-start, before any job is due: it finds the mode and where the changes are.
+little early rather than late, then 2% of that duration apart, and less often the more it
+overruns (a fifth of the time it has run). A job with no expectation is looked at soon, then
+with that same back-off. `poll_interval` bounds the gap between two looks at a job;
+`poll_floor` is the shortest gap between two looks at the server.
+
+Two batched looks can replace most of those reads, but no recorded client uses them, so each
+is adopted only after a positive probe on the live server (`poll_mode` says which to try):
+
+- **changes**: the jobs listing sorted by `updatedAt`, newest first, read back to the
+  previous look. Probed by asking `sort=updatedAt,asc` and `,desc` for two jobs each: both
+  must answer, every job must carry `updatedAt`, both pages must be in the order asked, and
+  their first jobs must differ. Spring Data REST drops a sort on a property it cannot map
+  and answers 200 unsorted: that is what the probe catches. Fewer than two jobs on the
+  server tell nothing: probed again later.
+- **finder**: `findByStatusIn` with the unfinished statuses. Probed by asking it after reading
+  jobs by id: it must list one that a read has just shown unfinished, and nothing else.
+
+Once adopted, a look is trusted only where it is checked: a job seen finished is read by id;
+a job it vouches for as unfinished is read by id once it is overdue (half again its expected
+duration). A contradiction (a job read finished that the look should have shown, or read
+unfinished that the look said was done), an unreadable answer, or three failed looks in a
+row demote the mode for the rest of the run, logged once. A look that fails is not retried:
+that look reads its due jobs by id instead.
+
+Whatever the mode, nothing waits for ever: a job not read by id for max(2 x its expected
+duration, 12 x `poll_interval`) is read by id (the safety net), and a job still unfinished at
+its `job_timeout` is released as timed out, for its stage to fail with that reason. A job
+answer without `status` means "not finished yet", as the official client reads it (warned
+once per job); only the timeout ends such a job.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import statistics
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -35,7 +50,7 @@ from enum import StrEnum
 import anyio
 import structlog
 
-from fleet.client import Job, ModelOps
+from fleet.client import UNFINISHED_JOB_STATUSES, Job, ModelOps
 from fleet.errors import (
     ApiError,
     PermanentApiError,
@@ -53,6 +68,18 @@ _CLOSE_GAP = 0.02
 _OVERRUN = 1.25
 # Past that (or with no expectation), a gap of this share of the time it has run so far.
 _BACKOFF = 0.2
+# A batched look's "unfinished" is checked by id once a job has run this much of its expected
+# duration...
+_OVERDUE = 1.5
+# ...and any job is read by id at least this often: max(net x expected, net x poll_interval).
+_NET_EXPECTED = 2.0
+_NET_INTERVALS = 12.0
+# A batched look that fails this many times in a row is dropped for the run.
+_FAILED_LOOKS = 3
+# A probe of the sorted listing asks for this many jobs each way.
+_PROBE_SIZE = 2
+# An inconclusive probe (too few jobs on the server) is tried again this many intervals later.
+_PROBE_AGAIN_INTERVALS = 6.0
 # A changed job is read back to this long before the previous look's newest change: covers
 # a server whose `updatedAt` is stamped before the change becomes visible.
 _CHANGES_OVERLAP = timedelta(seconds=1)
@@ -66,38 +93,77 @@ _STAGE_SAMPLES = 50
 _KNOWN_JOB_STATUSES = frozenset(
     {"CREATED", "SCHEDULED", "ASSIGNED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED"}
 )
+_UNFINISHED = frozenset(UNFINISHED_JOB_STATUSES)
 
 
 class PollMode(StrEnum):
-    AUTO = "auto"
+    AUTO = "auto"  # a setting only: try changes, then finder
     CHANGES = "changes"
     FINDER = "finder"
     EACH = "each"
 
 
+_TRIED: dict[PollMode, tuple[PollMode, ...]] = {
+    PollMode.AUTO: (PollMode.CHANGES, PollMode.FINDER),
+    PollMode.CHANGES: (PollMode.CHANGES,),
+    PollMode.FINDER: (PollMode.FINDER,),
+    PollMode.EACH: (),
+}
+
+
 @dataclass(slots=True, eq=False)
 class _Followed:
     job_id: str
-    kind: str  # the stage, for this run's per-stage durations
-    started: float
+    kind: str  # the stage (or "score"), for this run's per-kind durations
+    started: float  # when the job started, on the watcher's clock (earlier if resumed)
     expected: float | None
     due: float
     created_at: datetime | None  # server time; None for a job from an earlier process
+    deadline: float  # when it times out
+    since: float  # when this process started following it
+    last_read: float  # the last read by id (or `since`)
     # Vouched for by the changes listing: created after its first page, or read by id since.
     covered: bool = False
+    cross_checked: bool = False
     last_miss: float | None = None
-    warned: bool = False
+    warned: set[str] = field(default_factory=set)
     done: anyio.Event = field(default_factory=anyio.Event)
     job: Job | None = None
     error: ApiError | None = None
+    timed_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """A followed job's last state, and how long it ran as far as this process could see."""
+    """A followed job's last state, how long it ran as far as this process could see, and
+    whether it was given up on at its timeout (its last state then is not terminal)."""
 
     job: Job
     ran_s: float
+    timed_out: bool = False
+
+
+Page = tuple[list[Job], int | None]  # a page of jobs, and how many the server says it has
+
+
+def judge_sort(ascending: Page, descending: Page) -> tuple[bool | None, str]:
+    """Whether two pages asked `sort=updatedAt,asc` and `,desc` prove the sort: True, False,
+    or None when they cannot tell yet; and why."""
+    pages = (ascending[0], descending[0])
+    if any(
+        len(jobs) < _PROBE_SIZE or (total is not None and total < _PROBE_SIZE)
+        for jobs, total in (ascending, descending)
+    ):
+        return None, "fewer than two jobs on the server"
+    stamps = [[job.updated_at for job in jobs[:_PROBE_SIZE]] for jobs in pages]
+    (a0, a1), (d0, d1) = stamps
+    if a0 is None or a1 is None or d0 is None or d1 is None:
+        return False, "a job in the listing has no updatedAt"
+    if not (a0 <= a1 and d0 >= d1) or pages[0][0].id == pages[1][0].id:
+        return False, "the listing does not honour sort=updatedAt"
+    if a0 == d0:
+        return None, "every job changed at the same instant"
+    return True, "sorted both ways"
 
 
 class JobWatch:
@@ -116,9 +182,13 @@ class JobWatch:
         self._api = api
         self._max_gap = poll_interval
         self._floor = min(poll_floor, poll_interval)
-        self._mode = mode
         self._clock = clock
         self._sleep = sleep
+        self._mode = PollMode.EACH
+        self._untried = list(_TRIED[mode])
+        self._next_probe = -math.inf
+        self._failed_looks = 0
+        self._failed_probes = 0
         self._followed: dict[str, _Followed] = {}
         self._due: list[tuple[float, int, _Followed]] = []
         self._tiebreak = itertools.count()
@@ -132,20 +202,36 @@ class JobWatch:
         self._covered_from: datetime | None = None
         self._last_changes = 0
         self._recent: OrderedDict[str, Job] = OrderedDict()
+        # This look's findings: finished jobs the listing showed; followed jobs the finder
+        # left out (it says they finished) and overdue ones it still lists (unfinished).
+        self._listed_done: set[str] = set()
+        self._unlisted: set[str] = set()
+        self._listed_unfinished: set[str] = set()
         self._stage_runs: dict[str, deque[float]] = {}
         self.looks = 0
 
     @property
     def mode(self) -> PollMode:
+        """How the watcher looks now: `each` until a batched look is proven."""
         return self._mode
 
     # -- the stage runners' side -------------------------------------------------------------
 
     async def finished(
-        self, job_id: str, created_at: datetime | None, kind: str, expected_s: float | None
+        self,
+        job_id: str,
+        created_at: datetime | None,
+        kind: str,
+        expected_s: float | None,
+        *,
+        age_s: float = 0.0,
+        timeout_s: float = math.inf,
     ) -> Finished | None:
-        """Wait until `job` ends; None when the run drains first (the job goes on remotely).
+        """Wait until the job ends or times out; None when the run drains first (the job goes
+        on remotely).
 
+        `age_s` is how long ago the job was submitted (a job resumed from an earlier process
+        is older than this call); its timeout counts from then.
         Raises the ApiError of a look that concerned this job (a failed GET, a rejected
         token); a transient one may be followed again by calling this again.
         """
@@ -153,13 +239,24 @@ class JobWatch:
             return None
         now = self._clock()
         expected = expected_s or self._stage_median(kind)
-        first = now + (expected * _EARLY if expected else self._floor)
-        followed = _Followed(job_id, kind, now, expected, max(first, now + self._floor), created_at)
-        if self._recent.pop(job_id, None) is not None:
-            # It ended before it was handed over, and the listing will not show it again:
-            # read it by id now.
+        first = now + (expected * _EARLY - age_s if expected else self._floor)
+        followed = _Followed(
+            job_id,
+            kind,
+            started=now - age_s,
+            expected=expected,
+            due=max(first, now + self._floor),
+            created_at=created_at,
+            deadline=now - age_s + timeout_s,
+            since=now,
+            last_read=now,
+        )
+        if self._recent.pop(job_id, None) is not None or followed.deadline <= now:
+            # It ended before it was handed over, and the listing will not show it again
+            # (or it is already past its timeout): read it by id now.
             followed.due = now
             followed.created_at = None
+        followed.due = min(followed.due, followed.deadline)
         self._follow(followed)
         try:
             await followed.done.wait()
@@ -170,11 +267,12 @@ class JobWatch:
             raise followed.error
         if followed.job is None:
             return None
-        ran = self._clock() - now
+        ran = self._clock() - followed.started
         if followed.last_miss is not None:
-            ran = (followed.last_miss + self._clock()) / 2 - now
-        self._stage_runs.setdefault(kind, deque(maxlen=_STAGE_SAMPLES)).append(ran)
-        return Finished(followed.job, ran)
+            ran = (followed.last_miss + self._clock()) / 2 - followed.started
+        if not followed.timed_out:
+            self._stage_runs.setdefault(kind, deque(maxlen=_STAGE_SAMPLES)).append(ran)
+        return Finished(followed.job, ran, timed_out=followed.timed_out)
 
     def _follow(self, followed: _Followed) -> None:
         self._followed[followed.job_id] = followed
@@ -191,8 +289,9 @@ class JobWatch:
     async def run(self, stop: anyio.Event) -> None:
         """Look whenever a followed job is due, until `stop` is set; then release every waiter."""
         try:
-            # A first look before any job is due: where the changes are now, and the mode.
-            await self._look(self._clock())
+            # A first probe at start: a project with a job history may prove a batched look
+            # before any job of this run is due.
+            await self._probe(self._clock(), [])
             while not stop.is_set():
                 due = self._next_due()
                 now = self._clock()
@@ -235,29 +334,41 @@ class JobWatch:
 
     async def _look(self, now: float) -> None:
         self.looks += 1
+        self._listed_done = set()
+        self._unlisted = set()
+        self._listed_unfinished = set()
         due = [f for f in self._followed.values() if f.due <= now]
+        await self._probe(now, due)
         try:
-            candidates = await self._candidates(due)
-        except ServerUnavailable as exc:
-            for followed in list(self._followed.values()):
-                self._release(followed, error=exc)
-            return
-        except (TransientApiError, ProtocolError) as exc:
-            # Nothing is lost: the same jobs are due again after a pause.
-            log.warning("fleet.poll.failed", error=str(exc), mode=self._mode.value)
-            self._reschedule(due, now, miss=False)
-            return
+            suspects = await self._batched(due, now)
         except ApiError as exc:
+            # The server down past the outage budget, a rejected token: every waiter hears it.
             for followed in list(self._followed.values()):
                 self._release(followed, error=exc)
             return
+        # A failed look reads every due job by id; whatever a look said, jobs past the safety
+        # net or their timeout are read by id.
+        to_read = {f.job_id: f for f in suspects or ()}
+        for followed in due:
+            if suspects is None or self._must_read(followed, now):
+                to_read.setdefault(followed.job_id, followed)
         # Read at once, not one after another: the client bounds the connections, and the
         # last of a hundred finished jobs is not seen a hundred round trips late.
         async with anyio.create_task_group() as tg:
-            for followed in candidates:
+            for followed in to_read.values():
                 tg.start_soon(self._read, followed, now)
-        checked = {followed.job_id for followed in candidates}
-        self._reschedule([f for f in due if f.job_id not in checked], now, miss=True)
+        self._reschedule([f for f in due if f.job_id not in to_read], now, miss=True)
+        await self._probe_finder(now, to_read.values())
+
+    def _must_read(self, followed: _Followed, now: float) -> bool:
+        """Read by id whatever a batched look says: the safety net and the timeout."""
+        if now >= followed.deadline:
+            return True
+        expected = followed.expected or 0.0
+        net = max(_NET_EXPECTED * expected, _NET_INTERVALS * self._max_gap)
+        if now - followed.last_read >= net:
+            return True
+        return self._mode is PollMode.EACH
 
     async def _read(self, followed: _Followed, now: float) -> None:
         """Read one followed job by id: release it if it ended, else look again later."""
@@ -266,35 +377,72 @@ class JobWatch:
         except ApiError as exc:
             self._release(followed, error=exc)
             return
+        followed.last_read = now
         if job.terminal:
+            if job.id in self._listed_unfinished:
+                self._demote(
+                    f"findByStatusIn listed job {job.id} as unfinished; it is {job.status}"
+                )
+            self._check_finished(followed, job)
             self._release(followed, job=job)
             return
-        if job.status not in _KNOWN_JOB_STATUSES and not followed.warned:
+        if job.status is None:
+            self._warn_once(followed, "fleet.job.no_status", job)
+        elif job.status not in _KNOWN_JOB_STATUSES:
             # The API notes: treat any other string as not yet terminal. Say so once.
-            log.warning("fleet.job.unknown_status", job_id=job.id, status=job.status)
-            followed.warned = True
+            self._warn_once(followed, "fleet.job.unknown_status", job)
+        elif job.id in self._unlisted:
+            self._demote(f"findByStatusIn left out job {job.id}, which is {job.status}")
+        if now >= followed.deadline:
+            self._release(followed, job=job, timed_out=True)
+            return
         followed.covered = followed.covered or self._listing_ready
         self._reschedule([followed], now, miss=True)
 
-    async def _candidates(self, due: list[_Followed]) -> list[_Followed]:
-        """The followed jobs that may have finished (to be read by id)."""
-        if self._mode in {PollMode.AUTO, PollMode.CHANGES}:
-            try:
-                return await self._changed(due)
-            except (PermanentApiError, ProtocolError) as exc:
-                if self._mode is PollMode.CHANGES and self._listing_ready:
-                    raise
-                self._fall_back(PollMode.FINDER, exc)
-        if self._mode is PollMode.FINDER:
-            try:
-                unfinished = {job.id for job in await self._api.unfinished_jobs()}
-            except PermanentApiError as exc:
-                self._fall_back(PollMode.EACH, exc)
-            else:
-                return [f for f in self._followed.values() if f.job_id not in unfinished]
-        return due
+    def _check_finished(self, followed: _Followed, job: Job) -> None:
+        """A job read finished that the trusted listing should have shown finished, and did
+        not, contradicts it (a server whose `updatedAt` does not move, say)."""
+        if self._mode is not PollMode.CHANGES or not followed.covered:
+            return
+        if job.id in self._listed_done:
+            return
+        mark = self._watermark
+        if mark is None or job.updated_at is None or job.updated_at < mark - _CHANGES_OVERLAP:
+            self._demote(f"job {job.id} is {job.status} but the sorted listing never showed it")
 
-    async def _changed(self, due: list[_Followed]) -> list[_Followed]:
+    def _warn_once(self, followed: _Followed, event: str, job: Job) -> None:
+        if event not in followed.warned:
+            followed.warned.add(event)
+            log.warning(event, job_id=job.id, status=job.status, kind=followed.kind)
+
+    # -- batched looks -----------------------------------------------------------------------
+
+    async def _batched(self, due: list[_Followed], now: float) -> list[_Followed] | None:
+        """The followed jobs a batched look says may have finished, plus the due ones it
+        cannot vouch for; in `each` mode, none. None: the look failed."""
+        if self._mode is PollMode.EACH:
+            return []
+        try:
+            if self._mode is PollMode.CHANGES:
+                suspects = await self._changed(due, now)
+            else:
+                suspects = await self._finder(now)
+        except (PermanentApiError, ProtocolError) as exc:
+            # 4xx, or an answer that breaks the look's promise: dropped for the run.
+            self._demote(str(exc))
+            return None
+        except ServerUnavailable:
+            raise
+        except TransientApiError as exc:
+            self._failed_looks += 1
+            log.warning("fleet.poll.failed", error=str(exc), mode=self._mode.value)
+            if self._failed_looks >= _FAILED_LOOKS:
+                self._demote(f"{self._failed_looks} looks in a row failed: {exc}")
+            return None  # not retried: this time the due jobs are read by id
+        self._failed_looks = 0
+        return suspects
+
+    async def _changed(self, due: list[_Followed], now: float) -> list[_Followed]:
         since = None if self._watermark is None else self._watermark - _CHANGES_OVERLAP
         low, high = _CHANGES_PAGE
         jobs = await self._api.changed_jobs(
@@ -302,29 +450,55 @@ class JobWatch:
         )
         self._last_changes = len(jobs)
         first = not self._listing_ready
-        self._mode = PollMode.CHANGES
         self._listing_ready = True
         if jobs and jobs[0].updated_at is not None:
             self._watermark = max(jobs[0].updated_at, self._watermark or jobs[0].updated_at)
         if first:
             self._covered_from = self._watermark
-        candidates: dict[str, _Followed] = {}
+        suspects: dict[str, _Followed] = {}
         for job in jobs:
             followed = self._followed.get(job.id)
             if not job.terminal:
                 continue
+            self._listed_done.add(job.id)
             if followed is None:
                 self._remember(job)
             else:
-                candidates[job.id] = followed
-        # Jobs the listing does not vouch for yet (handed over before the first look, or
-        # resumed from an earlier process) are read by id when due.
+                suspects[job.id] = followed
         for followed in due:
             if not (followed.covered or self._vouched(followed)):
-                candidates.setdefault(followed.job_id, followed)
-        if first:
-            log.info("fleet.poll.mode", mode=PollMode.CHANGES.value)
-        return list(candidates.values())
+                # Handed over before the listing's first page, or resumed from an earlier
+                # process: the listing cannot vouch for it yet.
+                suspects.setdefault(followed.job_id, followed)
+            elif self._overdue(followed, now):
+                suspects.setdefault(followed.job_id, followed)
+        return list(suspects.values())
+
+    async def _finder(self, now: float) -> list[_Followed]:
+        unfinished = await self._api.unfinished_jobs()
+        if any(job.status not in _UNFINISHED for job in unfinished):
+            raise ProtocolError("findByStatusIn listed a job in a status it was not asked for")
+        listed = {job.id for job in unfinished}
+        suspects = []
+        # Only jobs followed before the look began: a newer one may postdate the answer.
+        for followed in [f for f in self._followed.values() if f.since < now]:
+            if followed.job_id not in listed:
+                self._unlisted.add(followed.job_id)
+                suspects.append(followed)
+            elif followed.due <= now and self._overdue(followed, now):
+                self._listed_unfinished.add(followed.job_id)
+                suspects.append(followed)
+        return suspects
+
+    def _overdue(self, followed: _Followed, now: float) -> bool:
+        """Past half again its expected duration, for the first time: checked by id once."""
+        expected = followed.expected
+        if expected is None or followed.cross_checked:
+            return False
+        if now - followed.started < expected * _OVERDUE:
+            return False
+        followed.cross_checked = True
+        return True
 
     def _vouched(self, followed: _Followed) -> bool:
         created = followed.created_at
@@ -333,9 +507,101 @@ class JobWatch:
         )
         return followed.covered
 
-    def _fall_back(self, mode: PollMode, exc: ApiError) -> None:
-        log.info("fleet.poll.mode", mode=mode.value, reason=str(exc))
+    def _demote(self, reason: str) -> None:
+        """Drop the batched look for the rest of the run and go back to reading by id."""
+        if self._mode is PollMode.EACH:
+            return
+        log.warning("fleet.poll.demoted", mode=self._mode.value, to="each", reason=reason)
+        self._mode = PollMode.EACH
+        self._failed_looks = 0
+        self._listing_ready = False
+        for followed in self._followed.values():
+            followed.covered = False
+
+    # -- probes ------------------------------------------------------------------------------
+
+    async def _probe(self, now: float, due: list[_Followed]) -> None:
+        """Try to prove the sorted listing, while it is untried and the watcher reads by id."""
+        if self._mode is not PollMode.EACH or PollMode.CHANGES not in self._untried:
+            return
+        if now < self._next_probe:
+            return
+        verdict = await self._probe_changes()
+        if verdict is None:
+            self._next_probe = now + _PROBE_AGAIN_INTERVALS * self._max_gap
+            return
+        if verdict:
+            self._adopt(PollMode.CHANGES)
+            for followed in due:
+                followed.covered = False  # read by id until the listing vouches for them
+
+    async def _probe_changes(self) -> bool | None:
+        """True: the server sorts jobs by a moving `updatedAt`; False: it does not; None: it
+        cannot tell yet (too few jobs, or the probe failed: it counts as a failed look)."""
+        verdict: bool | None
+        try:
+            ascending = await self._api.job_page("updatedAt,asc", _PROBE_SIZE)
+            descending = await self._api.job_page("updatedAt,desc", _PROBE_SIZE)
+        except (PermanentApiError, ProtocolError) as exc:
+            verdict, reason = False, str(exc)
+        except ServerUnavailable:
+            return None
+        except TransientApiError as exc:
+            self._failed_probes += 1
+            if self._failed_probes < _FAILED_LOOKS:
+                return None
+            verdict, reason = False, f"{self._failed_probes} probes failed: {exc}"
+        except ApiError:
+            return None  # a rejected token: the reads by id will say so to every waiter
+        else:
+            verdict, reason = judge_sort(ascending, descending)
+        if verdict is False:
+            self._rejected(PollMode.CHANGES, reason)
+        return verdict
+
+    async def _probe_finder(self, now: float, read: Iterable[_Followed]) -> None:
+        """Try to prove findByStatusIn against jobs a read has just shown unfinished."""
+        if self._mode is not PollMode.EACH or self._untried != [PollMode.FINDER]:
+            return
+        if now < self._next_probe:
+            return
+        running = {
+            f.job_id
+            for f in read
+            if not f.done.is_set() and f.last_read == now and f.job_id in self._followed
+        }
+        if not running:
+            return
+        try:
+            unfinished = await self._api.unfinished_jobs()
+        except (PermanentApiError, ProtocolError) as exc:
+            self._rejected(PollMode.FINDER, str(exc))
+            return
+        except ApiError:  # transient, or a rejected token the reads will report
+            self._next_probe = now + _PROBE_AGAIN_INTERVALS * self._max_gap
+            return
+        listed = {job.id for job in unfinished}
+        if any(job.status not in _UNFINISHED for job in unfinished):
+            self._rejected(PollMode.FINDER, "it lists jobs in statuses it was not asked for")
+        elif running & listed:
+            self._adopt(PollMode.FINDER)
+        elif len(running) >= _FAILED_LOOKS:
+            self._rejected(PollMode.FINDER, "it does not list jobs that are running")
+        else:
+            self._next_probe = now + _PROBE_AGAIN_INTERVALS * self._max_gap
+
+    def _adopt(self, mode: PollMode) -> None:
+        self._untried = [m for m in self._untried if m is not mode]
         self._mode = mode
+        self._failed_looks = 0
+        log.info("fleet.poll.mode", mode=mode.value)
+
+    def _rejected(self, mode: PollMode, reason: str) -> None:
+        if mode in self._untried:
+            self._untried.remove(mode)
+        log.info("fleet.poll.probe_failed", mode=mode.value, reason=reason)
+
+    # -- bookkeeping -------------------------------------------------------------------------
 
     def _remember(self, job: Job) -> None:
         self._recent[job.id] = job
@@ -353,13 +619,19 @@ class JobWatch:
                 gap = f.expected * _CLOSE_GAP
             else:
                 gap = ran * _BACKOFF
-            f.due = now + min(max(gap, self._floor), self._max_gap)
+            f.due = min(now + min(max(gap, self._floor), self._max_gap), max(f.deadline, now))
             heapq.heappush(self._due, (f.due, next(self._tiebreak), f))
 
     def _release(
-        self, followed: _Followed, *, job: Job | None = None, error: ApiError | None = None
+        self,
+        followed: _Followed,
+        *,
+        job: Job | None = None,
+        error: ApiError | None = None,
+        timed_out: bool = False,
     ) -> None:
         followed.job = job
         followed.error = error
+        followed.timed_out = timed_out
         self._followed.pop(followed.job_id, None)
         followed.done.set()
