@@ -16,7 +16,7 @@ from fleet.errors import ConfigError
 from fleet.sim import draws
 from fleet.stages import Stage, StageState
 from fleet.store import Store
-from support import Emulated, emulated, settings_for
+from support import Emulated, emulated, settings_for, tonight
 
 
 async def _run(env: Emulated, db: Path, run_id: str, **flags: object) -> scheduler.RunResult:
@@ -47,7 +47,9 @@ async def test_a_gate_rejects_exactly_the_versions_below_it(tmp_path: Path) -> N
     """Accuracy >= 0.8: the versions under it are rejected and keep last night's deployment."""
     async with emulated(models=40, seed=4) as env:
         models = env.world.models()
-        below = {m.name for m in models if _metric(env, m.id, 2) < 0.8}
+        # Tonight's version follows every earlier one (archived ones too).
+        version = {m.id: len(env.world.trained_models_of(m.id)) + 1 for m in models}
+        below = {m.name for m in models if _metric(env, m.id, version[m.id]) < 0.8}
         result = await _run(
             env, tmp_path / "f.db", "gate", **{"defaults.approval_rule": "Accuracy >= 0.8"}
         )
@@ -59,7 +61,7 @@ async def test_a_gate_rejects_exactly_the_versions_below_it(tmp_path: Path) -> N
     assert set(result.rejected) == below
     assert result.succeeded == len(models) - len(below)
     for model in models:
-        assert deployed[model.id] == ({1} if model.name in below else {2})
+        assert deployed[model.id] == ({1} if model.name in below else {version[model.id]})
     assert stats["jobs_by_type"]["DEPLOYMENT"] == len(models) - len(below)
     assert stats["jobs_by_type"]["RETIREMENT"] == len(models) - len(below)
 
@@ -88,14 +90,15 @@ async def test_the_decision_rule_and_values_are_stored(tmp_path: Path) -> None:
 async def test_a_champion_rule_deploys_only_better_versions(tmp_path: Path) -> None:
     """Second night: only versions beating their champion deploy, retiring that champion."""
     db = tmp_path / "f.db"
-    async with emulated(models=30, seed=8) as env:
+    # No archived versions: the versions of the two nights are then the 2nd and 3rd.
+    async with emulated(models=30, seed=8, archived_versions_rate=0.0) as env:
         models = env.world.models()
         first = await _run(env, db, "night-1")
         assert first.status == "succeeded"
-        jobs_before = len(env.world.jobs())
+        jobs_before = len(tonight(env.world))
         rule = "Accuracy >= champion.Accuracy"
         second = await _run(env, db, "night-2", **{"defaults.approval_rule": rule})
-        new_jobs = env.world.jobs()[jobs_before:]
+        new_jobs = tonight(env.world)[jobs_before:]
         deployed = _deployed_versions(env)
     better = {m.name for m in models if _metric(env, m.id, 3) >= _metric(env, m.id, 2)}
     assert better

@@ -18,7 +18,7 @@ from fleet.config import Settings, load_settings
 from fleet.errors import AuthError, ConfigError, ServerUnavailable
 from fleet.stages import Stage, StageState
 from fleet.store import Store
-from support import BASE_URL, Emulated, emulated, settings_for
+from support import BASE_URL, Emulated, emulated, settings_for, tonight
 
 
 async def _run(env: Emulated, db: Path, **flags: object) -> scheduler.RunResult:
@@ -83,7 +83,7 @@ async def test_stage_limits_bound_remote_jobs_of_each_type(tmp_path: Path) -> No
     """No more training (or deployment) jobs overlap on the server than the stage's limit."""
     async with emulated(models=24) as env:
         result = await _run(env, tmp_path / "fleet.db", **{"limits.train": 3, "limits.deploy": 2})
-        jobs = env.world.jobs()
+        jobs = tonight(env.world)
     assert result.status == "succeeded"
     by_type: dict[str, list[tuple[float, float]]] = {}
     for job in jobs:
@@ -96,7 +96,7 @@ async def test_global_concurrency_bounds_models_in_flight(tmp_path: Path) -> Non
     """With concurrency 4, at most four models have a remote job at any moment."""
     async with emulated(models=16) as env:
         await _run(env, tmp_path / "fleet.db", concurrency=4)
-        jobs = env.world.jobs()
+        jobs = tonight(env.world)
     spans: dict[str, tuple[float, float]] = {}
     for job in jobs:
         start, end = spans.get(job.model_id, (job.created_at, job.ends_at))
@@ -108,7 +108,7 @@ async def test_models_are_admitted_in_configured_order(tmp_path: Path) -> None:
     """Training jobs are created in the order of the model list when one runs at a time."""
     async with emulated(models=6) as env:
         await _run(env, tmp_path / "fleet.db", concurrency=1)
-        order = [j.model_id for j in env.world.jobs() if j.type == "TRAINING"]
+        order = [j.model_id for j in tonight(env.world) if j.type == "TRAINING"]
         assert order == [m.id for m in env.world.models()]
 
 
@@ -300,7 +300,7 @@ async def test_retry_failed_reruns_only_the_failed_models(tmp_path: Path) -> Non
                 clock=env.time.monotonic,
                 retry_failed=True,
             )
-        new_jobs = env.world.jobs()[jobs_before:]
+        new_jobs = tonight(env.world)[jobs_before:]
     assert first.failed
     assert {j.model_id for j in new_jobs} == {f.model_id for f in first.failed}
     assert again.succeeded > first.succeeded
@@ -382,6 +382,10 @@ def _projects_settings(a: Emulated, b: Emulated, db: Path, **flags: object) -> S
         flat[f"projects.{name}.api.url"] = BASE_URL
         flat[f"projects.{name}.api.project_id"] = env.settings.project_id
         flat[f"projects.{name}.models"] = [{"id": m.id, "name": m.name} for m in env.world.models()]
+        flat[f"projects.{name}.defaults"] = {
+            "train_dataset_id": env.world.train_dataset_id,
+            "evaluate_dataset_id": env.world.eval_dataset_id,
+        }
     return load_settings(None, {**flat, **flags}, env={}, use_default_file=False)
 
 
@@ -401,7 +405,7 @@ async def _run_projects(
 
 
 def _trainings(env: Emulated) -> list[tuple[float, float]]:
-    return [(j.created_at, j.ends_at) for j in env.world.jobs() if j.type == "TRAINING"]
+    return [(j.created_at, j.ends_at) for j in tonight(env.world) if j.type == "TRAINING"]
 
 
 async def test_each_projects_models_go_to_its_own_server(tmp_path: Path) -> None:
@@ -409,7 +413,7 @@ async def test_each_projects_models_go_to_its_own_server(tmp_path: Path) -> None
     async with _two_projects() as (a, b):
         settings = _projects_settings(a, b, tmp_path / "fleet.db")
         result = await _run_projects(settings, {"a": a.api, "b": b.api}, a)
-        jobs = {"a": a.world.jobs(), "b": b.world.jobs()}
+        jobs = {"a": tonight(a.world), "b": tonight(b.world)}
         models = {"a": {m.id for m in a.world.models()}, "b": {m.id for m in b.world.models()}}
         stats = (a.world.stats(), b.world.stats())
     assert result.status == "succeeded"
@@ -488,7 +492,7 @@ async def test_a_projects_concurrency_bounds_its_models_and_holds_no_other_back(
 
 def _model_spans(env: Emulated) -> list[tuple[float, float]]:
     spans: dict[str, tuple[float, float]] = {}
-    for job in env.world.jobs():
+    for job in tonight(env.world):
         start, end = spans.get(job.model_id, (job.created_at, job.ends_at))
         spans[job.model_id] = (min(start, job.created_at), max(end, job.ends_at))
     return list(spans.values())

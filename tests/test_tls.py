@@ -71,7 +71,8 @@ async def test_a_client_trusting_the_ca_file_talks_to_the_emulator(ca, tmp_path,
     """verify=<CA bundle path> trusts the emulator's private CA: the project and models load."""
     async with https_emulator(ca, tmp_path) as url, client(url, ca_file) as api:
         await api.check_project()
-        assert len(await api.list_models()) == SETTINGS.models
+        listed = await api.list_models()
+        assert len([m for m in listed if not m.archived]) == SETTINGS.models
 
 
 async def test_the_default_trust_store_refuses_a_private_ca(ca, tmp_path):
@@ -88,7 +89,8 @@ async def test_verify_false_connects_as_the_users_explicit_choice(ca, tmp_path):
     """verify=False skips certificate checks: it connects, which is the user's own risk."""
     async with https_emulator(ca, tmp_path) as url, client(url, verify=False) as api:
         await api.check_project()
-        assert len(await api.list_models()) == SETTINGS.models
+        listed = await api.list_models()
+        assert len([m for m in listed if not m.archived]) == SETTINGS.models
 
 
 async def test_a_missing_certificate_file_is_raised_before_serving(tmp_path):

@@ -463,6 +463,7 @@ async def _chosen_models(
     """The models of a new run: config + discovery, the shard, then the selection flags.
 
     `clients` are those of the projects to discover models in."""
+    settings.require_datasets()  # before discovery's requests: a config error costs none
     found = {name: await discovered(api, settings, name) for name, api in clients.items()}
     only = None
     if selection.only_failed is not None:
@@ -581,8 +582,14 @@ async def _demo(settings: Settings, sim_settings: sim.SimSettings, run_id: str |
             breaker=Breaker(budget_s=settings.api.outage_budget),
         ) as api:
             models = await api.list_models()
-            entries = tuple(ModelEntry(id=m.id, name=m.name) for m in models)
-            settings = settings.model_copy(update={"models": entries})
+            entries = tuple(ModelEntry(id=m.id, name=m.name) for m in models if not m.archived)
+            # The emulator's datasets, as an operator names theirs in [defaults].
+            datasets = {
+                "train_dataset_id": world.train_dataset_id,
+                "evaluate_dataset_id": world.eval_dataset_id,
+            }
+            defaults = settings.defaults.model_copy(update=datasets)
+            settings = settings.model_copy(update={"models": entries, "defaults": defaults})
             code = await _drive(settings, {DEFAULT_PROJECT: api}, run_id)
     stats = world.stats()
     _say(

@@ -9,28 +9,34 @@ finished stages are skipped, submitted jobs are polled again, and a stage caught
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import anyio
 import structlog
 
 from fleet.client import (
+    Deployment,
     DeployRequest,
     EvaluateRequest,
     Job,
     ModelOps,
     TrainRequest,
+    Version,
     latest_metrics,
+    metrics_of_job,
 )
 from fleet.errors import (
     AuthError,
+    Conflict,
     InvalidTransition,
+    NotFound,
     OutcomeUnknown,
     PermanentApiError,
     ProtocolError,
@@ -38,11 +44,14 @@ from fleet.errors import (
     TransientApiError,
     ungrouped,
 )
-from fleet.polling import JobWatch, PollMode
+from fleet.polling import Finished, JobWatch, PollMode
+from fleet.production import Production
 from fleet.stages import (
     ALLOWED,
     DONE,
-    JOB_TYPES,
+    JOB_NOUNS,
+    RECORDED_JOB_TYPES,
+    RECORDED_OTHER_JOB_TYPES,
     STAGE_ORDER,
     STARTABLE,
     Outcome,
@@ -53,6 +62,8 @@ from fleet.store import ModelRecord, StageRecord, Store, utc_now
 
 log = structlog.get_logger("fleet.lifecycle")
 _T = TypeVar("_T")
+_R = TypeVar("_R")
+_EPOCH = datetime.min.replace(tzinfo=UTC)
 
 S = StageState
 _EVENTS: dict[StageState, str] = {
@@ -67,7 +78,17 @@ _EVENTS: dict[StageState, str] = {
 # How far back before a recorded intent a job found on the server may have been created and
 # still be ours: covers clock skew between this host and the server.
 _RECONCILE_SKEW = timedelta(minutes=5)
-_RECONCILE_SCAN = 2000
+# Jobs of the listing read to reconcile a lost submission when the server is not seen to sort
+# them newest first; past that, fleet cannot tell whether the job exists and sends nothing.
+_RECONCILE_SCAN = 5000
+# ...and it stops at the window's edge only after seeing this many jobs in that order.
+_ORDER_EVIDENCE = 20
+# Versions that `from_version = "latest"` may start from (not archived, not a failed training).
+_USABLE_VERSION = frozenset({"TRAINED", "IMPORTED", "EVALUATED", "APPROVED", "DEPLOYED"})
+# What is in production is read for all models at most this often (seconds of `clock`).
+_PRODUCTION_TTL_S = 5.0
+# Re-reads of a finished job's result start this far apart, doubling up to `poll_interval`.
+_RESULT_FIRST_GAP_S = 1.0
 # A submission whose answer is lost is looked for on the server and, if absent, sent again,
 # this many times in all.
 _UNKNOWN_OUTCOME_TRIES = 3
@@ -113,9 +134,14 @@ class Context:
     # Seconds each model's stage ran in earlier runs: when its job is expected to end.
     expected: Mapping[tuple[str, Stage], float] = field(default_factory=dict)
     poll_floor: float = 0.2
-    poll_mode: PollMode = PollMode.AUTO
-    # Follows the run's remote jobs; set by `watching()`.
+    poll_mode: PollMode = PollMode.EACH
+    # Seconds a job of each kind (a stage's name, or "score") may run before its stage fails.
+    job_timeouts: Mapping[str, float] = field(default_factory=dict)
+    # Seconds to keep re-reading what a finished job produced before failing the stage.
+    result_wait: float = 60.0
+    # Follows the run's remote jobs, and knows what is in production; set by `watching()`.
     jobs: JobWatch | None = None
+    production: Production | None = None
 
 
 @asynccontextmanager
@@ -129,10 +155,11 @@ async def watching(ctx: Context) -> AsyncIterator[Context]:
         clock=ctx.clock,
         sleep=ctx.sleep,
     )
+    production = Production(ctx.api, clock=ctx.clock, ttl_s=_PRODUCTION_TTL_S)
     with ungrouped():
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch.run, ctx.draining)
-            yield replace(ctx, jobs=watch)
+            yield replace(ctx, jobs=watch, production=production)
             tg.cancel_scope.cancel()
 
 
@@ -249,7 +276,7 @@ async def _train(
         dataset_id=spec.train_dataset_id,
         dataset_connection_id=spec.dataset_connection_id,
         hyperparameters=spec.hyperparameters,
-        resources=spec.resources.model_dump(),
+        resources=spec.resources.overrides(),
         docker_image=spec.docker_image,
     )
 
@@ -267,7 +294,7 @@ async def _evaluate(
     request = EvaluateRequest(
         dataset_id=spec.evaluate_dataset_id,
         dataset_connection_id=spec.dataset_connection_id,
-        resources=spec.resources.model_dump(),
+        resources=spec.resources.overrides(),
         docker_image=spec.docker_image,
     )
 
@@ -275,14 +302,26 @@ async def _evaluate(
         return await ctx.api.evaluate(trained_model_id, request)
 
     async def finish(done: StageRecord) -> StageRecord:
-        metrics = latest_metrics(await _call(ctx, lambda: ctx.api.events(trained_model_id)))
-        if metrics is None:
-            raise _StageFailed("evaluation completed but the version has no EVALUATED event")
+        job_id = done.job_id
+        assert job_id is not None
+
+        async def own_metrics() -> dict[str, str] | None:
+            # This evaluation's own event, never another's: the server may write it a
+            # little after the job reads COMPLETED.
+            return metrics_of_job(await ctx.api.events(trained_model_id), job_id)
+
+        metrics = await _result(ctx, own_metrics, f"the EVALUATED event of evaluation job {job_id}")
         data = {**done.data, "metrics": metrics, **_monitor(model, metrics)}
         return await transition(ctx, done, S.SUCCEEDED, metrics=metrics, data=data)
 
     return await _job_stage(
-        ctx, model, record, submit, trained_model_id=trained_model_id, finish=finish
+        ctx,
+        model,
+        record,
+        submit,
+        trained_model_id=trained_model_id,
+        finish=finish,
+        known_jobs=_jobs_of(records),
     )
 
 
@@ -309,15 +348,17 @@ async def _approve(
 
         if resumed and await done():
             return await transition(ctx, record, S.SUCCEEDED, detail=_FOUND_AFTER_RESTART)
+        lost: OutcomeUnknown | None = None
         for _ in range(_UNKNOWN_OUTCOME_TRIES):
             try:
                 await _call(ctx, lambda: call(trained_model_id, comment))
-            except OutcomeUnknown:
+            except OutcomeUnknown as exc:
+                lost = exc
                 if await done():
                     return await transition(ctx, record, S.SUCCEEDED, detail=_FOUND_AFTER_LOSS)
                 continue
             return await transition(ctx, record, S.SUCCEEDED, detail=comment)
-        raise _StageFailed(_UNKNOWN_OUTCOME_FAILURE)
+        raise _StageFailed(_unknown_outcome(lost))
 
 
 async def _decide(
@@ -366,7 +407,7 @@ async def _champion(
     ctx: Context, model: ModelRecord, trained_model_id: str
 ) -> tuple[str | None, dict[str, str] | None]:
     """The version in production for this model (not the new one) and its latest metrics."""
-    active = await _call(ctx, lambda: ctx.api.active_deployments(model.spec.id))
+    active = await _in_production(ctx, model)
     others = [d for d in active if d.trained_model_id and d.trained_model_id != trained_model_id]
     if not others:
         return None, None
@@ -374,6 +415,13 @@ async def _champion(
     assert champion_id is not None
     events = await _call(ctx, lambda: ctx.api.events(champion_id))
     return champion_id, latest_metrics(events) or {}
+
+
+async def _in_production(ctx: Context, model: ModelRecord) -> list[Deployment]:
+    """The model's deployments in production, oldest first (shared reads; see production.py)."""
+    production = ctx.production
+    assert production is not None, "production is read inside lifecycle.watching()"
+    return await _call(ctx, lambda: production.of_model(model.spec.id))
 
 
 async def _adopt(
@@ -387,17 +435,28 @@ async def _adopt(
     if named is not None:
         version, how = named, "named in the config"
     elif ctx.from_version == "deployed":
-        active = await _call(ctx, lambda: ctx.api.active_deployments(model.spec.id))
+        active = await _in_production(ctx, model)
         version = active[-1].trained_model_id if active else None
         how = "deployed"
     else:
-        version = await _call(ctx, lambda: ctx.api.latest_version(model.spec.id))
+        versions = await _call(ctx, lambda: ctx.api.versions(model.spec.id))
+        version = _latest_usable(versions)
         how = "latest"
     if version is None:
         raise _StageFailed(f"no {how} trained version to start from")
     return await transition(
         ctx, record, S.SKIPPED, trained_model_id=version, detail=f"starts from the {how} version"
     )
+
+
+def _latest_usable(versions: list[Version]) -> str | None:
+    """The newest version that is not archived and did not fail its training."""
+    usable = [
+        v for v in versions if not v.archived and (v.status is None or v.status in _USABLE_VERSION)
+    ]
+    if not usable:
+        return None
+    return max(usable, key=lambda v: v.created_at or _EPOCH).id
 
 
 async def _skip_rejected(
@@ -415,7 +474,7 @@ async def _deploy(
         engine_type=spec.engine_type,
         engine=spec.engine,
         docker_image=spec.docker_image,
-        resources=spec.resources.model_dump(),
+        resources=spec.resources.overrides(),
         language=spec.language,
         dataset_connection_id=spec.dataset_connection_id,
         dataset_template_id=spec.dataset_template_id,
@@ -428,10 +487,9 @@ async def _deploy(
 
     async def before() -> dict[str, Any]:
         # What is in production now is what `retire_mode = "previous"` retires afterwards.
-        active = await _call(ctx, lambda: ctx.api.active_deployments(model.spec.id))
         previous = [
             {"trained_model_id": d.trained_model_id, "deployment_id": d.id}
-            for d in active
+            for d in await _in_production(ctx, model)
             if d.trained_model_id != trained_model_id
         ]
         return {"previous": previous}
@@ -439,8 +497,18 @@ async def _deploy(
     async def finish(done: StageRecord) -> StageRecord:
         job_id = done.job_id
         assert job_id is not None
-        deployment = await _call(ctx, lambda: ctx.api.deployment_for_job(job_id))
-        return await transition(ctx, done, S.SUCCEEDED, deployment_id=deployment.id)
+
+        async def created() -> Deployment | None:
+            try:
+                return await ctx.api.deployment_for_job(job_id)
+            except NotFound:
+                return None  # not written yet
+
+        deployment = await _result(ctx, created, f"the deployment of deployment job {job_id}")
+        data = dict(done.data)
+        if spec.cron == "@once":
+            data.update(await _scoring(ctx, deployment.id))
+        return await transition(ctx, done, S.SUCCEEDED, deployment_id=deployment.id, data=data)
 
     return await _job_stage(
         ctx,
@@ -450,45 +518,50 @@ async def _deploy(
         trained_model_id=trained_model_id,
         before=before,
         finish=finish,
+        known_jobs=_jobs_of(records),
     )
+
+
+async def _scoring(ctx: Context, deployment_id: str) -> dict[str, Any]:
+    """The scoring job a `cron = "@once"` deployment started, if the server shows one."""
+    try:
+        jobs = await _call(ctx, lambda: ctx.api.scoring_jobs(deployment_id))
+    except _StageFailed as failed:
+        # A server without the finder (older than the 7.1.2 client), or one that refuses it:
+        # the deployment stands; the scoring job is only not followed.
+        _once("fleet.scoring.unavailable", error=failed.reason)
+        return {}
+    if not jobs:
+        return {}
+    newest = max(jobs, key=lambda j: j.created_at or _EPOCH)
+    return {"scoring_job_id": newest.id, "scoring_status": newest.status}
 
 
 async def _retire(
     ctx: Context, model: ModelRecord, records: dict[Stage, StageRecord], record: StageRecord
 ) -> StageRecord:
-    mode = model.spec.lifecycle.retire_mode
-    deployed = records[Stage.DEPLOY]
-    if mode == "none":
-        return await transition(ctx, record, S.SKIPPED, detail="retire_mode is none")
-    if mode == "deployed":
-        target = {
-            "trained_model_id": deployed.trained_model_id,
-            "deployment_id": deployed.deployment_id,
-        }
-    else:
-        previous = list(deployed.data.get("previous", []))
-        if not previous:
-            return await transition(
-                ctx, record, S.SKIPPED, detail="no earlier version was deployed"
-            )
-        # The newest earlier deployment is the one the new version replaces; any older ones
-        # still active were left there by hand: reported, not touched.
-        target = previous[-1]
-        if len(previous) > 1:
-            log.warning(
-                "fleet.retire.others_left_active",
-                run_id=ctx.run_id,
-                model_id=model.spec.id,
-                deployments=[str(p["deployment_id"]) for p in previous[:-1]],
-            )
-    tm_id, dep_id = str(target["trained_model_id"]), str(target["deployment_id"])
+    target = _retire_target(ctx, model, records[Stage.DEPLOY])
+    if isinstance(target, str):
+        return await transition(ctx, record, S.SKIPPED, detail=target)
+    tm_id, dep_id = target
+    if record.state is S.PENDING and model.spec.lifecycle.retire_mode == "deployed":
+        # Not while the deployment's scoring job runs; waited for before taking a slot.
+        scored = await _scored(ctx, records[Stage.DEPLOY], dep_id)
+        record = replace(record, data={**record.data, **scored})
 
     async def submit() -> Job:
         return await ctx.api.retire(tm_id, dep_id)
 
     async def retired() -> bool:
-        active = await _call(ctx, lambda: ctx.api.active_deployments(model.spec.id))
+        active = await _call(ctx, lambda: ctx.api.deployments_of_version(tm_id))
         return all(d.id != dep_id for d in active)
+
+    async def finish(done: StageRecord) -> StageRecord:
+        async def gone() -> bool | None:
+            return True if await retired() else None
+
+        await _result(ctx, gone, f"the retirement of deployment {dep_id}")
+        return await transition(ctx, done, S.SUCCEEDED)
 
     return await _job_stage(
         ctx,
@@ -497,8 +570,58 @@ async def _retire(
         submit,
         trained_model_id=tm_id,
         deployment_id=dep_id,
+        finish=finish,
         already_done=retired,
+        known_jobs=_jobs_of(records),
     )
+
+
+def _retire_target(
+    ctx: Context, model: ModelRecord, deployed: StageRecord
+) -> tuple[str, str] | str:
+    """The version and deployment to retire, per `retire_mode`; or why nothing is retired."""
+    mode = model.spec.lifecycle.retire_mode
+    if mode == "none":
+        return "retire_mode is none"
+    if mode == "deployed":
+        return str(deployed.trained_model_id), str(deployed.deployment_id)
+    previous = list(deployed.data.get("previous", []))
+    if not previous:
+        return "no earlier version was deployed"
+    # The newest earlier deployment is the one the new version replaces; any older ones
+    # still active were left there by hand: reported, not touched.
+    if len(previous) > 1:
+        log.warning(
+            "fleet.retire.others_left_active",
+            run_id=ctx.run_id,
+            model_id=model.spec.id,
+            deployments=[str(p["deployment_id"]) for p in previous[:-1]],
+        )
+    return str(previous[-1]["trained_model_id"]), str(previous[-1]["deployment_id"])
+
+
+async def _scored(ctx: Context, deployed: StageRecord, deployment_id: str) -> dict[str, Any]:
+    """Wait for the scoring job of the deployment about to be retired, if it has one."""
+    job_id = deployed.data.get("scoring_job_id")
+    if job_id is None:
+        found = await _scoring(ctx, deployment_id)
+        job_id = found.get("scoring_job_id")
+    if job_id is None:
+        return {}
+    jobs = ctx.jobs
+    assert jobs is not None
+    timeout = ctx.job_timeouts.get("score", math.inf)
+    done = await _call(
+        ctx, lambda: jobs.finished(str(job_id), None, "score", None, timeout_s=timeout)
+    )
+    if done is None:
+        raise _Paused
+    if done.timed_out:
+        raise _StageFailed(
+            f"scoring job {job_id} still {done.job.status or 'unfinished'} after "
+            f"{_duration(timeout)}; its deployment {deployment_id} was not retired"
+        )
+    return {"scoring_job_id": job_id, "scoring_status": done.job.status}
 
 
 _RUNNERS: dict[Stage, Runner] = {
@@ -524,10 +647,13 @@ async def _job_stage(
     before: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     finish: Callable[[StageRecord], Awaitable[StageRecord]] | None = None,
     already_done: Callable[[], Awaitable[bool]] | None = None,
+    known_jobs: Iterable[str] = (),
 ) -> StageRecord:
     """Submit (or find) the stage's remote job, follow it to its end, and record the outcome.
 
     A job that ends in ERROR is tried again as a new attempt while the stage has tries left.
+    `known_jobs` are the model's jobs of other stages, recorded with the intent: never taken
+    for this stage's job when a lost submission is looked for.
     """
     async with ctx.limiters[record.stage]:
         while True:
@@ -535,11 +661,7 @@ async def _job_stage(
             # earlier process is first read by id.
             created_at: datetime | None = None
             if record.state in STARTABLE:
-                _stop_if_draining(ctx)
-                _defer_training_past_deadline(ctx, record)
-                data = dict(record.data)
-                if before is not None and record.state is S.PENDING:
-                    data.update(await before())
+                data = await _intent(record, known_jobs, before)
                 record = await _open_attempt(ctx, record, data=data, deployment_id=deployment_id)
                 record, created_at = await _submit(ctx, model, record, submit, trained_model_id)
             elif record.state is S.SUBMITTING:
@@ -560,9 +682,26 @@ async def _job_stage(
     return await finish(record)
 
 
+async def _intent(
+    record: StageRecord,
+    known_jobs: Iterable[str],
+    before: Callable[[], Awaitable[dict[str, Any]]] | None,
+) -> dict[str, Any]:
+    """What is recorded with the intent to submit: the jobs not to take for this one's, and
+    what `before` finds before the first attempt."""
+    data = dict(record.data)
+    if known_jobs:
+        data["known_jobs"] = sorted(set(known_jobs))
+    if before is not None and record.state is S.PENDING:
+        data.update(await before())
+    return data
+
+
 async def _open_attempt(ctx: Context, record: StageRecord, **changes: Any) -> StageRecord:
-    """Record the intent to submit a new attempt: committed before its request goes out."""
+    """Record the intent to submit a new attempt: committed before its request goes out.
+    Not while draining, and no new training past the run's deadline."""
     _stop_if_draining(ctx)
+    _defer_training_past_deadline(ctx, record)
     return await transition(
         ctx,
         record,
@@ -608,17 +747,45 @@ async def _submit(
     trained_model_id: str | None,
 ) -> tuple[StageRecord, datetime | None]:
     """Send the stage's job; the record with its job id, and when the server created it."""
+    lost: OutcomeUnknown | None = None
     for _ in range(_UNKNOWN_OUTCOME_TRIES):
         try:
             job = await _call(ctx, submit)
-        except OutcomeUnknown:
+        except OutcomeUnknown as exc:
             # The server may have created the job: look before sending it again.
+            lost = exc
             found = await _find_submitted(ctx, model, record, trained_model_id)
             if found is not None:
                 return await _submitted(ctx, record, found, _FOUND_AFTER_LOSS), None
             continue
+        _check_owner(record, job, model.spec.id, trained_model_id)
         return await _submitted(ctx, record, job, None), job.created_at
-    raise _StageFailed(_UNKNOWN_OUTCOME_FAILURE)
+    raise _StageFailed(_unknown_outcome(lost))
+
+
+def _unknown_outcome(lost: OutcomeUnknown | None) -> str:
+    """Why a submission failed: nothing came back, and the server has no record of it."""
+    return _UNKNOWN_OUTCOME_FAILURE + (f" (last answer: {lost})" if lost is not None else "")
+
+
+def _check_owner(
+    record: StageRecord, job: Job, model_id: str, trained_model_id: str | None
+) -> None:
+    """A job the server answered with must be of the model (and version) it was asked for."""
+    if job.model_id is not None and job.model_id != model_id:
+        raise _StageFailed(
+            f"the server answered the {record.stage} request with job {job.id} of another "
+            f"model ({job.model_id})"
+        )
+    if (
+        trained_model_id is not None
+        and job.trained_model_id is not None
+        and job.trained_model_id != trained_model_id
+    ):
+        raise _StageFailed(
+            f"the server answered the {record.stage} request with job {job.id} of another "
+            f"version ({job.trained_model_id})"
+        )
 
 
 async def _submitted(
@@ -642,10 +809,23 @@ async def _follow(ctx: Context, record: StageRecord, created_at: datetime | None
     assert job_id is not None
     assert jobs is not None, "jobs are followed inside lifecycle.watching()"
     expected = ctx.expected.get((record.model_id, record.stage))
-    done = await _call(ctx, lambda: jobs.finished(job_id, created_at, record.stage.value, expected))
+    timeout = ctx.job_timeouts.get(record.stage.value, math.inf)
+
+    async def finished() -> Finished | None:
+        submitted = record.submitted_at
+        age = 0.0 if submitted is None else max((ctx.now() - submitted).total_seconds(), 0.0)
+        return await jobs.finished(
+            job_id, created_at, record.stage.value, expected, age_s=age, timeout_s=timeout
+        )
+
+    done = await _call(ctx, finished)
     if done is None:
         # Draining: the job goes on without us; the next start follows it again.
         raise _Paused
+    if done.timed_out:
+        noun = JOB_NOUNS[record.stage]
+        still = done.job.status or "without a status"
+        raise _StageFailed(f"{noun} job {job_id} still {still} after {_duration(timeout)}")
     record = replace(record, data={**record.data, "ran_s": round(done.ran_s, 3)})
     if done.job.status == "COMPLETED":
         return record
@@ -654,7 +834,7 @@ async def _follow(ctx: Context, record: StageRecord, created_at: datetime | None
 
 async def _ended_badly(ctx: Context, record: StageRecord, job: Job) -> StageRecord:
     """Close an attempt whose job ended in ERROR or CANCELLED: retry while tries are left."""
-    error = f"{JOB_TYPES[record.stage].lower()} job {job.id} ended {job.status}"
+    error = f"{JOB_NOUNS[record.stage]} job {job.id} ended {job.status}"
     tries = ctx.max_attempts.get(record.stage, 1)
     if job.status == "ERROR" and record.attempt < tries:
         failed_jobs = [*record.data.get("failed_jobs", []), job.id]
@@ -669,21 +849,142 @@ async def _ended_badly(ctx: Context, record: StageRecord, job: Job) -> StageReco
     return await transition(ctx, record, S.FAILED, error=error)
 
 
+async def _result(ctx: Context, read: Callable[[], Awaitable[_R | None]], what: str) -> _R:
+    """What a finished job produced, re-read until it appears, for at most `result_wait`.
+
+    The server may write a job's result (its EVALUATED event, its deployment) a little after
+    the job reads COMPLETED; a result that never comes fails the stage, never the night.
+    """
+    started = ctx.clock()
+    gap = _RESULT_FIRST_GAP_S
+    while True:
+        found = await _call(ctx, read)
+        if found is not None:
+            return found
+        if ctx.clock() - started >= ctx.result_wait:
+            raise _StageFailed(
+                f"{what} did not appear within {_duration(ctx.result_wait)} of the job's end"
+            )
+        await ctx.sleep(gap)
+        _stop_if_draining(ctx)
+        gap = min(gap * 2, ctx.poll_interval)
+
+
+# -- reconciliation --------------------------------------------------------------------------
+
+
 async def _find_submitted(
     ctx: Context, model: ModelRecord, record: StageRecord, trained_model_id: str | None
 ) -> Job | None:
-    """The job this stage submitted before a crash or a lost response, if the server has it."""
-    job_type = JOB_TYPES[record.stage]
+    """The job this stage submitted before a crash or a lost response, if the server has it.
+
+    Matched by what is recorded of every job, never by a guessed type name: a training by
+    the version it created (a version's `jobId` is the job that made it), the other stages by
+    model, version and creation window in the jobs listing.
+    """
     since = (record.submitted_at or ctx.now()) - _RECONCILE_SKEW
-    earlier = set(record.data.get("failed_jobs", []))
-    async for job in ctx.api.recent_jobs(_RECONCILE_SCAN):
-        if job.created_at is not None and job.created_at < since:
-            return None
-        if job.type != job_type or job.model_id != model.spec.id or job.id in earlier:
+    known = set(record.data.get("failed_jobs", [])) | set(record.data.get("known_jobs", []))
+    if record.stage is Stage.TRAIN:
+        return await _find_training(ctx, model, since, known)
+    assert trained_model_id is not None
+    return await _find_in_listing(
+        ctx, model, record.stage, trained_model_id=trained_model_id, since=since, known=known
+    )
+
+
+async def _find_training(
+    ctx: Context, model: ModelRecord, since: datetime, earlier: set[str]
+) -> Job | None:
+    versions = await _call(ctx, lambda: ctx.api.versions(model.spec.id))
+    made = [
+        v
+        for v in versions
+        if v.job_id is not None
+        and v.job_id not in earlier
+        and v.created_at is not None
+        and v.created_at >= since
+    ]
+    if not made:
+        return None
+    job_id = max(made, key=lambda v: v.created_at or _EPOCH).job_id
+    assert job_id is not None
+    job = await _call(ctx, lambda: ctx.api.get_job(job_id))
+    if job.model_id not in {None, model.spec.id}:
+        return None
+    return job
+
+
+async def _find_in_listing(
+    ctx: Context,
+    model: ModelRecord,
+    stage: Stage,
+    *,
+    trained_model_id: str,
+    since: datetime,
+    known: set[str],
+) -> Job | None:
+    """Scan the jobs listing for this stage's job: the model's, on this version, created
+    since the intent, not one fleet already knows. The scan stops at the window's edge only
+    when the listing was seen newest first; otherwise it reads it all (up to a bound)."""
+    others = (set(RECORDED_JOB_TYPES.values()) | RECORDED_OTHER_JOB_TYPES) - {
+        RECORDED_JOB_TYPES.get(stage)
+    }
+    ordered, previous, seen = True, None, 0
+    async for job in ctx.api.recent_jobs(_RECONCILE_SCAN + 1):
+        seen += 1
+        if seen > _RECONCILE_SCAN:
+            raise _StageFailed(
+                f"cannot tell whether the {stage} request reached the server: the jobs "
+                f"listing is not sorted newest first and holds over {_RECONCILE_SCAN} jobs"
+            )
+        created = job.created_at
+        if created is None:
             continue
-        if trained_model_id is None or job.trained_model_id == trained_model_id:
-            return job
+        if previous is not None and created > previous:
+            ordered = False  # the server ignores the sort: read on, never stop early
+        previous = created
+        if created < since:
+            if ordered and seen >= _ORDER_EVIDENCE:
+                return None
+            continue
+        if job.id in known or job.model_id != model.spec.id:
+            continue
+        if job.trained_model_id != trained_model_id or job.type in others:
+            continue
+        if job.type != RECORDED_JOB_TYPES.get(stage):
+            _once("fleet.reconcile.unrecorded_job_type", job_type=job.type, stage=stage.value)
+        return job
     return None
+
+
+_LOGGED_ONCE: set[tuple[str, str]] = set()
+
+
+def _once(event: str, **fields: Any) -> None:
+    """Log an event once per process for each set of values (an unseen job type, say)."""
+    key = (event, repr(sorted(fields.items())))
+    if key not in _LOGGED_ONCE:
+        _LOGGED_ONCE.add(key)
+        log.warning(event, **fields)
+
+
+def _duration(seconds: float) -> str:
+    """12 h, 90 min, 45 s: a timeout as an operator reads it."""
+    if math.isinf(seconds):
+        return "ever"
+    if seconds >= 3600 and seconds % 3600 == 0:  # noqa: PLR2004
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:  # noqa: PLR2004
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def _jobs_of(records: Mapping[Stage, StageRecord]) -> set[str]:
+    """Every job recorded for the model in this run: its own, and its failed attempts'."""
+    jobs = {r.job_id for r in records.values() if r.job_id is not None}
+    for r in records.values():
+        jobs.update(r.data.get("failed_jobs", []))
+    return jobs
 
 
 def _trained_model(records: dict[Stage, StageRecord]) -> str:
@@ -700,6 +1001,7 @@ async def _call(ctx: Context, call: Callable[[], Awaitable[_T]]) -> _T:
     unreadable answer fails this model. A transient failure that outlived the client's own
     retries while the rest of the server works is tried again a few rounds, a poll interval
     apart, before it fails the model. Unknown POST outcomes go back to the caller to reconcile.
+    A 409 was already tried again by the client (nothing was applied): it fails the model.
     """
     for _ in range(_TRANSIENT_ROUNDS):
         try:
@@ -708,6 +1010,8 @@ async def _call(ctx: Context, call: Callable[[], Awaitable[_T]]) -> _T:
             raise RunAborted(str(exc)) from exc
         except (OutcomeUnknown, ServerUnavailable):
             raise
+        except Conflict as exc:
+            raise _StageFailed(f"the server kept refusing it as a conflict: {exc}") from exc
         except TransientApiError as exc:
             last = exc
             log.warning("fleet.call.transient", error=str(exc))

@@ -31,7 +31,7 @@ import anyio
 import structlog
 
 from fleet.client import ModelOps
-from fleet.config import DEFAULT_PROJECT, ModelSpec, ProjectLimits, Settings
+from fleet.config import DEFAULT_PROJECT, JobTimeouts, ModelSpec, ProjectLimits, Settings
 from fleet.errors import ApiError, ConfigError, FleetError, RunNotFound, ungrouped
 from fleet.lifecycle import Context, RunAborted, run_model, transition, watching
 from fleet.polling import PollMode
@@ -204,6 +204,7 @@ async def run(
             stages = STAGE_ORDER[: STAGE_ORDER.index(active[-1]) + 1]
             first = active[0]
             specs = settings.model_specs() if specs is None else specs
+            settings.require_datasets(specs)
             await store.create_run(run_id, stages, specs, _settings_summary(settings), first)
         else:
             stages = existing.stages
@@ -230,6 +231,8 @@ async def run(
             expected=await store.durations(run_id),
             poll_floor=settings.poll_floor,
             poll_mode=PollMode(settings.poll_mode),
+            job_timeouts={kind: settings.job_timeout.of(kind) for kind in JobTimeouts.model_fields},
+            result_wait=settings.result_wait,
         )
         if retry_failed:
             models = await _reopen_failed(ctx, models)

@@ -13,26 +13,40 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 
+import structlog
+
 from fleet.client import ModelOps
 from fleet.config import DEFAULT_PROJECT, ModelEntry, ModelSpec, Settings
 from fleet.shards import Shard
 from fleet.stages import DONE, STAGE_ORDER, Stage, StageState
 from fleet.store import ModelRecord
 
+log = structlog.get_logger("fleet.selection")
+
 
 async def discovered(
     api: ModelOps, settings: Settings, project: str = DEFAULT_PROJECT
 ) -> list[ModelEntry]:
-    """The project's models whose names match its `[discover] names` and not `exclude`."""
+    """The project's models whose names match its `[discover] names` and not `exclude`;
+    archived models are left out. A model's language, when the server gives it, is what its
+    deployment says it is written in."""
     discover = settings.every_project()[project].discover
     names, exclude = discover.names, discover.exclude
     if not names:
         return []
-    return [
-        ModelEntry(id=model.id, name=model.name)
+    matching = [
+        model
         for model in await api.list_models()
         if any(fnmatchcase(model.name, g) for g in names)
         and not any(fnmatchcase(model.name, g) for g in exclude)
+    ]
+    archived = [model.name for model in matching if model.archived]
+    if archived:
+        log.info("fleet.discover.archived_skipped", project=project, models=len(archived))
+    return [
+        ModelEntry(id=m.id, name=m.name, **({"language": m.language} if m.language else {}))
+        for m in matching
+        if not m.archived
     ]
 
 

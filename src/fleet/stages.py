@@ -31,14 +31,21 @@ class Stage(StrEnum):
 
 STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)
 
-# The job type ModelOps gives the remote job of each stage. EVALUATION and DEPLOYMENT are
-# recorded from a live server; TRAINING and RETIREMENT are fleet's reading of the pattern.
-JOB_TYPES: dict[Stage, str] = {
-    Stage.TRAIN: "TRAINING",
+# What a stage's remote job is called in messages ("training job … ended ERROR").
+JOB_NOUNS: dict[Stage, str] = {
+    Stage.TRAIN: "training",
+    Stage.EVALUATE: "evaluation",
+    Stage.DEPLOY: "deployment",
+    Stage.RETIRE: "retirement",
+}
+# Job types recorded from a live server (shared/fixtures/modelops). What ModelOps calls a
+# training or a retirement job was never recorded, so fleet never relies on a name for those:
+# reconciliation uses a type only to rule out a job of another stage.
+RECORDED_JOB_TYPES: dict[Stage, str] = {
     Stage.EVALUATE: "EVALUATION",
     Stage.DEPLOY: "DEPLOYMENT",
-    Stage.RETIRE: "RETIREMENT",
 }
+RECORDED_OTHER_JOB_TYPES = frozenset({"IMPORT"})  # a version imported rather than trained
 
 
 class StageState(StrEnum):
