@@ -92,6 +92,9 @@ class ModelReport:
     skipped_because: str | None  # e.g. "approve, deploy, retire not run: evaluate failed"
     db: str | None = None  # the state file it was read from
     project: str = DEFAULT_PROJECT  # the ModelOps project, by its name in the configuration
+    # The scoring job a cron = "@once" deployment started, and its status as last seen.
+    scoring_job_id: str | None = None
+    scoring_status: str | None = None
 
     @property
     def stage_reached(self) -> Stage | None:
@@ -363,6 +366,7 @@ def _model_report(
     evaluate = model.stages.get(Stage.EVALUATE)
     train = model.stages.get(Stage.TRAIN)
     deploy = model.stages.get(Stage.DEPLOY)
+    score = scoring(model.stages)
     order = {stage: i for i, stage in enumerate(stages)}
     return ModelReport(
         id=model.spec.id,
@@ -385,7 +389,22 @@ def _model_report(
         skipped_because=_skipped_because(path, failed),
         db=db,
         project=model.spec.project,
+        scoring_job_id=score["job_id"] if score else None,
+        scoring_status=score["status"] if score else None,
     )
+
+
+def scoring(stages: Any) -> dict[str, Any] | None:
+    """The scoring job a `cron = "@once"` deployment started, as last seen (retire waits for
+    it with retire_mode = "deployed", so its record is the later one)."""
+    for stage in (Stage.RETIRE, Stage.DEPLOY):
+        record = stages.get(stage)
+        if record is not None and record.data.get("scoring_job_id"):
+            return {
+                "job_id": record.data["scoring_job_id"],
+                "status": record.data.get("scoring_status"),
+            }
+    return None
 
 
 def _step(model: ModelRecord, stage: Stage) -> Step:
@@ -519,6 +538,27 @@ def _cell(text: object) -> str:
     return one_line(str(text) if text is not None else "", 120).replace("|", "\\|") or " "
 
 
+def _markdown_scoring(report: RunReport) -> list[str]:
+    """How the scoring jobs that `cron = "@once"` deployments started stood when last seen."""
+    scored = [m for m in report.models if m.scoring_job_id]
+    if not scored:
+        return []
+    by_status: dict[str, int] = {}
+    for model in scored:
+        status = model.scoring_status or "unknown"
+        by_status[status] = by_status.get(status, 0) + 1
+    counts = ", ".join(f"{status} {n}" for status, n in sorted(by_status.items()))
+    lines = ["", f"Scoring jobs started by the deployments (as last seen): {counts}."]
+    unfinished = [m for m in scored if m.scoring_status != "COMPLETED"]
+    if unfinished:
+        lines += ["", "| model | scoring job | status |", "|---|---|---|"]
+        lines += [
+            f"| {_cell(m.name)} | {m.scoring_job_id} | {m.scoring_status or DASH} |"
+            for m in unfinished
+        ]
+    return lines
+
+
 def _markdown(report: RunReport) -> str:
     lines = [f"# fleet run {report.run_id}: {report.status}", ""]
     lines.append(
@@ -552,6 +592,7 @@ def _markdown(report: RunReport) -> str:
         f"| {_cell(m.decision or '')} | {_cell(m.error or '')} |"
         for m in report.models
     ]
+    lines += _markdown_scoring(report)
     lines += ["", *_markdown_failures(report), "", *_markdown_left(report)]
     if report.comparison is not None:
         lines += ["", *_markdown_comparison(report.comparison)]

@@ -14,6 +14,7 @@ from rich.console import RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from fleet.report import scoring
 from fleet.scheduler import ProgressSnapshot, model_outcome
 from fleet.stages import Outcome, Stage, StageState
 from fleet.statefiles import StateFiles
@@ -97,6 +98,7 @@ async def status_document(dbs: Sequence[Path], run_id: str | None) -> dict[str, 
                     for a in state.attempts.get(model.spec.id, ())
                 ],
                 **judgements(model.stages),
+                "scoring": scoring(model.stages),
                 "db": state.origin[model.spec.id],
             }
         )
@@ -167,11 +169,20 @@ def status_view(document: dict[str, Any]) -> list[RenderableType]:
     several = len(document["projects"]) > 1
     if several:
         shown.append(_projects_table(document["projects"]))
+    shown.append(_models_table(document["models"], several=several))
+    return shown
+
+
+def _models_table(rows: list[dict[str, Any]], *, several: bool) -> Table:
+    """A line per model: where it is, and the note that explains it."""
     models = Table(title="models", title_justify="left")
-    columns = ("name", "outcome", "stage", "state", "attempt", "job", "decision", "note")
-    for column in ("project", *columns) if several else columns:
+    columns = ["name", "outcome", "stage", "state", "attempt", "job", "decision"]
+    scored = any(row["scoring"] for row in rows)
+    if scored:
+        columns.append("scoring")  # the job a cron = "@once" deployment started
+    for column in ["project", *columns, "note"] if several else [*columns, "note"]:
         models.add_column(column, overflow="fold")
-    for row in document["models"]:
+    for row in rows:
         note = row["error"] or ""
         if row["gate"] and row["gate"].get("comment") and not note:
             note = row["gate"]["comment"]
@@ -186,10 +197,16 @@ def status_view(document: dict[str, Any]) -> list[RenderableType]:
             str(row["attempt"]),
             row["job_id"] or "",
             row["decision"] or "",
+            *((_scoring_cell(row["scoring"]),) if scored else ()),
             note,
         )
-    shown.append(models)
-    return shown
+    return models
+
+
+def _scoring_cell(scoring: dict[str, Any] | None) -> str:
+    if scoring is None:
+        return ""
+    return str(scoring["status"] or "seen")
 
 
 def _projects_table(projects: dict[str, dict[str, int]]) -> Table:
