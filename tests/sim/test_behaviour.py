@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from typing import Any
 
 import httpx
@@ -54,7 +55,7 @@ async def event_statuses(client, tm_id: str) -> list[str]:
 async def test_a_sort_by_updated_at_can_be_a_server_error(client):
     """job_sort "error": sort=updatedAt answers 500 with Spring Boot's body; createdAt works."""
     for path in ("/api/jobs", "/api/jobs/search/findByDeploymentId"):
-        params = {"sort": "updatedAt,desc", "deploymentId": HEADERS["AOA-Project-ID"]}
+        params = {"sort": "updatedAt,desc", "deploymentId": str(uuid.UUID(int=3))}
         response = await client.get(path, params=params)
         assert response.status_code == 500
         body = response.json()
