@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from fleet import lifecycle, scheduler
-from fleet.client import Job, TrainRequest
+from fleet.client import DeployRequest, Job, TrainRequest
 from fleet.config import Lifecycle
 from fleet.errors import InvalidTransition, OutcomeUnknown
 from fleet.stages import ALLOWED, STAGE_ORDER, Stage, StageState
@@ -135,6 +135,36 @@ async def test_a_lost_post_response_is_reconciled_not_resent(tmp_path: Path) -> 
         stats = env.world.stats()
     assert outcome.value == "succeeded"
     assert stats["jobs_by_type"]["TRAINING"] == 1
+
+
+async def test_a_lost_deploy_answer_adopts_the_deploy_job_not_its_scoring_job(
+    tmp_path: Path,
+) -> None:
+    """By the time fleet looks, the deployment has started its scoring job, newer and on the
+    same model and version: the job adopted is the deployment job, which names a deployment."""
+
+    class LosesDeployAnswer:
+        def __init__(self, env: Emulated) -> None:
+            self._env = env
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._env.api, name)
+
+        async def deploy(self, trained_model_id: str, request: DeployRequest) -> Job:
+            await self._env.api.deploy(trained_model_id, request)
+            self._env.time.clock.advance(120.0)  # the deployment opens, its scoring job starts
+            raise OutcomeUnknown("POST /deploy: no response (ReadTimeout)", method="POST")
+
+    async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
+        model = await _one_model(env, store)
+        ctx = replace(_context(env, store), api=LosesDeployAnswer(env))
+        outcome = await _run_model(ctx, model, STAGE_ORDER)
+        stats = env.world.stats()
+        done = (await store.models("r1"))[0]
+    assert outcome.value == "succeeded", done.stages[Stage.DEPLOY].error
+    assert stats["scoring_jobs"] == 1
+    assert stats["jobs_by_type"]["DEPLOYMENT"] == 1
+    assert done.stages[Stage.DEPLOY].deployment_id is not None
 
 
 async def test_a_lost_post_that_created_nothing_is_sent_again(tmp_path: Path) -> None:

@@ -888,7 +888,7 @@ async def _find_submitted(
         return await _find_training(ctx, model, since, known)
     assert trained_model_id is not None
     return await _find_in_listing(
-        ctx, model, record.stage, trained_model_id=trained_model_id, since=since, known=known
+        ctx, model, record, trained_model_id=trained_model_id, since=since, known=known
     )
 
 
@@ -917,18 +917,20 @@ async def _find_training(
 async def _find_in_listing(
     ctx: Context,
     model: ModelRecord,
-    stage: Stage,
+    record: StageRecord,
     *,
     trained_model_id: str,
     since: datetime,
     known: set[str],
 ) -> Job | None:
     """Scan the jobs listing for this stage's job: the model's, on this version, created
-    since the intent, not one fleet already knows. The scan stops at the window's edge only
-    when the listing was seen newest first; otherwise it reads it all (up to a bound)."""
-    others = (set(RECORDED_JOB_TYPES.values()) | RECORDED_OTHER_JOB_TYPES) - {
-        RECORDED_JOB_TYPES.get(stage)
-    }
+    since the intent, not one fleet already knows; of a stage whose job type was recorded
+    (EVALUATION, DEPLOYMENT) only that type, else any type but another stage's recorded one.
+    Of several, the one created closest to the intent: what the server starts because of a
+    job (a deployment's scoring job) comes after it. The scan stops at the window's edge
+    only when the listing was seen newest first; otherwise it reads it all (to a bound)."""
+    stage = record.stage
+    candidates: list[Job] = []
     ordered, previous, seen = True, None, 0
     async for job in ctx.api.recent_jobs(_RECONCILE_SCAN + 1):
         seen += 1
@@ -945,16 +947,27 @@ async def _find_in_listing(
         previous = created
         if created < since:
             if ordered and seen >= _ORDER_EVIDENCE:
-                return None
+                break
             continue
-        if job.id in known or job.model_id != model.spec.id:
-            continue
-        if job.trained_model_id != trained_model_id or job.type in others:
-            continue
-        if job.type != RECORDED_JOB_TYPES.get(stage):
-            _once("fleet.reconcile.unrecorded_job_type", job_type=job.type, stage=stage.value)
-        return job
-    return None
+        if _could_be(job, model.spec.id, trained_model_id, stage) and job.id not in known:
+            candidates.append(job)
+    if not candidates:
+        return None
+    intent = record.submitted_at or ctx.now()
+    found = min(candidates, key=lambda j: abs((j.created_at or intent) - intent))
+    if stage not in RECORDED_JOB_TYPES:
+        _once("fleet.reconcile.unrecorded_job_type", job_type=found.type, stage=stage.value)
+    return found
+
+
+def _could_be(job: Job, model_id: str, trained_model_id: str, stage: Stage) -> bool:
+    """Whether a job could be this stage's, by what every job records (never by a guess)."""
+    if job.model_id != model_id or job.trained_model_id != trained_model_id:
+        return False
+    ours = RECORDED_JOB_TYPES.get(stage)
+    if ours is not None:
+        return job.type in {ours, None}  # not a scoring job the deployment started, say
+    return job.type not in set(RECORDED_JOB_TYPES.values()) | RECORDED_OTHER_JOB_TYPES
 
 
 _LOGGED_ONCE: set[tuple[str, str]] = set()
