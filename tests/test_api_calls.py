@@ -7,9 +7,17 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
+import httpx
 import pytest
+
+from fleet import scheduler
+from fleet.client import DeployRequest, EvaluateRequest, ModelOpsClient, TrainRequest
+from fleet.store import Store
+from support import emulated, settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "api-calls.md"
@@ -89,3 +97,123 @@ def test_committed_routes_match_a_fresh_extraction(tmp_path):
         command += ["--cache", cache]
     subprocess.run(command, check=True, capture_output=True, timeout=880)
     assert out.read_text(encoding="utf-8") == ROUTES.read_text(encoding="utf-8")
+
+
+# -- fleet's own client against the doc -----------------------------------------------------
+
+BASE = "http://localhost/modelops/core"
+ID = "00000000-0000-4000-8000-000000000001"
+DEPLOY = DeployRequest("DOCKER_BATCH", "python-batch", None, {}, None, None, None, "@once", False)
+_CALLS = {
+    "check_project": lambda api: api.check_project(),
+    "list_models": lambda api: api.list_models(),
+    "train": lambda api: api.train(ID, TrainRequest(ID, None, {}, {}, None)),
+    "get_job": lambda api: api.get_job(ID),
+    "recent_jobs": lambda api: _drain(api.recent_jobs(5)),
+    "job_page": lambda api: api.job_page("updatedAt,asc", 2),
+    "changed_jobs": lambda api: api.changed_jobs(None),
+    "unfinished_jobs": lambda api: api.unfinished_jobs(),
+    "scoring_jobs": lambda api: api.scoring_jobs(ID),
+    "evaluate": lambda api: api.evaluate(ID, EvaluateRequest(ID, None, {}, None)),
+    "events": lambda api: api.events(ID),
+    "approve": lambda api: api.approve(ID, "ok"),
+    "reject": lambda api: api.reject(ID, "no"),
+    "deploy": lambda api: api.deploy(
+        ID,
+        DeployRequest("DOCKER_BATCH", "python-batch", None, {}, None, None, None, "@once", False),
+    ),
+    "deployment_for_job": lambda api: api.deployment_for_job(ID),
+    "active_deployments": lambda api: api.active_deployments(),
+    "deployments_of_version": lambda api: api.deployments_of_version(ID),
+    "versions": lambda api: api.versions(ID),
+    "retire": lambda api: api.retire(ID, ID),
+}
+
+
+async def _drain(jobs: AsyncIterator[object]) -> None:
+    async for _ in jobs:
+        pass
+
+
+def _answer(request: httpx.Request) -> httpx.Response:
+    """A plausible body for any call: an object that is a job, an event and a deployment."""
+    item = {
+        "id": ID,
+        "status": "RUNNING",
+        "trainedModelId": ID,
+        "modelId": ID,
+        "createdAt": "2026-11-25T00:00:00.000+00:00",
+        "updatedAt": "2026-11-25T00:00:00.000+00:00",
+    }
+    single = request.url.path.endswith(ID) or "findByJobId" in request.url.path
+    if request.method == "POST" or single:
+        return httpx.Response(200, json=item)
+    collection = "trainedModelEvents" if "vent" in request.url.path else "x"
+    embedded = {name: [item] for name in ("jobs", "models", "deployments", "trainedModels")}
+    page = {"size": 1, "totalElements": 1, "totalPages": 1, "number": 0}
+    if request.url.path.endswith("/events"):
+        return httpx.Response(200, json={"_embedded": {collection: [item]}})
+    return httpx.Response(200, json={"_embedded": embedded, "page": page})
+
+
+def test_every_request_of_fleets_client_is_in_the_doc():
+    """Every method of ModelOpsClient sends a request the doc's first table lists."""
+    public = {
+        name
+        for name, value in vars(ModelOpsClient).items()
+        if not name.startswith("_") and callable(value) and name != "aclose"
+    }
+    assert public == set(_CALLS), "a new client method needs a row in docs/api-calls.md"
+    sent: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return _answer(request)
+
+    async def every_call() -> None:
+        transport = httpx.MockTransport(record)
+        async with ModelOpsClient(BASE, ID, "token", transport=transport) as api:
+            for call in _CALLS.values():
+                await call(api)
+
+    anyio.run(every_call)
+    requests = {
+        (r.method, _template(r.url.path.replace(ID, "{id}")[len("/modelops/core") :])) for r in sent
+    }
+    assert sorted(requests - _fleet_requests()) == []
+
+
+def _verified() -> set[tuple[str, str]]:
+    return {
+        request
+        for row in _rows(FLEET_TABLE)
+        if "**verified**" in row[-1]
+        for request in _requests(row[1])
+    }
+
+
+CHAMPION_RULE = "Accuracy >= champion.Accuracy"
+
+
+async def test_a_default_night_sends_only_verified_requests(tmp_path):
+    """poll_mode each, no crash, no lost answer: every request is a verified row."""
+    async with emulated(models=12, seed=3) as env, Store.open(tmp_path / "f.db") as store:
+        await scheduler.run(
+            settings_for(
+                env,
+                tmp_path / "f.db",
+                **{"defaults.approval_rule": "Accuracy >= champion.Accuracy"},
+            ),
+            env.api,
+            store,
+            run_id="night",
+            sleep=env.time.sleep,
+            clock=env.time.monotonic,
+        )
+        routes = env.world.stats()["requests_by_route"]
+    sent = set()
+    for route in routes:
+        method, path = route.split(" ", 1)
+        sent.add((method, _template(path.removeprefix("/modelops/core"))))
+    assert ("GET", "/api/jobs/{}") in sent
+    assert sorted(sent - _verified()) == []
