@@ -34,6 +34,7 @@ from fleet.shards import shard_of
 from fleet.stages import Outcome, Stage, StageState
 from fleet.statefiles import StateFiles, merged_status
 from fleet.store import ModelRecord, StageRecord, Store
+from fleet.views import status_document
 from support import emulated, settings_for
 
 NIGHT_1, NIGHT_2 = "night-1", "night-2"
@@ -467,3 +468,19 @@ async def test_a_run_over_several_projects_is_reported_per_project(state: Path) 
         f"fleet.{NIGHT_2}.{p}": sum(counts.values()) for p, counts in expected.items()
     }
     assert "<h2>Projects</h2>" in render(several, "html")
+
+
+async def test_the_scoring_job_of_each_once_deployment_is_reported(state: Path) -> None:
+    """cron = "@once" deployments start a scoring job: its id and status are in the report,
+    counted in markdown, and in the status document."""
+    report = await _report(state, NIGHT_1)
+    deployed = [m for m in report.models if m.deployment_id is not None]
+    assert deployed
+    assert all(m.scoring_job_id and m.scoring_status for m in deployed)
+    assert all(m.scoring_job_id is None for m in report.models if m.deployment_id is None)
+    assert "Scoring jobs started by the deployments" in render(report, "md")
+    document = await status_document([state], NIGHT_1)
+    scored = {row["name"]: row["scoring"] for row in document["models"] if row["scoring"]}
+    assert scored == {
+        m.name: {"job_id": m.scoring_job_id, "status": m.scoring_status} for m in deployed
+    }
