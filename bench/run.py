@@ -348,6 +348,7 @@ def run_fleet(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
                         str(config),
                         "--run-id",
                         run_id,
+                        *args.fleet_arg,
                     ],
                     cwd=workdir,
                     env=child_env(),
@@ -570,6 +571,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a flag for both emulators, as --sim-arg=FLAG (repeatable), e.g. "
         "--sim-arg=--profile=optimistic",
     )
+    parser.add_argument(
+        "--fleet-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="a flag for `fleet run`, as --fleet-arg=FLAG (repeatable), e.g. "
+        "--fleet-arg=--poll-mode=auto",
+    )
     parser.add_argument("--timeout", type=float, default=3600.0, help="real s per client run")
     parser.add_argument("--workdir", type=Path, help="keep logs and state here (default: temp)")
     parser.add_argument("--label", help="a note stored with the figures (what was measured)")
@@ -595,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         **nights[-1],
         "poll_interval_sim_s": args.poll_interval,
         "sim_args": args.sim_arg,
+        "fleet_args": args.fleet_arg,
         "nights": nights[:-1],
         "baseline": baseline,
         "machine": machine(),
