@@ -238,13 +238,16 @@ async def _run_named(env: Emulated, db: Path, run_id: str) -> scheduler.RunResul
 
 @pytest.mark.parametrize("mode", ["deployed", "none"])
 async def test_retire_modes(tmp_path: Path, mode: str) -> None:
-    """`deployed` retires the new version (the tutorial's way); `none` retires nothing."""
+    """`deployed` retires the new version (the tutorial's way) once the scoring job its @once
+    deployment started has ended; `none` retires nothing."""
     async with emulated(models=4) as env:
         result = await _run(env, tmp_path / "fleet.db", **{"defaults.retire_mode": mode})
         stats = env.world.stats()
     assert result.status == "succeeded"
+    assert stats["scoring_jobs"] == 4
     if mode == "deployed":
         assert stats["jobs_by_type"]["RETIREMENT"] == 4
+        assert stats["retired_while_scoring"] == 0
         assert stats["active_deployments"] == 4  # last night's versions are still in production
     else:
         assert stats["jobs_by_type"]["RETIREMENT"] == 0
