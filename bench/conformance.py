@@ -15,61 +15,38 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import subprocess
 import sys
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from run import PROJECT_ID, BenchError, Emulator, child_env, night_figures, wait_measured
+from cases import CASES, LOST_POSTS, Case
+from run import (
+    PROJECT_ID,
+    BenchError,
+    Emulator,
+    child_env,
+    model_outcomes,
+    night_figures,
+    wait_measured,
+)
 
 from fleet import sim
 from fleet.sim import draws
 from fleet.sim.behaviour import Behaviour
 
 THRESHOLD = 0.75
-LOST_POSTS = {"drop_rate": 0.05, "fault_methods": ("POST",)}
+BEHAVIOUR_FIELDS = frozenset(f.name for f in dataclasses.fields(Behaviour))
 
 
-@dataclass(frozen=True)
-class Case:
-    server: dict[str, Any] = field(default_factory=dict)  # Behaviour fields
-    fleet: tuple[str, ...] = ()  # flags for `fleet run`
-    discover: bool = False
-
-
-AUTO = ("--poll-mode", "auto")
-CASES = {
-    "default": Case(),
-    "default, poll_mode auto": Case(fleet=AUTO),
-    "sort honoured, updatedAt fresh (auto)": Case(
-        {"job_sort": "honoured", "updated_at": "fresh"}, AUTO
-    ),
-    "sort honoured, updatedAt stale (auto)": Case(
-        {"job_sort": "honoured", "updated_at": "stale"}, AUTO
-    ),
-    "sort honoured, updatedAt absent (auto)": Case({"job_sort": "honoured"}, AUTO),
-    "sort answered 500 (auto)": Case({"job_sort": "error"}, AUTO),
-    "findByStatusIn present (auto)": Case({"status_finder": True}, AUTO),
-    "a third of job reads without status": Case({"status_missing_rate": 0.33}),
-    "other job type names": Case({"job_types": "other"}),
-    "EVALUATED event at once": Case({"evaluated_lag_s": 0.0}),
-    "EVALUATED event 40 s late": Case({"evaluated_lag_s": 40.0}),
-    "archived models, discovered": Case({"archived_models": 5}, discover=True),
-    "no job history (fresh project)": Case({"job_history": False}),
-    "events as a bare list": Case({"events_listing": "list"}),
-    "events route absent": Case({"events_listing": "absent"}),
-    "deployed version reads DEPLOYED": Case({"deployed_version_status": True}),
-    "sort dropped + no finder + fresh project (auto)": Case(
-        {"job_sort": "dropped", "status_finder": False, "job_history": False}, AUTO
-    ),
-    "types renamed": Case({"job_types": "other"}),
-    "optimistic server (auto)": Case({"profile": "optimistic"}, AUTO),
-}
+def fleet_flags(settings: dict[str, Any]) -> list[str]:
+    """The `fleet run` flags of a case's settings."""
+    return [f"--{path.replace('_', '-')}={value}" for path, value in settings.items()]
 
 
 def sim_flags(server: dict[str, Any]) -> list[str]:
@@ -88,7 +65,7 @@ def sim_flags(server: dict[str, Any]) -> list[str]:
 
 def expected(models: int, seed: int, server: dict[str, Any]) -> dict[str, str]:
     """Each model's outcome by its rule, from the emulator's own draws of tonight's version."""
-    fields = {k: v for k, v in server.items() if k != "profile"}
+    fields = {k: v for k, v in server.items() if k in BEHAVIOUR_FIELDS}
     behaviour = Behaviour.profile(server.get("profile", "default"), **fields)
     world, _ = sim.build(sim.SimSettings(models=models, seed=seed, behaviour=behaviour))
     outcomes = {}
@@ -139,7 +116,7 @@ def run_case(name: str, case: Case, args: argparse.Namespace, workdir: Path) -> 
     emulator_args = argparse.Namespace(
         models=args.models,
         seed=args.seed,
-        sim_arg=[*sim_flags(case.server), *sim_flags(LOST_POSTS)],
+        sim_arg=sim_flags({**case.server, **LOST_POSTS}),
     )
     with Emulator(workdir, emulator_args, args.time_scale, "sim") as emulator:
         datasets = (workdir / "models.csv").read_text().splitlines()[1].split(",")[2:4]
@@ -150,7 +127,7 @@ def run_case(name: str, case: Case, args: argparse.Namespace, workdir: Path) -> 
         command = [sys.executable, "-m", "fleet", "run", "--config", str(path)]
         with (workdir / "fleet.log").open("wb") as log, (workdir / "fleet.out").open("wb") as out:
             proc = subprocess.Popen(
-                [*command, "--run-id", "night-1", *case.fleet],
+                [*command, "--run-id", "night-1", *fleet_flags(case.fleet)],
                 cwd=workdir,
                 env=child_env(),
                 stdout=out,
@@ -160,7 +137,7 @@ def run_case(name: str, case: Case, args: argparse.Namespace, workdir: Path) -> 
         after = emulator.stats(since=before["now"])
         limits = dict.fromkeys(("train", "evaluate", "deploy", "retire"), args.limit)
         figures = night_figures(emulator.jobs(), before, after, after["first_request_at"], limits)
-    got = outcomes(workdir)
+    got = model_outcomes(workdir, "night-1")
     want = expected(args.models, args.seed, case.server)
     wrong = sorted(m for m in want if got.get(m) != want[m])
     ok = (
@@ -173,7 +150,7 @@ def run_case(name: str, case: Case, args: argparse.Namespace, workdir: Path) -> 
     return {
         "case": name,
         "sim_args": emulator_args.sim_arg,
-        "fleet_args": list(case.fleet),
+        "fleet_args": fleet_flags(case.fleet),
         "exit_code": usage.exit_code,
         "outcomes": dict(counts),
         "wrong_outcomes": wrong,
@@ -186,20 +163,6 @@ def run_case(name: str, case: Case, args: argparse.Namespace, workdir: Path) -> 
         "fleet_cpu_s": round(usage.cpu_s, 2),
         "ok": ok,
     }
-
-
-def outcomes(workdir: Path) -> dict[str, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "fleet", "status", "night-1", "--db", "fleet.db", "--json"],
-        cwd=workdir,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        return {}
-    return {m["name"]: m["outcome"] for m in json.loads(done.stdout)["models"]}
 
 
 def table(rows: list[dict[str, Any]]) -> str:

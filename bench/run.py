@@ -381,7 +381,8 @@ def run_fleet(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     return nights
 
 
-def fleet_outcomes(workdir: Path, run_id: str) -> dict[str, int]:
+def model_outcomes(workdir: Path, run_id: str) -> dict[str, str]:
+    """Each model's outcome in the run, by name, as `fleet status --json` tells it."""
     done = subprocess.run(
         [
             sys.executable,
@@ -401,9 +402,13 @@ def fleet_outcomes(workdir: Path, run_id: str) -> dict[str, int]:
     )
     if done.returncode != 0:
         return {}
+    return {model["name"]: model["outcome"] for model in json.loads(done.stdout)["models"]}
+
+
+def fleet_outcomes(workdir: Path, run_id: str) -> dict[str, int]:
     counts: dict[str, int] = defaultdict(int)
-    for model in json.loads(done.stdout)["models"]:
-        counts[model["outcome"]] += 1
+    for outcome in model_outcomes(workdir, run_id).values():
+        counts[outcome] += 1
     return dict(counts)
 
 

@@ -6,6 +6,7 @@ instead of waiting, so a lifecycle of "ten minutes of training" runs in millisec
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ import anyio
 import anyio.lowlevel
 import httpx
 
-from fleet import sim
+from fleet import scheduler, sim
 from fleet.client import ModelOpsClient, RetryPolicy
 from fleet.config import ModelEntry, Settings, load_settings
 from fleet.sim.behaviour import Behaviour
@@ -26,6 +27,23 @@ from fleet.store import Store
 from fleet.throttle import Breaker, Throttle
 
 BASE_URL = "http://localhost/modelops/core"
+
+
+async def night(
+    env: Emulated, settings: Settings, run_id: str = "night-1", **options: Any
+) -> scheduler.RunResult:
+    """One run of `settings` against `env` on its virtual time, in the settings' state file."""
+    async with Store.open(settings.db) as store:
+        return await scheduler.run(
+            settings,
+            env.api,
+            store,
+            run_id=run_id,
+            sleep=env.time.sleep,
+            clock=env.time.monotonic,
+            rng=random.Random(7),
+            **options,
+        )
 
 
 @dataclass
@@ -92,11 +110,13 @@ async def emulated(
     """The emulator behind an httpx ASGI transport (no sockets) and a client speaking to it.
 
     Two worlds given one `clock` are two ModelOps projects living through the same time.
-    `overrides` are `SimSettings` fields, or `Behaviour` fields (the server's answers).
+    `overrides` are `SimSettings` fields, or `Behaviour` fields (the server's answers), on
+    top of `profile` ("default" or "optimistic").
     """
     behaviour = {k: overrides.pop(k) for k in list(overrides) if k in _BEHAVIOUR_FIELDS}
+    profile = Behaviour.profile(overrides.pop("profile", "default"))
     settings = sim.SimSettings(
-        **{"models": 10, **overrides}, behaviour=replace(Behaviour(), **behaviour)
+        **{"models": 10, **overrides}, behaviour=replace(profile, **behaviour)
     )
     # Simulated time starts now, so jobs are never "older" than fleet's own timestamps.
     clock = clock or sim.ManualClock(start=time.time())

@@ -14,10 +14,8 @@ import anyio
 import httpx
 import pytest
 
-from fleet import scheduler
 from fleet.client import DeployRequest, EvaluateRequest, ModelOpsClient, TrainRequest
-from fleet.store import Store
-from support import emulated, settings_for
+from support import emulated, night, settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "api-calls.md"
@@ -197,19 +195,9 @@ CHAMPION_RULE = "Accuracy >= champion.Accuracy"
 
 async def test_a_default_night_sends_only_verified_requests(tmp_path):
     """poll_mode each, no crash, no lost answer: every request is a verified row."""
-    async with emulated(models=12, seed=3) as env, Store.open(tmp_path / "f.db") as store:
-        await scheduler.run(
-            settings_for(
-                env,
-                tmp_path / "f.db",
-                **{"defaults.approval_rule": "Accuracy >= champion.Accuracy"},
-            ),
-            env.api,
-            store,
-            run_id="night",
-            sleep=env.time.sleep,
-            clock=env.time.monotonic,
-        )
+    async with emulated(models=12, seed=3) as env:
+        rule = {"defaults.approval_rule": CHAMPION_RULE}
+        await night(env, settings_for(env, tmp_path / "f.db", **rule))
         routes = env.world.stats()["requests_by_route"]
     sent = set()
     for route in routes:

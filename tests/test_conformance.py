@@ -9,9 +9,9 @@ type, the replaced version retired, and no look repeated in a loop. Counts, neve
 
 from __future__ import annotations
 
-import random
+import importlib.util
+import sys
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,24 @@ import pytest
 from fleet import scheduler
 from fleet.selection import discovered, specs_with
 from fleet.sim import draws
-from fleet.store import Store
-from support import Emulated, emulated, settings_for, tonight
+from support import Emulated, emulated, night, settings_for, tonight
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cases() -> dict[str, Any]:
+    """bench/cases.py: the servers of this test and of bench/conformance.py, one list."""
+    spec = importlib.util.spec_from_file_location("cases", ROOT / "bench" / "cases.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cases"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    cases: dict[str, Any] = module.CASES
+    return cases
+
+
+CASES = _cases()
 MODELS = 30
 RULE = "Accuracy >= 0.75"
 LISTING = "GET /modelops/core/api/jobs"
@@ -30,87 +45,19 @@ FINDER = "GET /modelops/core/api/jobs/search/findByStatusIn"
 JOB_READ = "GET /modelops/core/api/jobs/{job_id}"
 
 
-@dataclass(frozen=True)
-class Case:
-    """A server (the emulator's switches and faults) and how fleet is run against it."""
-
-    server: dict[str, Any] = field(default_factory=dict)
-    fleet: dict[str, Any] = field(default_factory=dict)
-    discover: bool = False
-
-
-LOST_POSTS = {"drop_rate": 0.05, "fault_methods": ("POST",)}
-CASES = {
-    "default": Case(),
-    "default, auto": Case(fleet={"poll_mode": "auto"}),
-    "sort honoured, updatedAt fresh, auto": Case(
-        {"job_sort": "honoured", "updated_at": "fresh"}, {"poll_mode": "auto"}
-    ),
-    "sort honoured, updatedAt stale, auto": Case(
-        {"job_sort": "honoured", "updated_at": "stale"}, {"poll_mode": "auto"}
-    ),
-    "sort honoured, updatedAt absent, auto": Case({"job_sort": "honoured"}, {"poll_mode": "auto"}),
-    "sort answered 500, auto": Case({"job_sort": "error"}, {"poll_mode": "auto"}),
-    "findByStatusIn present, auto": Case({"status_finder": True}, {"poll_mode": "finder"}),
-    "a third of job reads without status": Case({"status_missing_rate": 0.33}),
-    "a third without status, sorted, auto": Case(
-        {"status_missing_rate": 0.33, "job_sort": "honoured", "updated_at": "fresh"},
-        {"poll_mode": "auto"},
-    ),
-    "other job type names": Case({"job_types": "other"}),
-    "EVALUATED event at once": Case({"evaluated_lag_s": 0.0}),
-    "EVALUATED event 40 s late": Case({"evaluated_lag_s": 40.0}),
-    "archived models, discovered": Case({"archived_models": 5}, discover=True),
-    "no job history (fresh project)": Case({"job_history": False}),
-    "events as a bare list": Case({"events_listing": "list"}),
-    "events route absent": Case({"events_listing": "absent"}),
-    "deployed version reads DEPLOYED": Case({"deployed_version_status": True}),
-    "5% of POST answers lost": Case(LOST_POSTS),
-    "sort dropped + no finder + fresh project, auto": Case(
-        {"job_sort": "dropped", "status_finder": False, "job_history": False},
-        {"poll_mode": "auto"},
-    ),
-    "types renamed + 5% of POST answers lost": Case({"job_types": "other", **LOST_POSTS}),
-    "everything unhelpful at once": Case(
-        {
-            "job_types": "other",
-            "status_missing_rate": 0.33,
-            "evaluated_lag_s": 40.0,
-            "events_listing": "absent",
-            "job_history": False,
-            "job_sort": "error",
-            **LOST_POSTS,
-        },
-        {"poll_mode": "auto"},
-    ),
-}
-
-
-async def _night(env: Emulated, db: Path, case: Case) -> scheduler.RunResult:
-    flags = {"defaults.approval_rule": RULE, **case.fleet}
-    settings = settings_for(env, db, **flags)
-    specs = None
-    if case.discover:
-        settings = settings.model_copy(update={"models": ()})
-        settings = settings.model_copy(
-            update={"discover": settings.discover.model_copy(update={"names": ("store-*",)})}
-        )
-        specs = specs_with(settings, await discovered(env.api, settings))
-    async with Store.open(db) as store:
-        return await scheduler.run(
-            settings,
-            env.api,
-            store,
-            run_id="night-1",
-            sleep=env.time.sleep,
-            clock=env.time.monotonic,
-            rng=random.Random(3),
-            specs=specs,
-        )
+async def _night(env: Emulated, db: Path, case: Any) -> scheduler.RunResult:
+    settings = settings_for(env, db, **{"defaults.approval_rule": RULE, **case.fleet})
+    if not case.discover:
+        return await night(env, settings)
+    discover = settings.discover.model_copy(update={"names": ("store-*",)})
+    settings = settings.model_copy(update={"models": (), "discover": discover})
+    return await night(
+        env, settings, specs=specs_with(settings, await discovered(env.api, settings))
+    )
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-async def test_a_night_ends_the_same_on_every_plausible_server(tmp_path: Path, case: Case) -> None:
+async def test_a_night_ends_the_same_on_every_plausible_server(tmp_path: Path, case: Any) -> None:
     """Every model ends as its rule predicts, once per model and type, nothing left behind."""
     async with emulated(models=MODELS, seed=5, **case.server) as env:
         models = env.world.models()
@@ -165,17 +112,8 @@ async def test_latest_skips_archived_versions(tmp_path: Path) -> None:
             if tm.archived
         }
         assert archived
-        db = tmp_path / "fleet.db"
         flags = {"stages": "evaluate", "from_stage": "evaluate"}
-        async with Store.open(db) as store:
-            result = await scheduler.run(
-                settings_for(env, db, **flags),
-                env.api,
-                store,
-                run_id="monitor",
-                sleep=env.time.sleep,
-                clock=env.time.monotonic,
-            )
+        result = await night(env, settings_for(env, tmp_path / "fleet.db", **flags))
         evaluated = {j.trained_model.id for j in tonight(env.world) if j.type == "EVALUATION"}
     assert result.status == "succeeded"
     assert len(evaluated) == 12
@@ -187,7 +125,7 @@ async def test_an_evaluated_event_that_never_comes_fails_its_model_not_the_night
 ) -> None:
     """Re-read for result_wait, then the stage fails with that reason; the run ends."""
     async with emulated(models=4, evaluated_lag_s=float("inf")) as env:
-        result = await _night(env, tmp_path / "fleet.db", Case())
+        result = await _night(env, tmp_path / "fleet.db", CASES["default"])
     assert len(result.failed) == 4
     assert {f.stage for f in result.failed} == {"evaluate"}
     assert all(
@@ -199,7 +137,8 @@ async def test_a_job_that_never_ends_times_out_and_the_night_goes_on(tmp_path: P
     """Stuck jobs fail their stage at job_timeout, with the job's last status; the rest end."""
     async with emulated(models=20, seed=5, stuck_rate=0.2) as env:
         flags = {"job_timeout.train": 7200, "job_timeout.evaluate": 3600}
-        result = await _night(env, tmp_path / "fleet.db", Case(fleet=flags))
+        settings = settings_for(env, tmp_path / "fleet.db", **flags)
+        result = await night(env, settings)
         stuck = {j.model_id for j in tonight(env.world) if j.stuck}
     assert stuck
     assert {f.model_id for f in result.failed} == stuck
