@@ -167,6 +167,64 @@ async def test_a_lost_deploy_answer_adopts_the_deploy_job_not_its_scoring_job(
     assert done.stages[Stage.DEPLOY].deployment_id is not None
 
 
+async def test_a_submission_the_server_never_applied_fails_with_its_last_answer(
+    tmp_path: Path,
+) -> None:
+    """Three 500s and no job on the server: the stage fails, keeping the server's words."""
+
+    class Fails500:
+        def __init__(self, env: Emulated) -> None:
+            self._env = env
+            self.sends = 0
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._env.api, name)
+
+        async def train(self, model_id: str, request: TrainRequest) -> Job:
+            self.sends += 1
+            raise OutcomeUnknown(
+                "POST /train: HTTP 500: dataset connection refused", method="POST", status=500
+            )
+
+    async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
+        model = await _one_model(env, store)
+        api = Fails500(env)
+        outcome = await _run_model(replace(_context(env, store), api=api), model, STAGE_ORDER)
+        error = (await store.models("r1"))[0].stages[Stage.TRAIN].error
+    assert outcome.value == "failed"
+    assert api.sends == 3
+    assert error is not None
+    assert "has no record of it" in error
+    assert "HTTP 500: dataset connection refused" in error
+
+
+async def test_a_job_of_another_model_is_refused(tmp_path: Path) -> None:
+    """A server that answers a model's train request with another model's job fails the stage;
+    nothing of the other model is touched."""
+
+    class AnswersWithAnother:
+        def __init__(self, env: Emulated) -> None:
+            self._env = env
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._env.api, name)
+
+        async def train(self, model_id: str, request: TrainRequest) -> Job:
+            others = [m.id for m in self._env.world.models() if m.id != model_id]
+            return replace(await self._env.api.train(others[0], request), model_id=others[0])
+
+    async with emulated(models=2) as env, Store.open(tmp_path / "f.db") as store:
+        model = await _one_model(env, store)
+        ctx = replace(_context(env, store), api=AnswersWithAnother(env))
+        outcome = await _run_model(ctx, model, STAGE_ORDER)
+        error = (await store.models("r1"))[0].stages[Stage.TRAIN].error
+        stats = env.world.stats()
+    assert outcome.value == "failed"
+    assert error is not None
+    assert "of another model" in error
+    assert stats["jobs_by_type"]["EVALUATION"] == 0
+
+
 async def test_a_lost_post_that_created_nothing_is_sent_again(tmp_path: Path) -> None:
     """When the server has no job after a lost answer, fleet submits once more, and only once."""
 

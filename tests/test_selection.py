@@ -60,8 +60,9 @@ def test_a_shard_keeps_its_models_and_the_other_filters_narrow_them() -> None:
 
 
 async def test_discovery_takes_the_projects_models_by_name(tmp_path: Path) -> None:
-    """[discover] names/exclude select models from GET /api/models, paged."""
-    async with emulated(models=150) as env:
+    """[discover] names/exclude select models from GET /api/models, paged; archived ones
+    (store-0151 and store-0152 here) are left out, and each keeps the language it is in."""
+    async with emulated(models=150, archived_models=2) as env:
         settings = settings_for(
             env,
             tmp_path / "f.db",
@@ -71,6 +72,7 @@ async def test_discovery_takes_the_projects_models_by_name(tmp_path: Path) -> No
         found = await discovered(env.api, settings)
     names = sorted(entry.name or "" for entry in found)
     assert names == [f"store-{i:04d}" for i in range(100, 150)]
+    assert {entry.overrides().get("language") for entry in found} == {"PYTHON"}
     assert len(specs_with(settings, found)) == 50
 
 
