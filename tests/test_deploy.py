@@ -281,6 +281,7 @@ def test_configuration_loads_as_fleet_run_would(
         args = [_expand(arg, pod_env) for arg in container["args"]]
         settings = load_settings(toml, _setting_flags(args), env, use_default_file=False)
         settings.require_api()
+        settings.require_datasets()
         assert settings.db.parent == data_dir
     secret_dir = _mount_of(pod, "secret", "secretName", "fleet-modelops")
     assert settings.api.token_file is not None
