@@ -55,8 +55,11 @@ class FakeJobs:
         self.now += 10.0
 
     async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await anyio.lowlevel.checkpoint()
+        """Virtual time passes a second at a time, so a wake-up cuts a long sleep short."""
+        end = self.now + seconds
+        while self.now < end:
+            self.now = min(self.now + 1.0, end)
+            await anyio.lowlevel.checkpoint()
 
     def clock(self) -> float:
         return self.now
@@ -218,6 +221,31 @@ async def test_without_history_reads_back_off_up_to_poll_interval() -> None:
     # hour, not the 7,200 a fixed 0.5 s would take.
     assert jobs.calls["get"] < 160
     assert jobs.now - (jobs.created["j"] + 3600.0) <= 30.0
+
+
+async def test_a_job_without_history_is_not_read_late_for_another_models_duration() -> None:
+    """Three 900 s trainings have ended; a 150 s one of a model with no history of its own is
+    still seen within poll_interval of its end: another model's duration is no prediction."""
+    jobs = FakeJobs()
+    watch = _watch(jobs, poll_interval=5.0)
+    stop = anyio.Event()
+    results: dict[str, Finished | None] = {}
+
+    async def follow(job_id: str, runs_s: float) -> None:
+        created = jobs.submit(job_id, runs_s)
+        results[job_id] = await watch.finished(job_id, created, "train", None)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch.run, stop)
+        async with anyio.create_task_group() as first:
+            for job_id, runs_s in {"a": 900.0, "b": 910.0, "c": 920.0}.items():
+                first.start_soon(follow, job_id, runs_s)
+        await follow("short", 150.0)
+        stop.set()
+    finished = results["short"]
+    assert finished is not None
+    assert finished.job.status == "COMPLETED"
+    assert finished.ran_s - 150.0 <= 5.0
 
 
 async def test_each_mode_never_probes() -> None:

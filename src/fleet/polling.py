@@ -3,11 +3,12 @@
 A stage runner with a job in flight hands it to the `JobWatch` and waits. By default each
 job is read by id, `GET /api/jobs/{id}?projection=expandJob`, the call every real client
 makes, on a predicted schedule: due at its expected end (the duration of the same model's
-same stage in earlier runs, else the median of this run's finished jobs of that stage), a
-little early rather than late, then 2% of that duration apart, and less often the more it
-overruns (a fifth of the time it has run). A job with no expectation is looked at soon, then
-with that same back-off. `poll_interval` bounds the gap between two looks at a job;
-`poll_floor` is the shortest gap between two looks at the server.
+same stage in earlier runs), a little early rather than late, then 2% of that duration apart,
+and less often the more it overruns (a fifth of the time it has run). A job with no history
+of its own is looked at soon, then with that same back-off: another model's duration is no
+prediction (trainings differ tenfold), and a look too late costs more than a read.
+`poll_interval` bounds the gap between two looks at a job; `poll_floor` is the shortest gap
+between two looks at the server.
 
 Two batched looks can replace most of those reads, but no recorded client uses them, so each
 is adopted only after a positive probe on the live server (`poll_mode` says which to try):
@@ -40,8 +41,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import statistics
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -89,7 +89,6 @@ _CHANGES_PAGE = (50, 200)
 # Finished jobs seen in a look but not (yet) followed: a job that ends before its submitter
 # hands it over is still found.
 _RECENT_FINISHED = 10_000
-_STAGE_SAMPLES = 50
 _KNOWN_JOB_STATUSES = frozenset(
     {"CREATED", "SCHEDULED", "ASSIGNED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED"}
 )
@@ -114,7 +113,7 @@ _TRIED: dict[PollMode, tuple[PollMode, ...]] = {
 @dataclass(slots=True, eq=False)
 class _Followed:
     job_id: str
-    kind: str  # the stage (or "score"), for this run's per-kind durations
+    kind: str  # the stage (or "score"), for what is logged about it
     started: float  # when the job started, on the watcher's clock (earlier if resumed)
     expected: float | None
     due: float
@@ -207,7 +206,6 @@ class JobWatch:
         self._listed_done: set[str] = set()
         self._unlisted: set[str] = set()
         self._listed_unfinished: set[str] = set()
-        self._stage_runs: dict[str, deque[float]] = {}
         self.looks = 0
 
     @property
@@ -238,7 +236,9 @@ class JobWatch:
         if self._stopped:
             return None
         now = self._clock()
-        expected = expected_s or self._stage_median(kind)
+        # Only the model's own history predicts its job: another model's duration is a poor
+        # guess (trainings differ by 10x), and looking late costs far more than a read.
+        expected = expected_s
         first = now + (expected * _EARLY - age_s if expected else self._floor)
         followed = _Followed(
             job_id,
@@ -270,8 +270,6 @@ class JobWatch:
         ran = self._clock() - followed.started
         if followed.last_miss is not None:
             ran = (followed.last_miss + self._clock()) / 2 - followed.started
-        if not followed.timed_out:
-            self._stage_runs.setdefault(kind, deque(maxlen=_STAGE_SAMPLES)).append(ran)
         return Finished(followed.job, ran, timed_out=followed.timed_out)
 
     def _follow(self, followed: _Followed) -> None:
@@ -279,10 +277,6 @@ class JobWatch:
         heapq.heappush(self._due, (followed.due, next(self._tiebreak), followed))
         if followed.due < self._sleeping_until:
             self._wake.set()
-
-    def _stage_median(self, kind: str) -> float | None:
-        runs = self._stage_runs.get(kind)
-        return statistics.median(runs) if runs and len(runs) >= 3 else None  # noqa: PLR2004
 
     # -- the watcher -------------------------------------------------------------------------
 
