@@ -929,10 +929,10 @@ def test_job_timeouts_have_generous_defaults_and_flags():
     """Twelve hours for training and evaluation, an hour for the rest; each has a flag."""
     settings = load_settings(None, {"job_timeout.deploy": 120}, env={}, use_default_file=False)
 
-    assert settings.job_timeout.of("train") == 12 * 3600
-    assert settings.job_timeout.of("evaluate") == 12 * 3600
-    assert settings.job_timeout.of("deploy") == 120
-    assert settings.job_timeout.of("score") == 3600
+    assert settings.job_timeout.train == 12 * 3600
+    assert settings.job_timeout.evaluate == 12 * 3600
+    assert settings.job_timeout.deploy == 120
+    assert settings.job_timeout.score == 3600
     assert {"--job-timeout.train", "--result-wait"} <= {spec.flag for spec in flag_specs()}
 
 

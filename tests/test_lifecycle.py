@@ -21,6 +21,18 @@ from support import Emulated, emulated, settings_for
 S = StageState
 
 
+class _Through:
+    """The emulated client; a test's subclass overrides the calls it makes go wrong."""
+
+    sends = 0
+
+    def __init__(self, env: Emulated) -> None:
+        self._env = env
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._env.api, name)
+
+
 def _context(env: Emulated, store: Store, run_id: str = "r1") -> lifecycle.Context:
     progress = scheduler.Progress()
     return lifecycle.Context(
@@ -113,13 +125,8 @@ async def test_resume_adopts_a_job_submitted_before_the_crash(tmp_path: Path) ->
 async def test_a_lost_post_response_is_reconciled_not_resent(tmp_path: Path) -> None:
     """When the train POST's answer is lost, fleet adopts the job the server did create."""
 
-    class LosesFirstAnswer:
-        def __init__(self, env: Emulated) -> None:
-            self._env = env
-            self.lost = False
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self._env.api, name)
+    class LosesFirstAnswer(_Through):
+        lost = False
 
         async def train(self, model_id: str, request: TrainRequest) -> Job:
             await self._env.api.train(model_id, request)
@@ -143,13 +150,7 @@ async def test_a_lost_deploy_answer_adopts_the_deploy_job_not_its_scoring_job(
     """By the time fleet looks, the deployment has started its scoring job, newer and on the
     same model and version: the job adopted is the deployment job, which names a deployment."""
 
-    class LosesDeployAnswer:
-        def __init__(self, env: Emulated) -> None:
-            self._env = env
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self._env.api, name)
-
+    class LosesDeployAnswer(_Through):
         async def deploy(self, trained_model_id: str, request: DeployRequest) -> Job:
             await self._env.api.deploy(trained_model_id, request)
             self._env.time.clock.advance(120.0)  # the deployment opens, its scoring job starts
@@ -172,14 +173,7 @@ async def test_a_submission_the_server_never_applied_fails_with_its_last_answer(
 ) -> None:
     """Three 500s and no job on the server: the stage fails, keeping the server's words."""
 
-    class Fails500:
-        def __init__(self, env: Emulated) -> None:
-            self._env = env
-            self.sends = 0
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self._env.api, name)
-
+    class Fails500(_Through):
         async def train(self, model_id: str, request: TrainRequest) -> Job:
             self.sends += 1
             raise OutcomeUnknown(
@@ -202,13 +196,7 @@ async def test_a_job_of_another_model_is_refused(tmp_path: Path) -> None:
     """A server that answers a model's train request with another model's job fails the stage;
     nothing of the other model is touched."""
 
-    class AnswersWithAnother:
-        def __init__(self, env: Emulated) -> None:
-            self._env = env
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self._env.api, name)
-
+    class AnswersWithAnother(_Through):
         async def train(self, model_id: str, request: TrainRequest) -> Job:
             others = [m.id for m in self._env.world.models() if m.id != model_id]
             return replace(await self._env.api.train(others[0], request), model_id=others[0])
@@ -228,14 +216,7 @@ async def test_a_job_of_another_model_is_refused(tmp_path: Path) -> None:
 async def test_a_lost_post_that_created_nothing_is_sent_again(tmp_path: Path) -> None:
     """When the server has no job after a lost answer, fleet submits once more, and only once."""
 
-    class FailsFirstSend:
-        def __init__(self, env: Emulated) -> None:
-            self._env = env
-            self.sends = 0
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self._env.api, name)
-
+    class FailsFirstSend(_Through):
         async def train(self, model_id: str, request: TrainRequest) -> Job:
             self.sends += 1
             if self.sends == 1:
@@ -255,14 +236,7 @@ async def test_a_lost_post_that_created_nothing_is_sent_again(tmp_path: Path) ->
 async def test_a_lost_approval_answer_is_checked_not_repeated(tmp_path: Path) -> None:
     """An approve whose answer is lost but which the server applied is not sent again."""
 
-    class LosesApproval:
-        def __init__(self, env: Emulated) -> None:
-            self._env = env
-            self.sends = 0
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self._env.api, name)
-
+    class LosesApproval(_Through):
         async def approve(self, trained_model_id: str, comments: str) -> object:
             self.sends += 1
             await self._env.api.approve(trained_model_id, comments)

@@ -11,7 +11,6 @@ least two of each, and two models that recovered. Expected values come from the 
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import sqlite3
 import subprocess
@@ -35,7 +34,7 @@ from fleet.stages import Outcome, Stage, StageState
 from fleet.statefiles import StateFiles, merged_status
 from fleet.store import ModelRecord, StageRecord, Store
 from fleet.views import status_document
-from support import emulated, settings_for
+from support import emulated, night, settings_for
 
 NIGHT_1, NIGHT_2 = "night-1", "night-2"
 MODELS = 24
@@ -43,17 +42,9 @@ MODELS = 24
 
 async def _two_nights(db: Path) -> None:
     flags = {"defaults.approval_rule": "Accuracy >= 0.8", "attempts.train": 2, "concurrency": 6}
-    async with emulated(models=MODELS, seed=6, job_error_rate=0.2) as env, Store.open(db) as store:
+    async with emulated(models=MODELS, seed=6, job_error_rate=0.2) as env:
         for run_id, extra in ((NIGHT_1, {}), (NIGHT_2, {"max_failures": 5})):
-            await scheduler.run(
-                settings_for(env, db, **flags, **extra),
-                env.api,
-                store,
-                run_id=run_id,
-                sleep=env.time.sleep,
-                clock=env.time.monotonic,
-                rng=random.Random(7),
-            )
+            await night(env, settings_for(env, db, **flags, **extra), run_id)
 
 
 @pytest.fixture(scope="module")

@@ -230,11 +230,6 @@ class JobTimeouts(_Section):
         description="seconds retire_mode = deployed waits for the deployment's scoring job",
     )
 
-    def of(self, kind: str) -> float:
-        """The timeout of a job of this kind: a stage's name, or "score"."""
-        value: float = getattr(self, kind)
-        return value
-
 
 class Resources(_Section):
     """Container resources of a job; unset (the default): none sent, the model's own apply."""
@@ -731,10 +726,7 @@ class Settings(BaseSettings):
                     _check_datasets(Lifecycle.model_validate(base), needed, where)
             specs = self.model_specs()
         for spec in specs:
-            prefix = (
-                "models" if spec.project == DEFAULT_PROJECT else f"projects.{spec.project}.models"
-            )
-            _check_datasets(spec.lifecycle, needed, f"{prefix}[{spec.id}]")
+            _check_datasets(spec.lifecycle, needed, f"{models_section(spec.project)}[{spec.id}]")
 
     def model_specs(
         self, found: Mapping[str, Sequence[ModelEntry]] | None = None
@@ -750,7 +742,7 @@ class Settings(BaseSettings):
             configured = {entry.id for entry in entries}
             entries.extend(e for e in (found or {}).get(name, ()) if e.id not in configured)
             base = _deep_merge(self.defaults.model_dump(), project.defaults)
-            prefix = "models" if name == DEFAULT_PROJECT else f"projects.{name}.models"
+            prefix = models_section(name)
             for entry in entries:
                 if entry.id in owner:
                     message = (
@@ -805,6 +797,11 @@ def _unique(entries: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
 
 def _in_two(model_id: str, first: str, second: str) -> str:
     return f"model {model_id} is in projects {first} and {second}; a model is in one project"
+
+
+def models_section(project: str) -> str:
+    """Where a project's models are: `models` for the default one."""
+    return "models" if project == DEFAULT_PROJECT else f"projects.{project}.models"
 
 
 def api_section(project: str) -> str:

@@ -31,7 +31,7 @@ import anyio
 import structlog
 
 from fleet.client import ModelOps
-from fleet.config import DEFAULT_PROJECT, JobTimeouts, ModelSpec, ProjectLimits, Settings
+from fleet.config import DEFAULT_PROJECT, ModelSpec, ProjectLimits, Settings
 from fleet.errors import ApiError, ConfigError, FleetError, RunNotFound, ungrouped
 from fleet.lifecycle import Context, RunAborted, run_model, transition, watching
 from fleet.polling import PollMode
@@ -231,7 +231,7 @@ async def run(
             expected=await store.durations(run_id),
             poll_floor=settings.poll_floor,
             poll_mode=PollMode(settings.poll_mode),
-            job_timeouts={kind: settings.job_timeout.of(kind) for kind in JobTimeouts.model_fields},
+            job_timeouts=settings.job_timeout.model_dump(),
             result_wait=settings.result_wait,
         )
         if retry_failed:
