@@ -48,6 +48,10 @@ class FakeJobs:
         self.calls: Counter[str] = Counter()
         self.fail_with: Exception | None = None  # raised by the batched looks
         self.fail_gets_with: Exception | None = None
+        self.failing_reads: Counter[str] = Counter()  # reads of a job still to fail, by id
+        self.broken: set[str] = set()  # jobs whose every read fails
+        self.hung: set[str] = set()  # jobs whose reads never answer until `unhang` is set
+        self.unhang = anyio.Event()
         self._reads = itertools.count(1)
         for n in range(self.server.history):
             self.submit(f"old{n}", 1.0)
@@ -108,6 +112,11 @@ class FakeJobs:
         self.calls["get"] += 1
         if self.fail_gets_with is not None:
             raise self.fail_gets_with
+        if job_id in self.hung:
+            await self.unhang.wait()
+        if job_id in self.broken or self.failing_reads[job_id] > 0:
+            self.failing_reads[job_id] -= 1
+            raise TransientApiError(f"GET /api/jobs/{job_id}: HTTP 500", status=500)
         every = self.server.no_status_every
         return self._job(job_id, status=not (every and next(self._reads) % every == 0))
 
@@ -444,6 +453,92 @@ async def test_no_job_is_waited_on_for_ever(server: Server) -> None:
     assert jobs.now <= jobs.created["stuck"] + timeout + 5.0
     # At most a read every poll_floor..poll_interval per job, plus the looks: bounded.
     assert sum(jobs.calls.values()) <= len(runs) * timeout / 5.0
+
+
+@pytest.mark.parametrize(
+    "server", [Server(), Server(sort="honoured", updated_at="fresh")], ids=["each", "changes"]
+)
+async def test_a_failed_read_of_a_finished_job_is_read_again_not_dropped(server: Server) -> None:
+    """Issue 13 #1: the read that would have seen a job finished fails once; the job is read
+    by id again soon (the listing's watermark has passed it and will not show it again)."""
+    jobs = FakeJobs(server)
+    watch = _watch(jobs, poll_interval=5.0)
+    stop = anyio.Event()
+    results: dict[str, Finished | None] = {}
+
+    async def follow(job_id: str, runs_s: float) -> None:
+        created = jobs.submit(job_id, runs_s)
+        jobs.failing_reads[job_id] = 1 if job_id == "a" else 0
+        results[job_id] = await watch.finished(job_id, created, "train", runs_s)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch.run, stop)
+        async with anyio.create_task_group() as followers:
+            for job_id, runs_s in {"a": 100.0, "b": 300.0, "c": 500.0}.items():
+                followers.start_soon(follow, job_id, runs_s)
+        stop.set()
+    assert _all_completed(results)
+    finished = results["a"]
+    assert finished is not None
+    assert finished.ran_s - 100.0 <= 5.0  # seen within a poll interval of its end
+
+
+async def test_a_hung_read_holds_up_no_other_job() -> None:
+    """Issue 13 #2: one job's read never answers; every other job is still seen ending."""
+    jobs = FakeJobs()
+    watch = _watch(jobs, poll_interval=5.0)
+    jobs.hung.add("slow")
+    stop = anyio.Event()
+    results: dict[str, Finished | None] = {}
+
+    async def follow(job_id: str, runs_s: float) -> None:
+        created = jobs.submit(job_id, runs_s)
+        results[job_id] = await watch.finished(job_id, created, "train", None)
+
+    with anyio.fail_after(30):  # a guard against the hang this test is about, not a timing
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch.run, stop)
+            tg.start_soon(follow, "slow", 10.0)
+            async with anyio.create_task_group() as followers:
+                for job_id, runs_s in {"a": 60.0, "b": 120.0, "c": 240.0}.items():
+                    followers.start_soon(follow, job_id, runs_s)
+            assert all(results[j] is not None for j in "abc")
+            jobs.unhang.set()
+            while "slow" not in results:
+                await anyio.lowlevel.checkpoint()
+            stop.set()
+    assert _all_completed(results)
+
+
+async def test_a_job_that_cannot_be_read_fails_alone_after_its_budget() -> None:
+    """Issue 13 #2/#3: every read of one job fails; it fails its own wait with the reason,
+    after several tries spanning its budget, while the other jobs end normally."""
+    jobs = FakeJobs()
+    watch = _watch(jobs, poll_interval=5.0)
+    jobs.broken.add("broken")
+    stop = anyio.Event()
+    results: dict[str, Finished | None] = {}
+    errors: dict[str, Exception] = {}
+
+    async def follow(job_id: str, runs_s: float) -> None:
+        created = jobs.submit(job_id, runs_s)
+        try:
+            results[job_id] = await watch.finished(job_id, created, "train", None)
+        except PermanentApiError as exc:
+            errors[job_id] = exc
+            results[job_id] = None
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch.run, stop)
+        async with anyio.create_task_group() as followers:
+            for job_id in ("broken", "a", "b"):
+                followers.start_soon(follow, job_id, 100.0)
+        stop.set()
+    assert set(errors) == {"broken"}
+    assert "could not be read" in str(errors["broken"])
+    assert all(results[j] is not None for j in "ab")
+    assert jobs.failing_reads["broken"] <= -5  # at least five tries
+    assert jobs.now - jobs.created["broken"] >= 10 * 5.0  # over its budget, not at once
 
 
 async def test_a_rejected_token_reaches_every_waiter() -> None:

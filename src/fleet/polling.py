@@ -29,6 +29,12 @@ unfinished that the look said was done), an unreadable answer, or three failed l
 row demote the mode for the rest of the run, logged once. A look that fails is not retried:
 that look reads its due jobs by id instead.
 
+A read by id that fails (after the client's own retries) is tried again later, never
+dropped: the job is then read by id until a read succeeds, since a listing whose watermark has
+passed it would not show it again. Reads go out on their own, so one slow or broken job holds
+up no other job and no look; a job that cannot be read for `_READ_BUDGET_INTERVALS` poll
+intervals (and at least `_READ_FAILURES` reads) fails its own stage with that reason.
+
 Whatever the mode, nothing waits for ever: a job not read by id for max(2 x its expected
 duration, 12 x `poll_interval`) is read by id (the safety net), and a job still unfinished at
 its `job_timeout` is released as timed out, for its stage to fail with that reason. A job
@@ -49,6 +55,7 @@ from enum import StrEnum
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup
 
 from fleet.client import UNFINISHED_JOB_STATUSES, Job, ModelOps
 from fleet.errors import (
@@ -76,6 +83,10 @@ _NET_EXPECTED = 2.0
 _NET_INTERVALS = 12.0
 # A batched look that fails this many times in a row is dropped for the run.
 _FAILED_LOOKS = 3
+# A job whose reads by id keep failing is given up after this many failed reads in a row,
+# spanning at least this many poll intervals: it fails its own stage, never the night.
+_READ_FAILURES = 5
+_READ_BUDGET_INTERVALS = 10.0
 # A probe of the sorted listing asks for this many jobs each way.
 _PROBE_SIZE = 2
 # An inconclusive probe (too few jobs on the server) is tried again this many intervals later.
@@ -125,6 +136,9 @@ class _Followed:
     covered: bool = False
     cross_checked: bool = False
     last_miss: float | None = None
+    reading: bool = False  # a read by id is in flight
+    failed_reads: int = 0  # in a row
+    failing_since: float | None = None
     warned: set[str] = field(default_factory=set)
     done: anyio.Event = field(default_factory=anyio.Event)
     job: Job | None = None
@@ -143,6 +157,18 @@ class Finished:
 
 
 Page = tuple[list[Job], int | None]  # a page of jobs, and how many the server says it has
+
+
+@dataclass(slots=True)
+class _Findings:
+    """What one look found, for the reads it sends to check against: finished jobs the
+    listing showed and its watermark then; followed jobs the finder left out (it says they
+    finished) and overdue ones it still lists (unfinished)."""
+
+    watermark: datetime | None = None
+    listed_done: set[str] = field(default_factory=set)
+    unlisted: set[str] = field(default_factory=set)
+    listed_unfinished: set[str] = field(default_factory=set)
 
 
 def judge_sort(ascending: Page, descending: Page) -> tuple[bool | None, str]:
@@ -201,12 +227,9 @@ class JobWatch:
         self._covered_from: datetime | None = None
         self._last_changes = 0
         self._recent: OrderedDict[str, Job] = OrderedDict()
-        # This look's findings: finished jobs the listing showed; followed jobs the finder
-        # left out (it says they finished) and overdue ones it still lists (unfinished).
-        self._listed_done: set[str] = set()
-        self._unlisted: set[str] = set()
-        self._listed_unfinished: set[str] = set()
-        self.looks = 0
+        self._findings = _Findings()
+        # Reads by id run here, beside the looks, for as long as `run()` does.
+        self._reads: TaskGroup | None = None
 
     @property
     def mode(self) -> PollMode:
@@ -274,28 +297,30 @@ class JobWatch:
 
     def _follow(self, followed: _Followed) -> None:
         self._followed[followed.job_id] = followed
-        heapq.heappush(self._due, (followed.due, next(self._tiebreak), followed))
-        if followed.due < self._sleeping_until:
-            self._wake.set()
+        self._schedule(followed, followed.due)
 
     # -- the watcher -------------------------------------------------------------------------
 
     async def run(self, stop: anyio.Event) -> None:
         """Look whenever a followed job is due, until `stop` is set; then release every waiter."""
         try:
-            # A first probe at start: a project with a job history may prove a batched look
-            # before any job of this run is due.
-            await self._probe(self._clock(), [])
-            while not stop.is_set():
-                due = self._next_due()
-                now = self._clock()
-                if due is None or due > now:
-                    await self._pause(stop, None if due is None else due - now)
-                    continue
-                await self._look(now)
-                # Never two looks closer than the floor, however many jobs fall due.
-                await self._pause(stop, self._floor)
+            async with anyio.create_task_group() as reads:
+                self._reads = reads
+                # A first probe at start: a project with a job history may prove a batched
+                # look before any job of this run is due.
+                await self._probe(self._clock(), [])
+                while not stop.is_set():
+                    due = self._next_due()
+                    now = self._clock()
+                    if due is None or due > now:
+                        await self._pause(stop, None if due is None else due - now)
+                        continue
+                    await self._look(now)
+                    # Never two looks closer than the floor, however many jobs fall due.
+                    await self._pause(stop, self._floor)
+                reads.cancel_scope.cancel()
         finally:
+            self._reads = None
             self._stopped = True
             for followed in self._followed.values():
                 followed.done.set()
@@ -327,11 +352,8 @@ class JobWatch:
         self._sleeping_until = float("inf")
 
     async def _look(self, now: float) -> None:
-        self.looks += 1
-        self._listed_done = set()
-        self._unlisted = set()
-        self._listed_unfinished = set()
-        due = [f for f in self._followed.values() if f.due <= now]
+        self._findings = findings = _Findings()
+        due = [f for f in self._followed.values() if f.due <= now and not f.reading]
         await self._probe(now, due)
         try:
             suspects = await self._batched(due, now)
@@ -340,19 +362,30 @@ class JobWatch:
             for followed in list(self._followed.values()):
                 self._release(followed, error=exc)
             return
+        findings.watermark = self._watermark  # what the listing had seen by this look
         # A failed look reads every due job by id; whatever a look said, jobs past the safety
         # net or their timeout are read by id.
-        to_read = {f.job_id: f for f in suspects or ()}
+        to_read = {f.job_id: f for f in suspects or () if not f.reading}
         for followed in due:
             if suspects is None or self._must_read(followed, now):
                 to_read.setdefault(followed.job_id, followed)
-        # Read at once, not one after another: the client bounds the connections, and the
-        # last of a hundred finished jobs is not seen a hundred round trips late.
-        async with anyio.create_task_group() as tg:
-            for followed in to_read.values():
-                tg.start_soon(self._read, followed, now)
         self._reschedule([f for f in due if f.job_id not in to_read], now, miss=True)
-        await self._probe_finder(now, to_read.values())
+        if not to_read:
+            return
+        for followed in to_read.values():
+            followed.reading = True
+            followed.due = math.inf  # out of the schedule until its read is back
+        # Read at once and on their own, not one after another and not within the look: the
+        # client bounds the connections, the last of a hundred finished jobs is not seen a
+        # hundred round trips late, and one slow answer holds up nothing else.
+        assert self._reads is not None
+        self._reads.start_soon(self._read_batch, list(to_read.values()), now, findings)
+
+    async def _read_batch(self, batch: list[_Followed], now: float, findings: _Findings) -> None:
+        async with anyio.create_task_group() as tg:
+            for followed in batch:
+                tg.start_soon(self._read, followed, now, findings)
+        await self._probe_finder(now, batch)
 
     def _must_read(self, followed: _Followed, now: float) -> bool:
         """Read by id whatever a batched look says: the safety net and the timeout."""
@@ -364,20 +397,30 @@ class JobWatch:
             return True
         return self._mode is PollMode.EACH
 
-    async def _read(self, followed: _Followed, now: float) -> None:
+    async def _read(self, followed: _Followed, now: float, findings: _Findings) -> None:
         """Read one followed job by id: release it if it ended, else look again later."""
         try:
             job = await self._api.get_job(followed.job_id)
+        except TransientApiError as exc:
+            if isinstance(exc, ServerUnavailable):
+                self._release(followed, error=exc)
+            else:
+                self._read_failed(followed, exc)
+            return
         except ApiError as exc:
             self._release(followed, error=exc)
             return
+        finally:
+            followed.reading = False
         followed.last_read = now
+        followed.failed_reads = 0
+        followed.failing_since = None
         if job.terminal:
-            if job.id in self._listed_unfinished:
+            if job.id in findings.listed_unfinished:
                 self._demote(
                     f"findByStatusIn listed job {job.id} as unfinished; it is {job.status}"
                 )
-            self._check_finished(followed, job)
+            self._check_finished(followed, job, findings)
             self._release(followed, job=job)
             return
         if job.status is None:
@@ -385,7 +428,7 @@ class JobWatch:
         elif job.status not in _KNOWN_JOB_STATUSES:
             # The API notes: treat any other string as not yet terminal. Say so once.
             self._warn_once(followed, "fleet.job.unknown_status", job)
-        elif job.id in self._unlisted:
+        elif job.id in findings.unlisted:
             self._demote(f"findByStatusIn left out job {job.id}, which is {job.status}")
         if now >= followed.deadline:
             self._release(followed, job=job, timed_out=True)
@@ -393,14 +436,43 @@ class JobWatch:
         followed.covered = followed.covered or self._listing_ready
         self._reschedule([followed], now, miss=True)
 
-    def _check_finished(self, followed: _Followed, job: Job) -> None:
+    def _read_failed(self, followed: _Followed, exc: TransientApiError) -> None:
+        """A read by id failed: read it by id again soon (no listing vouches for it any more:
+        its watermark may have passed the job's end), until its own budget is spent."""
+        now = self._clock()
+        followed.failed_reads += 1
+        if followed.failing_since is None:
+            followed.failing_since = now
+        failing_s = now - followed.failing_since
+        budget_s = _READ_BUDGET_INTERVALS * self._max_gap
+        if (followed.failed_reads >= _READ_FAILURES and failing_s >= budget_s) or (
+            now >= followed.deadline
+        ):
+            self._release(
+                followed,
+                error=PermanentApiError(
+                    f"job {followed.job_id} could not be read for {failing_s:.0f} s "
+                    f"({followed.failed_reads} tries): {exc}",
+                    method=exc.method,
+                    path=exc.path,
+                    status=exc.status,
+                ),
+            )
+            return
+        log.info("fleet.poll.read_failed", job_id=followed.job_id, error=str(exc))
+        followed.covered = False
+        gap = min(self._floor * 2.0**followed.failed_reads, self._max_gap)
+        self._schedule(followed, min(now + gap, max(followed.deadline, now)))
+
+    def _check_finished(self, followed: _Followed, job: Job, findings: _Findings) -> None:
         """A job read finished that the trusted listing should have shown finished, and did
-        not, contradicts it (a server whose `updatedAt` does not move, say)."""
+        not, contradicts it (a server whose `updatedAt` does not move, say). Judged by the
+        look that sent the read: a later look's watermark may have passed the job since."""
         if self._mode is not PollMode.CHANGES or not followed.covered:
             return
-        if job.id in self._listed_done:
+        if job.id in findings.listed_done:
             return
-        mark = self._watermark
+        mark = findings.watermark
         if mark is None or job.updated_at is None or job.updated_at < mark - _CHANGES_OVERLAP:
             self._demote(f"job {job.id} is {job.status} but the sorted listing never showed it")
 
@@ -454,7 +526,7 @@ class JobWatch:
             followed = self._followed.get(job.id)
             if not job.terminal:
                 continue
-            self._listed_done.add(job.id)
+            self._findings.listed_done.add(job.id)
             if followed is None:
                 self._remember(job)
             else:
@@ -475,12 +547,12 @@ class JobWatch:
         listed = {job.id for job in unfinished}
         suspects = []
         # Only jobs followed before the look began: a newer one may postdate the answer.
-        for followed in [f for f in self._followed.values() if f.since < now]:
+        for followed in [f for f in self._followed.values() if f.since < now and not f.reading]:
             if followed.job_id not in listed:
-                self._unlisted.add(followed.job_id)
+                self._findings.unlisted.add(followed.job_id)
                 suspects.append(followed)
             elif followed.due <= now and self._overdue(followed, now):
-                self._listed_unfinished.add(followed.job_id)
+                self._findings.listed_unfinished.add(followed.job_id)
                 suspects.append(followed)
         return suspects
 
@@ -613,8 +685,15 @@ class JobWatch:
                 gap = f.expected * _CLOSE_GAP
             else:
                 gap = ran * _BACKOFF
-            f.due = min(now + min(max(gap, self._floor), self._max_gap), max(f.deadline, now))
-            heapq.heappush(self._due, (f.due, next(self._tiebreak), f))
+            self._schedule(
+                f, min(now + min(max(gap, self._floor), self._max_gap), max(f.deadline, now))
+            )
+
+    def _schedule(self, followed: _Followed, due: float) -> None:
+        followed.due = due
+        heapq.heappush(self._due, (due, next(self._tiebreak), followed))
+        if due < self._sleeping_until:
+            self._wake.set()
 
     def _release(
         self,
