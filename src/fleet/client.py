@@ -716,7 +716,7 @@ def _embedded(data: Mapping[str, Any], collection: str, path: str) -> list[Any]:
     return items
 
 
-def _retryable_get(exc: Exception) -> bool | float:
+def _retryable_get(exc: BaseException) -> bool | float:
     if isinstance(exc, ServerUnavailable):
         return False
     if isinstance(exc, TransientApiError):
@@ -724,7 +724,7 @@ def _retryable_get(exc: Exception) -> bool | float:
     return False
 
 
-def _retryable_post(exc: Exception) -> bool | float:
+def _retryable_post(exc: BaseException) -> bool | float:
     if isinstance(exc, OutcomeUnknown):
         return False
     return _retryable_get(exc)
