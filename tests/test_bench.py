@@ -198,3 +198,125 @@ def test_bench_runs_fleet_two_nights_and_the_baseline(tmp_path: Path) -> None:
     assert result["machine"]["nproc"] >= 1
     assert result["date"]
     assert result["sim_args"] == ["--profile=default"]
+
+
+@functools.cache
+def load_torture() -> ModuleType:
+    """bench/torture.py as a module; it imports bench/run.py as `run`, as when run as a script."""
+    bench = str(ROOT / "bench")
+    sys.path.insert(0, bench)
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "bench_torture", ROOT / "bench" / "torture.py"
+        )
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(bench)
+    return module
+
+
+def test_torture_kill_plan_mixes_restart_early_and_spread_kills() -> None:
+    """15 kills: 3 within 50 ms, 5 within the first second, 7 at rising shares of the night."""
+    torture = load_torture()
+    plan = torture.kill_plan(1, 15, 300)
+    assert plan == torture.kill_plan(1, 15, 300)  # seeded
+    assert plan != torture.kill_plan(2, 15, 300)
+    kinds = [kill.kind for kill in plan]
+    assert (kinds.count("restart"), kinds.count("early"), kinds.count("spread")) == (3, 5, 7)
+    assert all(k.after_s <= 0.05 and k.at_jobs is None for k in plan if k.kind == "restart")
+    assert all(k.after_s <= 1.0 and k.at_jobs is None for k in plan if k.kind == "early")
+    shares = [k.at_jobs for k in plan if k.kind == "spread"]
+    assert shares == sorted(shares)
+    assert all(0 < s < 2 * 300 for s in shares)  # before a night can end by itself
+    assert [k.kind for k in torture.kill_plan(1, 3, 20)].count("restart") == 1
+
+
+def _recorded(torture: ModuleType, *attempts: tuple[int, str | None, str]) -> Any:
+    last = attempts[-1][1] if attempts else None
+    failed = [job for _, job, outcome in attempts[:-1] if outcome == "failed" and job]
+    state = "succeeded" if attempts else "pending"
+    return torture.Recorded(state, last, list(attempts), failed)
+
+
+def _server_job(job_id: str, model: str, kind: str, outcome: str = "COMPLETED") -> dict:
+    return {**job(model, kind, 0.0, 1.0, 1.0), "id": job_id, "outcome": outcome}
+
+
+def test_torture_audit_counts_a_second_job_without_a_retry_as_a_duplicate() -> None:
+    """Server jobs beyond 1 + the recorded ERROR retries are duplicates, named by model/stage."""
+    torture = load_torture()
+    names = {"m1": "store-0001", "m2": "store-0002"}
+    stages = {
+        ("m1", "train"): _recorded(torture, (1, "j1", "failed"), (2, "j2", "succeeded")),
+        ("m2", "train"): _recorded(torture, (1, "j3", "succeeded")),
+        ("m2", "evaluate"): _recorded(torture),
+    }
+    outcomes = {"store-0001": "succeeded", "store-0002": "succeeded"}
+    server = [
+        _server_job("j1", "m1", "TRAINING", "ERROR"),
+        _server_job("j2", "m1", "TRAINING"),
+        _server_job("j3", "m2", "TRAINING"),
+        _server_job("j4", "m2", "TRAINING"),  # submitted twice
+        _server_job("j5", "m2", "EVALUATION"),  # a stage fleet never submitted
+    ]
+    found = torture.audit(names, stages, outcomes, server)
+    assert found["duplicates"] == 2
+    assert found["retries_by_stage"]["train"] == 1
+    assert found["jobs_by_type"] == {"TRAINING": 4, "EVALUATION": 1}
+    evaluate, train = found["findings"]  # by model, then stage
+    assert train.startswith("duplicate: store-0002 train: 2 TRAINING jobs on the server")
+    assert train.endswith("not in fleet's records: j4")
+    assert evaluate.startswith("duplicate: store-0002 evaluate: 1 EVALUATION jobs")
+    clean = [j for j in server if j["id"] not in {"j4", "j5"}]
+    assert torture.audit(names, stages, outcomes, clean)["findings"] == []
+
+
+def test_torture_audit_finds_unfinished_models_and_foreign_jobs() -> None:
+    """A model not finished, a stage left in flight and another model's job are findings."""
+    torture = load_torture()
+    names = {"m1": "store-0001"}
+    stages = {("m1", "train"): torture.Recorded("submitted", "j9", [(1, "j9", "submitted")], [])}
+    server = [_server_job("j9", "m2", "TRAINING", outcome=None)]  # type: ignore[arg-type]
+    findings = torture.audit(names, stages, {"store-0001": "running"}, server)["findings"]
+    assert "1 models not finished: store-0001" in findings
+    assert "store-0001 train: left submitted" in findings
+    assert any("the server's TRAINING of model m2" in f for f in findings)
+    assert "1 jobs still running on the server" in findings
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(150)  # ~15 s alone; the margin is for a machine busy with other tests
+def test_torture_smoke_three_kills_into_a_faulty_night(tmp_path: Path) -> None:
+    """20 models, lost POST answers, 429s and job errors, 3 SIGKILLs: all finish, no duplicate."""
+    out = tmp_path / "torture.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "torture.py"),
+            *("--models", "20", "--kills", "3", "--seeds", "7", "--json", str(out)),
+            # 500x with a poll every 50 simulated seconds: a night in a few real seconds.
+            *("--time-scale", "500", "--poll-interval", "50", "--limit", "20"),
+            *("--job-error-rate", "0.05", "--timeout", "100"),
+            # Faults on POSTs only: the answers whose loss could submit a job twice.
+            "--sim-arg=--fault-methods=POST",
+            *("--workdir", str(tmp_path / "work")),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=140,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["kills"] == 3
+    assert row["restarts"] == 3
+    assert row["finished"] == row["models"] == 20
+    assert row["duplicates"] == 0
+    assert row["hangs"] == 0
+    assert row["jobs_by_type"]["TRAINING"] == 20 + row["retries_by_stage"]["train"]
+    assert "| 7 | 3 (1/1/1) |" in done.stdout
