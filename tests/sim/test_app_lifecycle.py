@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import email.utils
 from typing import Any
 
 import pytest
@@ -198,3 +199,13 @@ async def test_evaluation_and_train_need_a_dataset(client, world):
     assert world.stats()["jobs_total"] == 0
     ok = await client.post(f"/api/trainedModels/{version.id}/evaluate", json=EVALUATE)
     assert ok.status_code == 200
+
+
+async def test_every_answer_is_dated_by_the_services_own_clock(client, clock, world):
+    """`Date` comes from the clock that stamps `createdAt` (sped up or not), as a real
+    server's does: fleet stamps its intents with it."""
+    clock.advance(86_400.0)  # a day ahead of this machine's clock
+    answer = await client.get("/api/models", params={"size": 1})
+    dated = email.utils.parsedate_to_datetime(answer.headers["date"]).timestamp()
+    assert int(world.now()) - 1 <= dated <= world.now()
+    assert (await client.get("/api/jobs/00000000-0000-0000-0000-000000000000")).headers["date"]

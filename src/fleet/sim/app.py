@@ -28,6 +28,7 @@ other plausible answers:
 
 from __future__ import annotations
 
+import email.utils
 import json
 import random
 import re
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from starlette.requests import Request
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from fleet.sim.index import Order
     from fleet.sim.records import Job, JsonObject, Model
@@ -95,7 +98,35 @@ def create_app(
     routes.append(Route("/_sim/jobs", api.sim_jobs, methods=["GET"]))
     if world.settings.client_id is not None:
         routes.append(Route(TOKEN_PATH, TokenEndpoint(world, tokens).handle, methods=["POST"]))
-    return Starlette(routes=routes, exception_handlers={HTTPException: api.unrouted})
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: api.unrouted},
+        middleware=[Middleware(_ServerDate, world=world)],
+    )
+
+
+class _ServerDate:
+    """Every answer carries a `Date` header from the service's own clock, as a real server's
+    does (Tomcat's, from the clock that stamps `createdAt`): with a sped-up clock, the
+    emulator's time, not this machine's."""
+
+    def __init__(self, app: ASGIApp, *, world: World) -> None:
+        self._app = app
+        self._world = world
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def dated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                stamp = email.utils.formatdate(self._world.now(), usegmt=True)
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
+                message = {**message, "headers": [*headers, (b"date", stamp.encode("latin-1"))]}
+            await send(message)
+
+        await self._app(scope, receive, dated)
 
 
 def _hal(payload: JsonObject) -> JSONResponse:

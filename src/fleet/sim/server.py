@@ -69,6 +69,7 @@ async def serve(
         lifespan="off",
         access_log=False,
         log_level="warning",
+        date_header=False,  # the app's own, from the emulator's clock
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
