@@ -348,6 +348,10 @@ def audit(
             for stage in JOB_STAGES
         },
         "server_errors_by_type": dict(Counter(j["type"] for j in jobs if j["outcome"] == "ERROR")),
+        # Stages whose last attempt reached the server: with the retries, the jobs expected.
+        "stages_submitted": sum(
+            1 for (_, s), r in stages.items() if s in JOB_STAGES and r.expected_jobs > r.retries
+        ),
         "duplicates": duplicates,
         "missing": missing,
         "findings": findings,
@@ -439,6 +443,7 @@ def summary(night: Night) -> dict[str, Any]:
         "jobs_by_type": figures.get("jobs_by_type"),
         "server_errors_by_type": figures.get("server_errors_by_type"),
         "retries_by_stage": figures.get("retries_by_stage"),
+        "stages_submitted": figures.get("stages_submitted"),
         "duplicates": figures.get("duplicates"),
         "missing": figures.get("missing"),
         "hangs": night.hangs,
@@ -452,9 +457,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         (
             "| seed | kills (restart/early/spread) | restarts | wall s | finished | jobs created "
-            "T/E/D/R | ERROR retries | duplicates | hangs | result |"
+            "T/E/D/R | stages submitted | ERROR retries | duplicates | hangs | result |"
         ),
-        "|---:|---|---:|---:|---|---|---:|---:|---:|---|",
+        "|---:|---|---:|---:|---|---|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         kinds = row["kills_by_kind"]
@@ -465,7 +470,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{kinds.get('early', 0)}/{kinds.get('spread', 0)}) | {row['restarts']} | "
             f"{row['wall_s']:.0f} | {row['finished']} of {row['models']} | "
             f"{'/'.join(str(jobs.get(kind, 0)) for kind in STAGES)} | "
-            f"{sum((row['retries_by_stage'] or {}).values())} | {row['duplicates']} | "
+            f"{row['stages_submitted']} | {sum((row['retries_by_stage'] or {}).values())} | "
+            f"{row['duplicates']} | "
             f"{row['hangs']} | {result} |"
         )
     return "\n".join(lines)

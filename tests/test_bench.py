@@ -266,6 +266,7 @@ def test_torture_audit_counts_a_second_job_without_a_retry_as_a_duplicate() -> N
     found = torture.audit(names, stages, outcomes, server)
     assert found["duplicates"] == 2
     assert found["retries_by_stage"]["train"] == 1
+    assert found["stages_submitted"] == 2
     assert found["jobs_by_type"] == {"TRAINING": 4, "EVALUATION": 1}
     evaluate, train = found["findings"]  # by model, then stage
     assert train.startswith("duplicate: store-0002 train: 2 TRAINING jobs on the server")
@@ -319,4 +320,6 @@ def test_torture_smoke_three_kills_into_a_faulty_night(tmp_path: Path) -> None:
     assert row["duplicates"] == 0
     assert row["hangs"] == 0
     assert row["jobs_by_type"]["TRAINING"] == 20 + row["retries_by_stage"]["train"]
+    retries = sum(row["retries_by_stage"].values())
+    assert sum(row["jobs_by_type"].values()) == row["stages_submitted"] + retries
     assert "| 7 | 3 (1/1/1) |" in done.stdout
