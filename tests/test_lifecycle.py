@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -298,3 +299,114 @@ def _train_request(spec: Lifecycle) -> TrainRequest:
 def test_every_state_a_stage_can_enter_has_a_log_event() -> None:
     """Each reachable state has its fixed dotted event name."""
     assert set(lifecycle._EVENTS) == {to for _, to in ALLOWED}
+
+
+# -- issue 13: what a failure keeps, which jobs are adopted, whose jobs are trusted ---------
+
+
+async def test_a_stage_failing_after_its_job_ran_keeps_its_attempt_job_and_log(
+    tmp_path: Path,
+) -> None:
+    """Issue 13 #7: the evaluation ran, its result never appears. The failed row keeps the
+    attempt, job and data; the log says submitted -> failed; the attempt row is closed; no
+    live count goes below zero."""
+    async with (
+        emulated(models=1, evaluated_lag_s=math.inf) as env,
+        Store.open(tmp_path / "f.db") as store,
+    ):
+        model = await _one_model(env, store)
+        ctx = replace(_context(env, store), result_wait=5.0)
+        ctx.progress.start([model], STAGE_ORDER)
+        outcome = await _run_model(ctx, model, STAGE_ORDER)
+        done = (await store.models("r1"))[0]
+        log = await store.transitions("r1", model.spec.id)
+        attempts = await store.attempts("r1")
+    evaluate = done.stages[Stage.EVALUATE]
+    assert outcome.value == "failed"
+    assert evaluate.state is S.FAILED
+    assert evaluate.error is not None
+    assert "did not appear" in evaluate.error
+    assert evaluate.attempt == 1
+    assert evaluate.job_id is not None
+    moves = [(t["from_state"], t["to_state"]) for t in log if t["stage"] == "evaluate"]
+    assert moves[-1] in {("submitted", "failed"), ("running", "failed")}
+    (attempt,) = [a for a in attempts if a["stage"] == "evaluate"]
+    assert (attempt["outcome"], attempt["job_id"]) == ("failed", evaluate.job_id)
+    assert all(n >= 0 for counts in ctx.progress.counts.values() for n in counts.values())
+
+
+class _LosesFirstTrain(_Through):
+    """The first train request is lost on its way: the server never applies it."""
+
+    async def train(self, model_id: str, request: TrainRequest) -> Job:
+        self.sends += 1
+        if self.sends == 1:
+            raise OutcomeUnknown("POST /train: no response", method="POST")
+        return await self._env.api.train(model_id, request)
+
+
+async def test_a_lost_submission_never_adopts_a_job_from_before_its_intent(
+    tmp_path: Path,
+) -> None:
+    """Issue 13 #4: last run's training (a minute old) is not this run's lost one: the
+    intent is stamped with the server's time, and only a later job can be its."""
+    async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
+        model = await _one_model(env, store, "r1")
+        ctx = _context(env, store, "r1")
+        assert (await _run_model(ctx, model, STAGE_ORDER[:1])).value == "succeeded"
+        first = (await store.models("r1"))[0].stages[Stage.TRAIN].job_id
+        await env.time.sleep(60.0)
+        model = await _one_model(env, store, "r2")
+        api = _LosesFirstTrain(env)
+        ctx = replace(_context(env, store, "r2"), api=api)
+        outcome = await _run_model(ctx, model, STAGE_ORDER[:1])
+        train = (await store.models("r2"))[0].stages[Stage.TRAIN]
+        stats = env.world.stats()
+    assert outcome.value == "succeeded"
+    assert api.sends == 2  # looked, found nothing of its own, sent again
+    assert train.job_id != first
+    assert stats["jobs_by_type"]["TRAINING"] == 2
+
+
+async def test_a_retried_failure_does_not_find_its_failed_job_again(tmp_path: Path) -> None:
+    """Issue 13 #4: `--retry-failed` right after a run: the new attempt's lost answer does
+    not adopt the job that failed before."""
+    async with (
+        emulated(models=1, job_error_rate=1.0) as env,
+        Store.open(tmp_path / "f.db") as store,
+    ):
+        model = await _one_model(env, store)
+        ctx = _context(env, store)
+        assert (await _run_model(ctx, model, STAGE_ORDER[:1])).value == "failed"
+        failed = (await store.models("r1"))[0].stages[Stage.TRAIN]
+        reopened = await lifecycle.transition(ctx, failed, S.RETRYING, detail="--retry-failed")
+        model = replace(model, stages={**model.stages, Stage.TRAIN: reopened})
+        api = _LosesFirstTrain(env)
+        await _run_model(replace(ctx, api=api), model, STAGE_ORDER[:1])
+        train = (await store.models("r1"))[0].stages[Stage.TRAIN]
+    assert api.sends == 2
+    assert train.job_id not in {None, failed.job_id}
+    assert failed.job_id in train.data["failed_jobs"]
+
+
+async def test_a_followed_job_of_another_model_is_refused(tmp_path: Path) -> None:
+    """Issue 13 #5: the train answer names no model; the job read by id is another model's:
+    the stage fails there, before anything is evaluated, deployed or retired."""
+
+    class AnswersWithAnother(_Through):
+        async def train(self, model_id: str, request: TrainRequest) -> Job:
+            others = [m.id for m in self._env.world.models() if m.id != model_id]
+            job = await self._env.api.train(others[0], request)
+            return replace(job, model_id=None)
+
+    async with emulated(models=2) as env, Store.open(tmp_path / "f.db") as store:
+        model = await _one_model(env, store)
+        ctx = replace(_context(env, store), api=AnswersWithAnother(env))
+        outcome = await _run_model(ctx, model, STAGE_ORDER)
+        error = (await store.models("r1"))[0].stages[Stage.TRAIN].error
+        stats = env.world.stats()
+    assert outcome.value == "failed"
+    assert error is not None
+    assert "of another model" in error
+    assert stats["jobs_by_type"]["EVALUATION"] == 0
+    assert stats["jobs_by_type"]["DEPLOYMENT"] == 0

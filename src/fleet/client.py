@@ -7,6 +7,7 @@ URLs are always built from ids; `_links` carry an internal host name and are nev
 
 from __future__ import annotations
 
+import email.utils
 import json
 import re
 import ssl
@@ -210,6 +211,7 @@ class ModelOps(Protocol):
     async def deployments_of_version(self, trained_model_id: str) -> list[Deployment]: ...
     async def versions(self, model_id: str) -> list[Version]: ...
     async def retire(self, trained_model_id: str, deployment_id: str) -> Job: ...
+    def server_time_floor(self) -> datetime | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,10 +285,20 @@ class ModelOpsClient:
         # models in flight before this).
         self._slots = anyio.CapacityLimiter(max_connections)
         self._events_by_finder = False
+        self._server_time: datetime | None = None
 
     @property
     def project_id(self) -> str:
         return self._project_id
+
+    def server_time_floor(self) -> datetime | None:
+        """A time the server's clock has certainly passed, in that clock: the latest `Date`
+        header it sent, or `createdAt` of a job it just created. None before any answer."""
+        return self._server_time
+
+    def _saw_server_time(self, at: datetime | None) -> None:
+        if at is not None and (self._server_time is None or at > self._server_time):
+            self._server_time = at
 
     async def __aenter__(self) -> Self:
         await self._http.__aenter__()
@@ -499,11 +511,14 @@ class ModelOpsClient:
     ) -> _T:
         """POST and parse; a success answer that cannot be read may still have been applied."""
         try:
-            return parse(_object(await self._send("POST", path, body=body), "POST", path))
+            parsed = parse(_object(await self._send("POST", path, body=body), "POST", path))
         except ProtocolError as exc:
             raise OutcomeUnknown(
                 f"POST {path}: answer unreadable ({exc})", method="POST", path=path
             ) from exc
+        if isinstance(parsed, Job):
+            self._saw_server_time(parsed.created_at)  # created just now, in server time
+        return parsed
 
     async def _send(
         self,
@@ -595,6 +610,7 @@ class ModelOpsClient:
             self.breaker.abandon()
             raise
         self._judge(response)
+        self._saw_server_time(_http_date(response.headers.get("Date")))
         return _read(response, method, path)
 
     async def _request(
@@ -739,6 +755,17 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return max(0.0, min(seconds, 300.0))
+
+
+def _http_date(value: str | None) -> datetime | None:
+    """An HTTP `Date` header as an aware datetime; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        at = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 class _Unreadable(Exception):

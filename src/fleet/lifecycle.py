@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -49,6 +50,7 @@ from fleet.production import Production
 from fleet.stages import (
     ALLOWED,
     DONE,
+    FINISHED,
     JOB_NOUNS,
     RECORDED_JOB_TYPES,
     RECORDED_OTHER_JOB_TYPES,
@@ -76,13 +78,16 @@ _EVENTS: dict[StageState, str] = {
     S.RETRYING: "fleet.stage.retrying",
 }
 # How far back before a recorded intent a job found on the server may have been created and
-# still be ours: covers clock skew between this host and the server.
-_RECONCILE_SKEW = timedelta(minutes=5)
+# still be ours, when the intent could not be stamped with the server's time (no answer of
+# the server carried it yet): covers any plausible clock skew between this host and it.
+_UNSTAMPED_SKEW = timedelta(minutes=5)
 # Jobs of the listing read to reconcile a lost submission when the server is not seen to sort
 # them newest first; past that, fleet cannot tell whether the job exists and sends nothing.
 _RECONCILE_SCAN = 5000
 # ...and it stops at the window's edge only after seeing this many jobs in that order.
 _ORDER_EVIDENCE = 20
+# Versions made since an intent whose jobs are read to find the one it started.
+_TRAINING_CANDIDATES = 3
 # Versions that `from_version = "latest"` may start from (not archived, not a failed training).
 _USABLE_VERSION = frozenset({"TRAINED", "IMPORTED", "EVALUATED", "APPROVED", "DEPLOYED"})
 # What is in production is read for all models at most this often (seconds of `clock`).
@@ -98,6 +103,8 @@ _UNKNOWN_OUTCOME_FAILURE = "the server did not answer the submission and has no 
 _FOUND_AFTER_RESTART = "found on the server after restart"
 _FOUND_AFTER_LOSS = "found on the server after a lost response"
 _FOUND_DONE = "already done on the server"
+# The stage data key of the server time an intent was stamped with.
+_SERVER_SINCE = "server_since"
 
 
 class ProgressSink(Protocol):
@@ -142,6 +149,9 @@ class Context:
     # Follows the run's remote jobs, and knows what is in production; set by `watching()`.
     jobs: JobWatch | None = None
     production: Production | None = None
+    # Every stage record as last written, so a failure is recorded on top of what the stage
+    # had already written (its attempt, job and data), never on the record it started from.
+    latest: dict[tuple[str, Stage], StageRecord] = field(default_factory=dict)
 
 
 @asynccontextmanager
@@ -200,6 +210,7 @@ async def transition(
     saved = await ctx.store.save_stage(
         replace(record, state=to, **changes), record.state, detail, metrics
     )
+    ctx.latest[(saved.model_id, saved.stage)] = saved
     ctx.progress.moved(record.stage, record.state, to)
     # Named explicitly (not only through contextvars) so the line stands alone wherever it goes.
     fields: dict[str, Any] = {
@@ -232,11 +243,13 @@ async def run_model(ctx: Context, model: ModelRecord, stages: tuple[Stage, ...])
                     try:
                         record = await _runner(ctx, records, stage)(ctx, model, records, record)
                     except _StageFailed as failed:
-                        record = await transition(ctx, record, S.FAILED, error=failed.reason)
+                        record = await _fail(ctx, record, failed.reason)
                     except _Paused:
                         return Outcome.RUNNING
                     except _Deferred:
                         return Outcome.PENDING
+                    finally:
+                        ctx.latest.pop((record.model_id, stage), None)
                 records[stage] = record
             if record.state is S.FAILED:
                 ctx.progress.model_finished(model, record)
@@ -246,6 +259,15 @@ async def run_model(ctx: Context, model: ModelRecord, stages: tuple[Stage, ...])
         return Outcome.REJECTED
     ctx.progress.model_finished(model, None)
     return Outcome.SUCCEEDED
+
+
+async def _fail(ctx: Context, started: StageRecord, reason: str) -> StageRecord:
+    """Record a stage's failure on the record as the stage last wrote it (with its attempt,
+    job id and data): the record it started from would undo all that."""
+    record = ctx.latest.pop((started.model_id, started.stage), started)
+    if record.state in FINISHED:
+        return record
+    return await transition(ctx, record, S.FAILED, error=reason)
 
 
 def _runner(ctx: Context, records: dict[Stage, StageRecord], stage: Stage) -> Runner:
@@ -505,6 +527,17 @@ async def _deploy(
                 return None  # not written yet
 
         deployment = await _result(ctx, created, f"the deployment of deployment job {job_id}")
+        if deployment.trained_model_id not in {
+            None,
+            trained_model_id,
+        } or deployment.model_id not in {
+            None,
+            model.spec.id,
+        }:
+            raise _StageFailed(
+                f"deployment job {job_id} made deployment {deployment.id} of another model or "
+                f"version ({deployment.model_id}, {deployment.trained_model_id})"
+            )
         data = dict(done.data)
         if spec.cron == "@once":
             data.update(await _scoring(ctx, deployment.id))
@@ -690,6 +723,7 @@ async def _intent(
     """What is recorded with the intent to submit: the jobs not to take for this one's, and
     what `before` finds before the first attempt."""
     data = dict(record.data)
+    data.pop(_SERVER_SINCE, None)
     if known_jobs:
         data["known_jobs"] = sorted(set(known_jobs))
     if before is not None and record.state is S.PENDING:
@@ -699,9 +733,18 @@ async def _intent(
 
 async def _open_attempt(ctx: Context, record: StageRecord, **changes: Any) -> StageRecord:
     """Record the intent to submit a new attempt: committed before its request goes out.
-    Not while draining, and no new training past the run's deadline."""
+    Not while draining, and no new training past the run's deadline.
+
+    The intent is stamped with the latest server time fleet has seen (a `Date` header, a
+    job's `createdAt`): a time the server's clock had passed before the intent, in the
+    server's own clock. A job found on the server later is this attempt's only if it was
+    created after it, whatever the skew between the two clocks."""
     _stop_if_draining(ctx)
     _defer_training_past_deadline(ctx, record)
+    floor = ctx.api.server_time_floor()
+    if floor is not None:
+        data = dict(changes.pop("data", record.data))
+        changes["data"] = {**data, _SERVER_SINCE: floor.isoformat()}
     return await transition(
         ctx,
         record,
@@ -769,9 +812,20 @@ def _unknown_outcome(lost: OutcomeUnknown | None) -> str:
 
 
 def _check_owner(
-    record: StageRecord, job: Job, model_id: str, trained_model_id: str | None
+    record: StageRecord,
+    job: Job,
+    model_id: str,
+    trained_model_id: str | None,
+    *,
+    job_id: str | None = None,
 ) -> None:
-    """A job the server answered with must be of the model (and version) it was asked for."""
+    """A job the server answered with must be the one asked about (`job_id`), of the model
+    (and version) it was asked for: another model's job would be followed, deployed and
+    retired as this model's."""
+    if job_id is not None and job.id != job_id:
+        raise _StageFailed(
+            f"the server answered a read of {record.stage} job {job_id} with job {job.id}"
+        )
     if job.model_id is not None and job.model_id != model_id:
         raise _StageFailed(
             f"the server answered the {record.stage} request with job {job.id} of another "
@@ -822,6 +876,7 @@ async def _follow(ctx: Context, record: StageRecord, created_at: datetime | None
     if done is None:
         # Draining: the job goes on without us; the next start follows it again.
         raise _Paused
+    _check_owner(record, done.job, record.model_id, record.trained_model_id, job_id=job_id)
     if done.timed_out:
         noun = JOB_NOUNS[record.stage]
         still = done.job.status or "without a status"
@@ -836,17 +891,18 @@ async def _ended_badly(ctx: Context, record: StageRecord, job: Job) -> StageReco
     """Close an attempt whose job ended in ERROR or CANCELLED: retry while tries are left."""
     error = f"{JOB_NOUNS[record.stage]} job {job.id} ended {job.status}"
     tries = ctx.max_attempts.get(record.stage, 1)
+    # Never taken for a later attempt's job (`--retry-failed` included).
+    data = {**record.data, "failed_jobs": [*record.data.get("failed_jobs", []), job.id]}
     if job.status == "ERROR" and record.attempt < tries:
-        failed_jobs = [*record.data.get("failed_jobs", []), job.id]
         return await transition(
             ctx,
             record,
             S.RETRYING,
             error=error,
-            data={**record.data, "failed_jobs": failed_jobs},
+            data=data,
             detail=f"attempt {record.attempt} of {tries} failed",
         )
-    return await transition(ctx, record, S.FAILED, error=error)
+    return await transition(ctx, record, S.FAILED, error=error, data=data)
 
 
 async def _result(ctx: Context, read: Callable[[], Awaitable[_R | None]], what: str) -> _R:
@@ -882,7 +938,7 @@ async def _find_submitted(
     the version it created (a version's `jobId` is the job that made it), the other stages by
     model, version and creation window in the jobs listing.
     """
-    since = (record.submitted_at or ctx.now()) - _RECONCILE_SKEW
+    since = _since(record, ctx.now())
     known = set(record.data.get("failed_jobs", [])) | set(record.data.get("known_jobs", []))
     if record.stage is Stage.TRAIN:
         return await _find_training(ctx, model, since, known)
@@ -892,26 +948,48 @@ async def _find_submitted(
     )
 
 
+def _since(record: StageRecord, now: datetime) -> datetime:
+    """The earliest server time at which this attempt's job can have been created: the
+    server time its intent was stamped with; for an intent without one, its local time less
+    an allowance for clock skew."""
+    stamp = record.data.get(_SERVER_SINCE)
+    if isinstance(stamp, str):
+        try:
+            return datetime.fromisoformat(stamp)
+        except ValueError:
+            pass
+    return (record.submitted_at or now) - _UNSTAMPED_SKEW
+
+
 async def _find_training(
     ctx: Context, model: ModelRecord, since: datetime, earlier: set[str]
 ) -> Job | None:
+    """The training this intent started: the newest version made since it, by a job of this
+    model created since it (a version is written when its training ends, so its own date
+    says little about when the job was sent)."""
     versions = await _call(ctx, lambda: ctx.api.versions(model.spec.id))
-    made = [
-        v
-        for v in versions
-        if v.job_id is not None
-        and v.job_id not in earlier
-        and v.created_at is not None
-        and v.created_at >= since
-    ]
-    if not made:
-        return None
-    job_id = max(made, key=lambda v: v.created_at or _EPOCH).job_id
-    assert job_id is not None
-    job = await _call(ctx, lambda: ctx.api.get_job(job_id))
-    if job.model_id not in {None, model.spec.id}:
-        return None
-    return job
+    made = sorted(
+        (
+            v
+            for v in versions
+            if v.job_id is not None
+            and v.job_id not in earlier
+            and v.created_at is not None
+            and v.created_at >= since
+        ),
+        key=lambda v: v.created_at or _EPOCH,
+        reverse=True,
+    )
+    for version in made[:_TRAINING_CANDIDATES]:
+        job = await _call(ctx, partial(ctx.api.get_job, str(version.job_id)))
+        if (
+            job.id == version.job_id
+            and job.model_id in {None, model.spec.id}
+            and job.created_at is not None
+            and job.created_at >= since
+        ):
+            return job
+    return None
 
 
 async def _find_in_listing(

@@ -79,6 +79,8 @@ ALLOWED: frozenset[tuple[StageState, StageState]] = frozenset(
         (S.SUBMITTING, S.RETRYING),
         (S.FAILED, S.RETRYING),
         (S.RETRYING, S.SUBMITTING),
+        # A reopened stage that fails before its new attempt is sent (what it reads first).
+        (S.RETRYING, S.FAILED),
         # A stage before --from-stage whose adoption failed, reopened by --retry-failed.
         (S.RETRYING, S.SKIPPED),
     }
