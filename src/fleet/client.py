@@ -364,12 +364,18 @@ class ModelOpsClient:
         """
         params = {"sort": "updatedAt,desc", "projection": "expandJob"}
         jobs: list[Job] = []
+        seen: set[str] = set()
         last: datetime | None = None
         pages = self._pages("/api/jobs", "jobs", params, size=page_size, retry=False)
         async for item in pages:
             job = _parse_job(item)
             if job.updated_at is None:
                 raise ProtocolError(f"/api/jobs: a job has no updatedAt: {_excerpt(item)}")
+            if job.id in seen:
+                # Jobs that changed while the pages were read moved to the front, pushing
+                # the rest down: the next page starts with ones already read. Not disorder.
+                continue
+            seen.add(job.id)
             if last is not None and job.updated_at > last:
                 raise ProtocolError("/api/jobs: the server did not sort the jobs by updatedAt")
             last = job.updated_at
