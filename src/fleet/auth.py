@@ -6,7 +6,8 @@
 - `ClientCredentials`: OAuth2 client credentials (HTTP Basic to the token URL); the access token
   is fetched again before it expires, and after a 401.
 
-Every secret a source holds or fetches is registered with the log redactor at once.
+Every secret a source holds or fetches is registered with `fleet.secrets.redactor` at once, so
+it is taken out of whatever is logged, stored or reported.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import anyio
 import httpx
 
 from fleet.errors import AuthError, ConfigError, TransientApiError
-from fleet.logging import redactor
+from fleet.secrets import redactor
 
 # Fetch a new access token this long before the old one expires (at most 10% of its life).
 _EARLY_S = 60.0

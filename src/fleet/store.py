@@ -2,7 +2,13 @@
 
 Every lifecycle step is one logical write (the stage row and its transition log entry, plus
 any metrics) that becomes durable before the step's caller goes on. Writes from many models
-that arrive together share one transaction: a commit costs ~125 µs, a row ~2 µs.
+that arrive together share one transaction: a commit costs ~125 µs, a row ~2 µs. Every text
+written goes through `fleet.secrets.redactor` first: no secret reaches the file or its WAL.
+
+The file is watched while it is driven (`guard.py`): each commit counts itself in the file and
+in a sidecar `<db>-commits`, and is followed by a look at the path; a state file deleted,
+replaced or truncated under a running fleet stops the run before anything more is submitted,
+and a file found behind its sidecar at start (empty, or its WAL lost after a kill) is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from fleet.config import Lifecycle, ModelSpec
 from fleet.errors import FleetError, RunNotFound, StoreError, ungrouped
+from fleet.guard import Guard, Seal, private_copy, repair_modes
+from fleet.secrets import redactor
 from fleet.stages import STAGE_ORDER, Stage, StageState
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -114,7 +122,18 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE run_models ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
     """,
+    # How many commits this file has had, and which file it is (see guard.py).
+    """
+    CREATE TABLE seal (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        file_id TEXT NOT NULL,
+        commits INTEGER NOT NULL
+    );
+    INSERT INTO seal (id, file_id, commits) VALUES (1, lower(hex(randomblob(16))), 0);
+    """,
 )
+_SEALED_SINCE = 5  # the schema version that added the seal
+_COUNT_COMMIT = "UPDATE seal SET commits = commits + 1 WHERE id = 1 RETURNING commits"
 
 _INSERT_RUN = (
     "INSERT INTO runs (id, created_at, updated_at, status, stages, settings, from_stage)"
@@ -246,7 +265,12 @@ class Store:
         send, receive = anyio.create_memory_object_stream[_Write](max_buffer_size=math.inf)
         self._send: MemoryObjectSendStream[_Write] = send
         self._receive: MemoryObjectReceiveStream[_Write] = receive
-        self.commits = 0
+        self.commits = 0  # by this process
+        self._sequence = 0  # the file's own count (its seal), when driven
+        # Watches the file while it is driven (None when read-only).
+        self._guard: Guard | None = None
+        # Set when the file was deleted, replaced or truncated: every later write fails with it.
+        self._broken: StoreError | None = None
 
     @classmethod
     @asynccontextmanager
@@ -255,34 +279,67 @@ class Store:
     ) -> AsyncIterator[Self]:
         """The state file; `readonly` (for `fleet plan`, `status`, `report`) neither creates,
         migrates nor changes it, nor leaves files beside it."""
+        if readonly:
+            async with _read_only(Path(path)) as conn:
+                store = cls(conn, now, str(path))
+                try:
+                    await store._check_schema(path)
+                    async with store._serving():
+                        yield store
+                finally:
+                    store._closed()
+            return
+        seal = Seal(Path(path))
+        seal.check_present()
+        repair_modes(Path(path))
         try:
-            if readonly:
-                resolved = await anyio.Path(path).resolve()
-                # A WAL file that no process has open has no -wal beside it and all its data
-                # in itself: read it as immutable, or SQLite would create -wal and -shm files
-                # that a read-only connection cannot remove. A live one is read through them.
-                live = await anyio.Path(f"{resolved}-wal").exists()
-                uri = f"{resolved.as_uri()}?mode=ro{'' if live else '&immutable=1'}"
-                conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
-            else:
-                _create_private(Path(path))
-                conn = await aiosqlite.connect(str(path), isolation_level=None)
+            _create_private(Path(path))
+            conn = await aiosqlite.connect(str(path), isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open state file {path}: {exc}") from exc
         store = cls(conn, now, str(path))
         try:
-            await (store._check_schema(path) if readonly else store._prepare(path))
+            await store._prepare(path, seal)
+            store._guard = await store._sealed(seal)
+            async with store._serving():
+                yield store
+        finally:
+            store._closed()
+            await conn.close()
+
+    @asynccontextmanager
+    async def _serving(self) -> AsyncIterator[None]:
+        """The writer task around the caller's use of the store."""
+        try:
             with ungrouped():
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(store._writer)
+                    tg.start_soon(self._writer)
                     try:
-                        yield store
+                        yield
                     finally:
-                        store._send.close()
+                        self._send.close()
         finally:
-            store._send.close()
-            store._receive.close()
-            await conn.close()
+            self._closed()
+
+    def _closed(self) -> None:
+        self._send.close()
+        self._receive.close()
+        if self._guard is not None:
+            self._guard.close()
+
+    async def _sealed(self, seal: Seal) -> Guard:
+        """Compare the file with its sidecar (refusing a file behind it), then watch it."""
+        try:
+            async with self._conn.execute("SELECT file_id, commits FROM seal WHERE id = 1") as cur:
+                row = await cur.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot use state file {self._path}: {exc}") from exc
+        if row is None:
+            raise StoreError(f"state file {self._path} lacks its seal row; it was edited by hand")
+        file_id, commits = str(row[0]), int(row[1])
+        seal.check_against(file_id, commits)
+        self._sequence = commits
+        return Guard(Path(self._path), seal, file_id)
 
     async def _check_schema(self, path: Path | str) -> None:
         try:
@@ -295,12 +352,15 @@ class Store:
                 f"state file {path} is from another fleet version; run `fleet run` to upgrade it"
             )
 
-    async def _prepare(self, path: Path | str) -> None:
+    async def _prepare(self, path: Path | str, seal: Seal) -> None:
         try:
             await self._conn.execute("PRAGMA journal_mode=WAL")
             await self._conn.execute("PRAGMA synchronous=NORMAL")
             await self._conn.execute("PRAGMA foreign_keys=ON")
             await self._conn.execute("PRAGMA busy_timeout=5000")
+            # Checkpoints are taken by the writer, each after the file was found intact: an
+            # automatic one could write pages back into a file truncated under fleet, hiding it.
+            await self._conn.execute("PRAGMA wal_autocheckpoint=0")
             async with self._conn.execute("PRAGMA user_version") as cursor:
                 row = await cursor.fetchone()
             version = int(row[0]) if row else 0
@@ -308,10 +368,14 @@ class Store:
                 raise StoreError(
                     f"state file {path} is from a newer fleet (schema {version}); upgrade fleet"
                 )
+            seal.check_initialised(version >= _SEALED_SINCE)
             for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
                 await self._conn.executescript(
                     f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;"
                 )
+            if version < len(_MIGRATIONS):
+                # The schema in the file itself, not only in its WAL.
+                await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot use state file {path}: {exc}") from exc
 
@@ -350,6 +414,8 @@ class Store:
 
     async def _commit(self, batch: list[_Write]) -> None:
         try:
+            if self._broken is not None:
+                raise self._broken
             await self._conn.execute("BEGIN IMMEDIATE")
             if batch[0].step is not None:
                 batch[0].result = await batch[0].step(self._conn)
@@ -359,14 +425,47 @@ class Store:
                     grouped.setdefault(sql, []).append(params)
             for sql, rows in grouped.items():
                 await self._conn.executemany(sql, rows)
+            async with self._conn.execute(_COUNT_COMMIT) as cursor:
+                counted = await cursor.fetchone()
             await self._conn.commit()
             self.commits += 1
+            self._sequence = int(counted[0]) if counted else self._sequence + 1
+            await self._watch()
         except (sqlite3.Error, FleetError) as exc:
             await _rollback(self._conn)
             for write in batch:
                 write.error = exc
         for write in batch:
             write.done.set()
+
+    async def _watch(self) -> None:
+        """After a commit: the path still names this file, whole, or the run stops here.
+
+        The commit just made (an intent, say) fails for its caller, so nothing is submitted
+        on the strength of a write that went to a file nobody will read again.
+        """
+        if self._guard is None:
+            return
+        problem = self._guard.after_commit(self._sequence)
+        if problem is None:
+            if self._guard.checkpoint_due():
+                await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._guard.checkpointed()
+            return
+        if problem.rescue_path is not None:
+            saved = await self._rescue(problem.rescue_path)
+            problem = problem.rescued(Path(self._path), saved=saved)
+        self._broken = StoreError(problem.message)
+        raise self._broken
+
+    async def _rescue(self, target: Path) -> bool:
+        """Copy the state as committed, from the file fleet still holds open, to `target`."""
+        try:
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            await self._conn.execute("VACUUM INTO ?", (str(target),))
+        except (sqlite3.Error, OSError):
+            return False
+        return True
 
     async def create_run(
         self,
@@ -381,7 +480,7 @@ class Store:
         statements: list[tuple[str, Sequence[Any]]] = [
             (
                 _INSERT_RUN,
-                (run_id, now, now, ",".join(stages), settings, from_stage),
+                (run_id, now, now, ",".join(stages), redactor.scrub(settings), from_stage),
             )
         ]
         for position, spec in enumerate(specs):
@@ -411,6 +510,7 @@ class Store:
         self, run_id: str, status: str, *, finished: bool, reason: str | None = None
     ) -> None:
         now = self._iso()
+        reason = redactor.scrub_optional(reason)
         await self._write([(_UPDATE_RUN, (status, now, now if finished else None, reason, run_id))])
 
     async def save_stage(
@@ -420,9 +520,17 @@ class Store:
         detail: str | None = None,
         metrics: Mapping[str, str] | None = None,
     ) -> StageRecord:
-        """Write a stage's new state with its transition log entry (and metrics) in one step."""
+        """Write a stage's new state with its transition log entry (and metrics) in one step.
+
+        The record written, and returned, has every secret taken out of its text."""
         now = self._now()
-        record = replace(record, updated_at=now)
+        record = replace(
+            record,
+            updated_at=now,
+            error=redactor.scrub_optional(record.error),
+            data=_scrubbed(record.data),
+        )
+        detail = redactor.scrub_optional(detail)
         at = now.isoformat(timespec="milliseconds")
         statements: list[tuple[str, Sequence[Any]]] = [
             (
@@ -552,7 +660,7 @@ class Store:
         rows = await self._fetch(
             "SELECT * FROM attempts WHERE run_id = ? ORDER BY model_id, stage, attempt", (run_id,)
         )
-        return [dict(row) for row in rows]
+        return [_without_secrets(row) for row in rows]
 
     async def run(self, run_id: str) -> RunRecord:
         rows = await self._fetch("SELECT * FROM runs WHERE id = ?", (run_id,))
@@ -605,7 +713,7 @@ class Store:
             " WHERE run_id = ? AND model_id = ? ORDER BY id",
             (run_id, model_id),
         )
-        return [dict(row) for row in rows]
+        return [_without_secrets(row) for row in rows]
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:
@@ -617,6 +725,46 @@ class Store:
 
     def _iso(self) -> str:
         return self._now().isoformat(timespec="milliseconds")
+
+
+@asynccontextmanager
+async def _read_only(path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    """A connection that reads the state file and neither creates nor changes a file beside it.
+
+    A file no process has open has no -wal beside it and all its data in itself: it is read as
+    immutable. One with a -wal and its -shm is read through them (a live fleet may be writing).
+    One with a -wal but no -shm (a fleet killed, the -shm removed or never copied) would need
+    SQLite to create a -shm: it is copied, with its WAL, to a private temporary directory and
+    the copy is read instead.
+    """
+    try:
+        resolved = await anyio.Path(path).resolve()
+        wal = await anyio.Path(f"{resolved}-wal").exists()
+        shm = await anyio.Path(f"{resolved}-shm").exists()
+    except OSError as exc:
+        raise StoreError(f"cannot open state file {path}: {exc.strerror or exc}") from exc
+    if wal and not shm:
+        with private_copy(Path(resolved)) as copy:
+            conn = await _connect(str(copy), path)
+            try:
+                yield conn
+            finally:
+                await conn.close()
+        return
+    conn = await _connect(f"{resolved.as_uri()}?mode=ro{'' if wal else '&immutable=1'}", path)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def _connect(database: str, path: Path) -> aiosqlite.Connection:
+    try:
+        return await aiosqlite.connect(
+            database, uri=database.startswith("file:"), isolation_level=None
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open state file {path}: {exc}") from exc
 
 
 def _create_private(path: Path) -> None:
@@ -636,6 +784,20 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
         await conn.rollback()
     except sqlite3.Error:
         return
+
+
+def _without_secrets(row: sqlite3.Row) -> dict[str, Any]:
+    """A row read back, its texts scrubbed (a file written before redaction may hold secrets)."""
+    return {
+        key: redactor.scrub(value) if isinstance(value, str) else value
+        for key, value in dict(row).items()
+    }
+
+
+def _scrubbed(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`data` without secrets; the same object when there were none (the common case)."""
+    text = json.dumps(dict(data), sort_keys=True)
+    return data if redactor.scrub(text) == text else redactor.scrub_value(data)
 
 
 def _stage_key(item: tuple[Stage, StageRecord]) -> int:
@@ -685,7 +847,7 @@ def _run(row: sqlite3.Row) -> RunRecord:
         finished_at=_dt(row["finished_at"]),
         status=row["status"],
         stages=tuple(Stage(s) for s in row["stages"].split(",") if s),
-        reason=row["reason"],
+        reason=redactor.scrub_optional(row["reason"]),
         from_stage=Stage(row["from_stage"]) if row["from_stage"] else None,
     )
 
@@ -700,7 +862,7 @@ def _stage(row: sqlite3.Row) -> StageRecord:
         job_id=row["job_id"],
         trained_model_id=row["trained_model_id"],
         deployment_id=row["deployment_id"],
-        error=row["error"],
+        error=redactor.scrub_optional(row["error"]),  # a file written before redaction
         data=json.loads(row["data"]),
         submitted_at=_dt(row["submitted_at"]),
         finished_at=_dt(row["finished_at"]),
