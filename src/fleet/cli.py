@@ -762,7 +762,7 @@ def _state_files(given: Sequence[str] | None) -> list[Path]:
         matches = [
             Path(m)
             for m in sorted(glob.glob(pattern))  # noqa: PTH207
-            if not m.endswith(("-wal", "-shm", "-journal"))  # SQLite's files beside a state file
+            if not m.endswith(("-wal", "-shm", "-journal", "-commits"))  # files beside a state file
         ]
         if not matches:
             raise ConfigError(f"--db: no file matches {pattern}; pass the state files of a run")

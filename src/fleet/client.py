@@ -37,6 +37,7 @@ from fleet.errors import (
     ServerUnavailable,
     TransientApiError,
 )
+from fleet.secrets import redactor
 from fleet.throttle import Breaker, Throttle
 
 TERMINAL_JOB_STATUSES = frozenset({"COMPLETED", "ERROR", "CANCELLED"})
@@ -791,7 +792,8 @@ def _text(response: httpx.Response) -> str:
     return response.content[:4096].decode("utf-8", errors="replace")
 
 
-# A server or proxy that repeats the request's credentials back must not put them in an error.
+# A server or proxy that repeats the request's credentials back must not put them in an error:
+# the known secrets (`invalid api key <token>`) and anything after "Bearer".
 _ECHOED_TOKEN = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
 
 
@@ -804,7 +806,7 @@ def _server_message(response: httpx.Response) -> str:
         message = (
             str(data.get("message") or data.get("error") or "") if isinstance(data, dict) else ""
         )
-    return _ECHOED_TOKEN.sub(r"\1[redacted]", message[:500])
+    return redactor.scrub(_ECHOED_TOKEN.sub(r"\1[redacted]", message[:500]))
 
 
 def _untrusted_certificate(exc: BaseException) -> bool:
