@@ -41,7 +41,7 @@ from typing import TypeVar
 from urllib.error import HTTPError
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from prometheus_client import CollectorRegistry, push_to_gateway, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest, push_to_gateway
 from prometheus_client.exposition import basic_auth_handler, default_handler
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -54,6 +54,7 @@ from prometheus_client.registry import Collector
 from fleet.client import ModelOpsClient
 from fleet.errors import ApiError, ConfigError
 from fleet.scheduler import Progress, RunResult, model_outcome
+from fleet.secrets import redactor
 from fleet.stages import Outcome, Stage, StageState
 from fleet.store import Store
 
@@ -133,17 +134,28 @@ def registry_of(by_project: Mapping[str, RunFigures]) -> CollectorRegistry:
 def write_textfile(figures: RunFigures, path: Path, *, project: str) -> None:
     """Write the run's metrics to `path` for node-exporter's textfile collector, atomically.
 
-    The text goes to a temporary file beside `path` (named `<path>.<pid>.<thread>`, which the
+    The text goes to a temporary file beside `path` (named `<path>.<pid>.tmp`, which the
     collector ignores as it reads only `*.prom`) and is renamed over it, so a scrape sees the
-    previous run's file or this one's, never half of one. Raises `ConfigError` when it cannot.
+    previous run's file or this one's, never half of one. The file is 0600, like every file
+    fleet writes (node-exporter reads it as its owner, or through a group the operator grants
+    with `chmod` after the run). Raises `ConfigError` when it cannot.
     """
     write_registry(registry_for(figures, project=project), path)
 
 
 def write_registry(registry: CollectorRegistry, path: Path) -> None:
     """`write_textfile` of any registry (`registry_of` several projects' figures)."""
+    text = redactor.scrub(generate_latest(registry).decode("utf-8")).encode("utf-8")
+    temporary = f"{os.fspath(path)}.{os.getpid()}.tmp"
     try:
-        write_to_textfile(os.fspath(path), registry)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(text)
+            Path(temporary).replace(path)
+        except OSError:
+            Path(temporary).unlink(missing_ok=True)
+            raise
     except OSError as exc:
         raise ConfigError(
             f"cannot write the metrics file {path}: {_one_line(exc.strerror or str(exc))}"
@@ -162,6 +174,7 @@ def push(
     `gateway` is not a URL.
     """
     registry = registry_for(figures, project=project)
+    redactor.add_url(gateway)  # a gateway's error page could repeat the password
     url, where, credentials = _gateway_address(gateway)
     handler = default_handler
     if credentials is not None:
@@ -183,7 +196,7 @@ def push(
             exc.close()
         raise ApiError(
             f"the Pushgateway at {where} refused the metrics: {exc.code} {exc.reason}"
-            + (f": {detail}" if detail else ""),
+            + (f": {redactor.scrub(detail)}" if detail else ""),
             method="PUT",
             status=exc.code,
         ) from exc

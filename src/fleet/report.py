@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from fleet.config import DEFAULT_PROJECT
 from fleet.scheduler import model_outcome
+from fleet.secrets import redactor
 from fleet.stages import DONE, Outcome, Stage, StageState
 from fleet.statefiles import RunState, Source, StateFiles
 from fleet.store import ModelRecord, Store
@@ -445,7 +446,12 @@ def _datetime(value: str | None) -> datetime | None:
 
 
 def render(report: RunReport, fmt: Format) -> str:
-    """The report as text in one of `FORMATS`."""
+    """The report as text in one of `FORMATS`, without a secret in it (the store takes them
+    out as it writes; a file written before it did may still hold the patterns)."""
+    return redactor.scrub(_rendered(report, fmt))
+
+
+def _rendered(report: RunReport, fmt: Format) -> str:
     if fmt == "md":
         return _markdown(report)
     if fmt == "json":

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from fleet.report import scoring
 from fleet.scheduler import ProgressSnapshot, model_outcome
+from fleet.secrets import redactor
 from fleet.stages import Outcome, Stage, StageState
 from fleet.statefiles import StateFiles
 
@@ -54,7 +55,7 @@ def progress_table(snap: ProgressSnapshot) -> Table:
         )
     for failure in snap.recent_failures:
         table.caption = (table.caption or "") + (
-            f"\nfailed: {failure.name} at {failure.stage}: {failure.reason[:120]}"
+            f"\nfailed: {failure.name} at {failure.stage}: {redactor.scrub(failure.reason)[:120]}"
         )
     return table
 
@@ -102,7 +103,7 @@ async def status_document(dbs: Sequence[Path], run_id: str | None) -> dict[str, 
                 "db": state.origin[model.spec.id],
             }
         )
-    return {
+    document: dict[str, Any] = {
         "run_id": record.id,
         "status": record.status,
         "reason": record.reason,
@@ -115,6 +116,9 @@ async def status_document(dbs: Sequence[Path], run_id: str | None) -> dict[str, 
         "projects": projects,
         "models": rows,
     }
+    # Texts from the store are scrubbed as written; a file from before that may hold patterns.
+    scrubbed: dict[str, Any] = redactor.scrub_value(document)
+    return scrubbed
 
 
 def judgements(stages: Any) -> dict[str, Any]:
