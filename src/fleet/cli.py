@@ -969,7 +969,10 @@ def _configure_logging(settings: Settings, *, explicit: bool) -> None:
     fleet_logging.configure(level=level)
     for project in settings.every_project().values():
         fleet_logging.redactor.add(*project.api.secrets())
+        fleet_logging.redactor.add_url(project.api.url)
+        fleet_logging.redactor.add_url(project.api.token_url)
     fleet_logging.redactor.add(*settings.api.secrets())
+    fleet_logging.redactor.add_url(settings.pushgateway)  # its password
 
 
 def _summary_stream() -> TextIO:
