@@ -7,6 +7,7 @@ leaves on disk (every commit is in the file or its WAL, nothing is checkpointed 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sqlite3
 import stat
@@ -17,11 +18,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from fleet import guard
+from fleet import guard, scheduler
 from fleet.config import Lifecycle, ModelSpec
 from fleet.errors import StoreError
 from fleet.stages import STAGE_ORDER, Stage, StageState
 from fleet.store import StageRecord, Store
+from support import emulated, settings_for, tonight
 
 MODEL_IDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 11)]
 
@@ -244,3 +246,32 @@ def test_the_sidecar_is_private_and_tracks_the_file(tmp_path: Path) -> None:
     file_id, commits = conn.execute("SELECT file_id, commits FROM seal").fetchone()
     conn.close()
     assert sidecar.read_text() == f"fleet-commits 1 {file_id} {commits:020d}\n"
+
+
+async def test_a_night_whose_file_is_deleted_submits_nothing_more(tmp_path: Path) -> None:
+    """Deleted mid-night: the run stops with StoreError; only jobs already in flight land."""
+    db = tmp_path / "fleet.db"
+    async with emulated(models=12) as env:
+        settings = settings_for(env, db, concurrency=2)
+        at_deletion: list[int] = []
+
+        async def sleep(seconds: float) -> None:
+            if not at_deletion and len(tonight(env.world)) >= 4:
+                db.unlink()
+                at_deletion.append(len(tonight(env.world)))
+            await env.time.sleep(seconds)
+
+        with pytest.raises(StoreError, match=r"fleet\.db was deleted while fleet ran"):
+            async with Store.open(db) as store:
+                await scheduler.run(
+                    settings,
+                    env.api,
+                    store,
+                    run_id="night",
+                    sleep=sleep,
+                    clock=env.time.monotonic,
+                    rng=random.Random(7),
+                )
+        assert at_deletion
+        # At most the two models in flight had an intent committed before the look.
+        assert len(tonight(env.world)) <= at_deletion[0] + 2
