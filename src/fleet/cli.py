@@ -15,62 +15,70 @@ import dataclasses
 import functools
 import glob
 import json
+import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import anyio
-import structlog
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
+# Ctrl-C while these load (most of fleet's first half second, before any signal handler of
+# its own) ends like any other interrupt: one line and 130, not a traceback.
+try:
+    import anyio
+    import structlog
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
 
-from fleet import __version__, sim
-from fleet import logging as fleet_logging
-from fleet.client import ModelOps, ModelOpsClient, RetryPolicy
-from fleet.config import (
-    DEFAULT_PROJECT,
-    ModelEntry,
-    ModelSpec,
-    Settings,
-    api_section,
-    env_name,
-    flag_specs,
-    load_settings,
-)
-from fleet.errors import ConfigError, FleetError, RunNotFound, StoreError, ungrouped
-from fleet.metrics import figures_of, push, registry_of, write_registry
-from fleet.report import RunReport, build_report, render
-from fleet.scheduler import (
-    FINISHED_RUN_STATUSES,
-    RUN_HALTED,
-    LeaseLost,
-    Progress,
-    RunResult,
-    model_outcome,
-    run,
-)
-from fleet.selection import (
-    PlanRow,
-    discovered,
-    plan_new,
-    plan_resume,
-    select,
-    totals,
-    totals_by_project,
-)
-from fleet.sim.world import RATE_FIELDS
-from fleet.stages import Outcome, StageState
-from fleet.statefiles import StateFiles
-from fleet.store import LeaseHeld, Store
-from fleet.throttle import Breaker, Throttle
-from fleet.views import progress_table, status_document, status_view
+    from fleet import __version__, sim
+    from fleet import logging as fleet_logging
+    from fleet.client import ModelOps, ModelOpsClient, RetryPolicy
+    from fleet.config import (
+        DEFAULT_PROJECT,
+        ModelEntry,
+        ModelSpec,
+        Settings,
+        api_section,
+        check_run_id,
+        env_name,
+        flag_specs,
+        load_settings,
+    )
+    from fleet.errors import ConfigError, FleetError, RunNotFound, StoreError, ungrouped
+    from fleet.metrics import figures_of, push, registry_of, write_registry
+    from fleet.report import RunReport, build_report, render
+    from fleet.scheduler import (
+        FINISHED_RUN_STATUSES,
+        RUN_HALTED,
+        LeaseLost,
+        Progress,
+        RunResult,
+        model_outcome,
+        run,
+    )
+    from fleet.selection import (
+        PlanRow,
+        discovered,
+        plan_new,
+        plan_resume,
+        select,
+        totals,
+        totals_by_project,
+    )
+    from fleet.sim.world import RATE_FIELDS
+    from fleet.stages import Outcome, StageState
+    from fleet.statefiles import StateFiles
+    from fleet.store import LeaseHeld, Store
+    from fleet.throttle import Breaker, Throttle
+    from fleet.views import progress_table, status_document, status_view
+except KeyboardInterrupt:
+    sys.stderr.write("fleet: interrupted\n")
+    raise SystemExit(130) from None
 
 EXIT_OK = 0
 EXIT_MODELS_FAILED = 1
@@ -116,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_SIGINT
+    except BaseExceptionGroup as group:  # Ctrl-C inside a task group: as above
+        if group.split(KeyboardInterrupt)[1] is not None:
+            raise
+        _error("interrupted")
+        return EXIT_SIGINT
     except FleetError as exc:
         _, exit_code, prefix = next(row for row in _EXITS if isinstance(exc, row[0]))
         _error(f"{prefix}{exc}")
@@ -152,13 +165,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     run_p.add_argument("--config", type=Path, help="fleet.toml to read (default ./fleet.toml)")
     which = run_p.add_mutually_exclusive_group()
-    which.add_argument("--run-id", help="name of the run; the same id resumes it")
+    which.add_argument(
+        "--run-id", type=_run_id("--run-id"), help="name of the run; the same id resumes it"
+    )
     which.add_argument(
         "--resume", action="store_true", help="resume the most recent unfinished run"
     )
     which.add_argument(
         "--retry-failed",
         metavar="RUN_ID",
+        type=_run_id("--retry-failed"),
         help="re-run a run's failed models from their failed stage",
     )
     _add_selection_flags(run_p)
@@ -168,7 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_plan_parser(commands)
 
     status_p = commands.add_parser("status", help="where each model of a run is")
-    status_p.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
+    status_p.add_argument(
+        "run_id", nargs="?", type=_named_run, help="run id (default: the latest run)"
+    )
     _add_db_flag(status_p)
     status_p.add_argument("--json", action="store_true", help="print JSON")
     status_p.set_defaults(command=_cmd_status)
@@ -199,10 +217,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_sim_flags(demo_p, time_scale=_DEMO_TIME_SCALE)
     demo_p.add_argument("--db", type=Path, default=Path("fleet-demo.db"), help="state file")
-    demo_p.add_argument("--run-id", help="name of the run; the same id resumes it")
+    demo_p.add_argument(
+        "--run-id", type=_run_id("--run-id"), help="name of the run; the same id resumes it"
+    )
     _add_setting_flags(demo_p, skip=("api.", "db", "shard"))
     demo_p.set_defaults(command=_cmd_demo)
     return parser
+
+
+def _run_id(flag: str) -> Callable[[str], str]:
+    """The check of a run id given with `flag`: an empty or odd one is refused, never taken
+    for "no id" (which starts a new run)."""
+    return functools.partial(check_run_id, flag=flag)
+
+
+def _named_run(value: str) -> str:
+    """A run id to read (`status`, `report`): any the state file may hold, but not empty,
+    which would silently mean the latest run."""
+    if not value.strip():
+        raise ConfigError("run id: empty; name a run, or leave it out for the latest run")
+    return value
 
 
 class _SecretOnCommandLine(argparse.Action):
@@ -255,7 +289,9 @@ def _add_plan_parser(commands: Any) -> None:
         "plan", help="what `fleet run` would do, changing nothing", allow_abbrev=False
     )
     plan_p.add_argument("--config", type=Path, help="fleet.toml to read (default ./fleet.toml)")
-    plan_p.add_argument("--run-id", help="the run to resume (default: a new run)")
+    plan_p.add_argument(
+        "--run-id", type=_run_id("--run-id"), help="the run to resume (default: a new run)"
+    )
     plan_p.add_argument("--json", action="store_true", help="print JSON")
     _add_selection_flags(plan_p)
     _add_setting_flags(plan_p)
@@ -264,13 +300,17 @@ def _add_plan_parser(commands: Any) -> None:
 
 def _add_report_parser(commands: Any) -> None:
     report_p = commands.add_parser("report", help="what happened to each model of a run")
-    report_p.add_argument("run_id", nargs="?", help="run id (default: the latest run)")
+    report_p.add_argument(
+        "run_id", nargs="?", type=_named_run, help="run id (default: the latest run)"
+    )
     _add_db_flag(report_p)
     report_p.add_argument(
         "--format", choices=("md", "json", "junit", "html"), default="md", help="report format"
     )
     report_p.add_argument("--output", "-o", type=Path, help="write to this file (mode 0600)")
-    report_p.add_argument("--previous", metavar="RUN_ID", help="compare with this run")
+    report_p.add_argument(
+        "--previous", metavar="RUN_ID", type=_named_run, help="compare with this run"
+    )
     report_p.add_argument(
         "--slower-factor", type=float, default=1.5, help="a stage this much slower is reported"
     )
@@ -301,7 +341,10 @@ def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
         "--tag", dest="select_tags", action="append", default=[], help="only models with a tag"
     )
     group.add_argument(
-        "--only-failed", metavar="RUN_ID", help="only the models that failed in that run"
+        "--only-failed",
+        metavar="RUN_ID",
+        type=_run_id("--only-failed"),
+        help="only the models that failed in that run",
     )
 
 
@@ -328,6 +371,15 @@ def _add_sim_flags(parser: argparse.ArgumentParser, time_scale: float | None = N
     )
     parser.add_argument(
         "--delay-after-s", type=float, default=defaults.delay_after_s, help="seconds held back"
+    )
+    parser.add_argument(
+        "--trickle-rate", type=float, default=0.0, help="requests applied, answer sent bytewise"
+    )
+    parser.add_argument(
+        "--trickle-interval-s",
+        type=float,
+        default=defaults.trickle_interval_s,
+        help="seconds between two bytes of a trickled answer",
     )
     parser.add_argument(
         "--fault-methods",
@@ -415,6 +467,7 @@ def _sim_settings(args: argparse.Namespace, **extra: Any) -> sim.SimSettings:
             time_scale=args.time_scale,
             **{name: getattr(args, name) for name in RATE_FIELDS},
             delay_after_s=args.delay_after_s,
+            trickle_interval_s=args.trickle_interval_s,
             fault_methods=tuple(m.strip().upper() for m in args.fault_methods.split(",")),
             behaviour=sim.Behaviour.profile(args.profile, **overrides),
             **extra,
@@ -429,6 +482,7 @@ def _sim_settings(args: argparse.Namespace, **extra: Any) -> sim.SimSettings:
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, _setting_flags(args))
     settings.require_api()
+    settings.require_paths()
     _configure_logging(settings, explicit=args.__dict__.get("setting:log_level") is not None)
     run_id = args.retry_failed or args.run_id
     if (args.resume or args.retry_failed) and not settings.db.is_file():
@@ -562,6 +616,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     sim_settings = _sim_settings(args)
     flags = {**_DEMO_SETTINGS, **_setting_flags(args), "db": args.db}
     settings = load_settings(None, flags, use_default_file=False)
+    settings.require_paths()
     _configure_logging(settings, explicit=args.__dict__.get("setting:log_level") is not None)
     return anyio.run(_demo, settings, sim_settings, args.run_id)
 
@@ -726,8 +781,8 @@ def _shard_note(settings: Settings) -> str:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     dbs = _state_files(args.db)
-    if args.slower_factor <= 1:
-        raise ConfigError("--slower-factor: must be greater than 1")
+    if not 1 < args.slower_factor < math.inf:
+        raise ConfigError("--slower-factor: must be a number greater than 1")
     built = anyio.run(_build_report, dbs, args.run_id, args.previous, args.slower_factor)
     if args.output is not None or args.format != "md":  # else they are in the text shown
         _warn(built.warnings)
@@ -769,6 +824,8 @@ def _state_files(given: Sequence[str] | None) -> list[Path]:
         paths.extend(matches)
     unique: dict[Path, Path] = {}
     for path in paths:
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"--db: {path} is a directory, not a state file; name the file")
         if not path.is_file():
             raise ConfigError(f"--db: {path} does not exist; pass the state file of a run")
         unique.setdefault(path.resolve(), path)  # a file named twice is read once

@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import re
+import ssl
 import tomllib
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +27,7 @@ from datetime import time as dt_time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
@@ -43,11 +45,11 @@ from pydantic import (
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    InitSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
-    TomlConfigSettingsSource,
 )
 
 from fleet.auth import ClientCredentials, StaticToken, TokenFile, TokenSource
@@ -70,8 +72,25 @@ _CREDENTIALS = (
 _OWN_ENV = frozenset({"FLEET_CONFIG"})
 DEFAULT_CONFIG = Path("fleet.toml")
 
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
+# Bounds of every count and duration: far beyond any real night, and within what timedelta,
+# SQLite integers and the event loop's timers take (`--max-duration 1e12` overflowed a date).
+_MAX_COUNT = 1_000_000
+_MAX_SECONDS = 30 * 24 * 3600.0
+_MAX_RPS = 1_000_000.0
+PositiveInt = Annotated[int, Field(gt=0, le=_MAX_COUNT)]
+PositiveFloat = Annotated[float, Field(gt=0, le=_MAX_SECONDS, allow_inf_nan=False)]
+Priority = Annotated[int, Field(ge=-_MAX_COUNT, le=_MAX_COUNT)]
+
+# What fleet reads is refused past a size no real file reaches, so that a wrong path
+# (`--config /dev/zero`) is one line, not a read that never ends.
+_MiB = 2**20
+_CONFIG_MAX_BYTES = 4 * _MiB
+_SECRET_MAX_BYTES = 64 * 2**10
+_MODELS_MAX_BYTES = 64 * _MiB
+# Nesting of TOML tables and arrays and of JSON values (hyperparameters): deeper is a mistake
+# or an attack, and Python's parsers would fail on it with a RecursionError.
+_MAX_DEPTH = 32
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class _Section(BaseModel):
@@ -111,7 +130,25 @@ class ApiSettings(_Section):
             return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        # Never echoed: a URL may carry a password.
+        problem = _url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        if urlsplit(value).password is not None or "@" in urlsplit(value).netloc:
+            raise ValueError(
+                "must not hold a user or password (user:password@); the token or the client "
+                "credentials authenticate"
+            )
         return value.rstrip("/")
+
+    @field_validator("token", "client_secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """Surrounding whitespace dropped (a secret from a file ends with a newline); what is
+        left must be sendable in an HTTP header. An empty one is reported where it is needed."""
+        if value is None:
+            return None
+        return SecretStr(_clean_secret(value.get_secret_value(), space=info.field_name != "token"))
 
     @model_validator(mode="after")
     def _plain_http_only_to_loopback(self) -> ApiSettings:
@@ -121,7 +158,7 @@ class ApiSettings(_Section):
                 host = httpx.URL(value).host
                 if not _is_loopback(host):
                     raise ValueError(
-                        f"{name} {value} sends the token unencrypted to {host}: use https://, "
+                        f"{name} sends the token unencrypted to {host}: use https://, "
                         "or set api.allow_insecure_http = true if you really mean it"
                     )
         return self
@@ -289,6 +326,13 @@ class Lifecycle(_Section):
     def _ids(cls, value: str | None) -> str | None:
         return None if value is None else _check_uuid(value)
 
+    @field_validator("hyperparameters")
+    @classmethod
+    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if _depth(value) > _MAX_DEPTH:
+            raise ValueError(f"nested more than {_MAX_DEPTH} levels deep")
+        return value
+
     @field_validator("approval_rule", "monitor_rule")
     @classmethod
     def _rule(cls, value: str | None) -> str | None:
@@ -311,7 +355,7 @@ class ModelEntry(BaseModel):
     id: str
     name: str | None = None
     tags: tuple[str, ...] = ()
-    priority: int = 0
+    priority: Priority = 0
 
     @field_validator("id")
     @classmethod
@@ -413,10 +457,10 @@ class Settings(BaseSettings):
     concurrency: PositiveInt = Field(100, description="models in flight at once")
     limits: Limits = Field(default_factory=Limits)
     attempts: Attempts = Field(default_factory=Attempts)
-    max_failures: Annotated[int, Field(ge=0)] | None = Field(
+    max_failures: Annotated[int, Field(ge=0, le=_MAX_COUNT)] | None = Field(
         None, description="stop admitting models after this many failed"
     )
-    min_success_ratio: Annotated[float, Field(gt=0, le=1)] | None = Field(
+    min_success_ratio: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = Field(
         None, description="stop admitting models when fewer succeed (after 10 finished)"
     )
     grace_period: PositiveFloat = Field(
@@ -426,7 +470,9 @@ class Settings(BaseSettings):
         60.0, description="seconds after which a silent holder of the state file is taken over"
     )
     max_connections: PositiveInt = Field(50, description="HTTP connections to ModelOps")
-    max_rps: PositiveFloat | None = Field(None, description="cap on requests per second")
+    max_rps: Annotated[float, Field(gt=0, le=_MAX_RPS, allow_inf_nan=False)] | None = Field(
+        None, description="cap on requests per second"
+    )
     poll_interval: PositiveFloat = Field(
         5.0, description="longest gap, in seconds, between two looks at a running job"
     )
@@ -528,6 +574,24 @@ class Settings(BaseSettings):
         """With a shard, each shard keeps its own file: fleet.db → fleet.shard-3-of-8.db."""
         shard = info.data.get("shard")
         return value if shard is None else shard.state_file(value)
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _gateway(cls, value: str | None) -> str | None:
+        # Never echoed: a `user:password@` in it is a secret.
+        if value is None:
+            return None
+        full = value if value.startswith(("http://", "https://")) else f"http://{value}"
+        if "://" in value and not value.startswith(("http://", "https://")):
+            problem: str | None = "must be host:port or an http:// or https:// URL"
+        else:
+            problem = _url_problem(full)
+        if problem is not None:
+            raise ValueError(
+                f"not a Pushgateway address ({problem}); give host:port or an http(s) URL, "
+                "e.g. http://pushgateway:9091"
+            )
+        return value
 
     @field_validator("deadline")
     @classmethod
@@ -664,9 +728,11 @@ class Settings(BaseSettings):
         if environ is not None:
             env_settings = _MappingEnvSource(settings_cls, environ)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml_path = _toml_path.get()
-        if toml_path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        toml = _toml.get()
+        if toml is not None:
+            # The file as load_settings read and checked it (encoding, size, depth), not read
+            # a second time by pydantic-settings.
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=dict(toml)))
         return tuple(sources)
 
     def _has_default_models(self) -> bool:
@@ -704,8 +770,26 @@ class Settings(BaseSettings):
                     f"{env_name(s + '.project_id')}{flag}"
                 )
             api.token_source(s)
-            if api.ca_bundle is not None and not api.ca_bundle.is_file():
-                raise ConfigError(f"{s}.ca_bundle: {api.ca_bundle} is not a readable file")
+            if api.ca_bundle is not None:
+                _check_ca_bundle(api.ca_bundle, f"{s}.ca_bundle")
+
+    def require_paths(self) -> None:
+        """The files a run writes can be written: `db` and `metrics_file` name files (not
+        directories) in directories that exist, checked before anything is written."""
+        for name, path in (("db", self.db), ("metrics_file", self.metrics_file)):
+            if path is None:
+                continue
+            if path.exists() and not path.is_file():
+                raise ConfigError(
+                    f"{name}: {path} is a directory or device, not a file; name a file in it"
+                )
+            parent = path.parent
+            if not parent.is_dir():
+                raise ConfigError(f"{name}: directory {parent} of {path} does not exist")
+            if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(
+                    f"{name}: cannot create {path}: directory {parent} is not writable"
+                )
 
     def require_datasets(self, specs: Sequence[ModelSpec] | None = None) -> None:
         """Each stage that runs has its dataset, checked before any request: the official
@@ -777,6 +861,21 @@ def _spec(entry: ModelEntry, base: Mapping[str, Any], project: str, prefix: str)
 _DATASETS = ((Stage.TRAIN, "train_dataset_id"), (Stage.EVALUATE, "evaluate_dataset_id"))
 
 
+def _check_ca_bundle(path: Path, setting: str) -> None:
+    """The bundle is a file of PEM certificates the TLS library takes (it would otherwise fail
+    at the first request, with a traceback)."""
+    if not path.is_file():
+        raise ConfigError(f"{setting}: {path} is not a readable file")
+    read_text(path, f"{setting} {path}", _CONFIG_MAX_BYTES)
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except (ssl.SSLError, OSError):
+        raise ConfigError(
+            f"{setting}: {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----) that "
+            "can be read; name the CA bundle file"
+        ) from None
+
+
 def _check_datasets(lifecycle: Lifecycle, needed: Sequence[tuple[Stage, str]], where: str) -> None:
     for stage, name in needed:
         if getattr(lifecycle, name) is None:
@@ -809,7 +908,7 @@ def api_section(project: str) -> str:
     return "api" if project == DEFAULT_PROJECT else f"projects.{project}.api"
 
 
-_toml_path: ContextVar[Path | None] = ContextVar("fleet_toml_path", default=None)
+_toml: ContextVar[Mapping[str, Any] | None] = ContextVar("fleet_toml", default=None)
 _environ: ContextVar[Mapping[str, str] | None] = ContextVar("fleet_environ", default=None)
 
 
@@ -843,8 +942,11 @@ def load_settings(
     toml = _read_toml(config) if config is not None else {}
     in_file = toml.get("projects")
     _reject_unknown_env(env, in_file if isinstance(in_file, dict) else {})
+    for name, value in env.items():
+        if name.upper().startswith(ENV_PREFIX) and _json_depth(value) > _MAX_DEPTH:
+            raise ConfigError(f"environment {name}: nested more than {_MAX_DEPTH} levels deep")
     sources = _Sources(flags=flags, env=env, toml=toml, config=config)
-    token = _toml_path.set(config)
+    token = _toml.set(toml if config is not None else None)
     env_token = _environ.set(env)
     try:
         settings = Settings(**_nest(flags))
@@ -854,7 +956,7 @@ def load_settings(
         raise ConfigError(f"environment: {exc}") from None
     finally:
         _environ.reset(env_token)
-        _toml_path.reset(token)
+        _toml.reset(token)
     for name, project in settings.every_project().items():
         api = project.api
         if api.token_file is not None and api.token is None:
@@ -931,6 +1033,22 @@ def _literal_choices(annotation: Any) -> tuple[str, ...] | None:
         if isinstance(arg, type) and issubclass(arg, Enum):
             return tuple(str(member.value) for member in arg)
     return None
+
+
+# A run id names the run in the state file, in logs, metrics labels and file names; it is
+# what resumes a night, so it is never made up when one was given (`--run-id ""`).
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def check_run_id(value: str, flag: str = "--run-id") -> str:
+    """`value` if it is a run id fleet accepts, else one ConfigError line."""
+    if RUN_ID.fullmatch(value):
+        return value
+    what = "is empty (did a template expand to nothing?)" if not value else f"{value[:80]!r}"
+    raise ConfigError(
+        f"{flag}: {what}; a run id is 1 to 64 letters, digits, '.', '_', ':' or '-', starting "
+        "with a letter or digit (leave the flag out for a new run)"
+    )
 
 
 def env_name(path: str) -> str:
@@ -1045,41 +1163,153 @@ def _first_error_line(exc: ValidationError, prefix: str, sources: _Sources | Non
 _NAMED = re.compile(r"(?P<path>[a-z_]+(?:\.[^\s:.]+)+): (?P<message>.*)", re.DOTALL)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_text(path: Path, name: str, limit: int, *, missing: str | None = None) -> str:
+    """The text of a UTF-8 file (a leading BOM dropped), or one ConfigError line starting with
+    `name`: not readable, larger than `limit` bytes, not UTF-8 (naming the byte's offset), or
+    holding a NUL byte (a binary or UTF-16 file)."""
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config {path}: file not found; pass --config PATH") from None
+            data = handle.read(limit + 1)
     except OSError as exc:
-        raise ConfigError(f"config {path}: cannot read ({exc.strerror})") from None
+        if missing is not None and isinstance(exc, FileNotFoundError):
+            raise ConfigError(f"{name}: {missing}") from None
+        raise ConfigError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise ConfigError(f"{name}: larger than {_size(limit)}; is it the right file?")
+    start = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
+    try:
+        text = data[start:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = start + exc.start
+        raise ConfigError(
+            f"{name}: not UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); save it as UTF-8"
+        ) from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ConfigError(f"{name}: a NUL byte at offset {nul}; is it a text file (not UTF-16)?")
+    return text
+
+
+def _size(limit: int) -> str:
+    return f"{limit // _MiB} MiB" if limit >= _MiB else f"{limit // 1024} KiB"
+
+
+def _depth(value: object) -> int:
+    """How deeply lists and mappings nest in `value` (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, Mapping):
+            node = list(node.values())
+        if isinstance(node, list | tuple):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in node)
+    return deepest
+
+
+def _json_depth(text: str) -> int:
+    """How deeply JSON text nests, counted before parsing it (json would recurse)."""
+    deepest = level = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            level += 1
+            deepest = max(deepest, level)
+        elif char in "]}":
+            level -= 1
+    return deepest
+
+
+def _json(text: str) -> Any:
+    """JSON of a models file or a variable; ValueError with what is wrong in one line."""
+    if _json_depth(text) > _MAX_DEPTH:
+        raise ValueError(f"nested more than {_MAX_DEPTH} levels deep")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg})") from None
+    except ValueError:  # an integer past Python's 4,300 digits
+        raise ValueError("a number has too many digits") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    name = f"config {path}"
+    text = read_text(path, name, _CONFIG_MAX_BYTES, missing="file not found; pass --config PATH")
+    try:
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{name}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{name}: nested more than {_MAX_DEPTH} levels deep") from None
+    except ValueError:  # an integer past Python's 4,300 digits
+        raise ConfigError(f"{name}: not valid TOML: a number has too many digits") from None
+    if _depth(document) > _MAX_DEPTH:
+        raise ConfigError(f"{name}: nested more than {_MAX_DEPTH} levels deep")
+    return document
 
 
 def _read_secret(path: Path, setting: str) -> str:
+    text = read_text(path, f"{setting} {path}", _SECRET_MAX_BYTES)
     try:
-        secret = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"{setting}: cannot read {path} ({exc.strerror})") from None
+        secret = _clean_secret(text, space=not setting.endswith("token_file"))
+    except ValueError as exc:
+        raise ConfigError(f"{setting}: {path} {exc}") from None
     if not secret:
         raise ConfigError(f"{setting}: {path} is empty")
     return secret
 
 
+def _clean_secret(text: str, *, space: bool) -> str:
+    """`text` without surrounding whitespace (CRLF too); ValueError if what is left cannot be
+    sent in an HTTP header. The message never holds the secret."""
+    secret = text.strip()
+    for char in secret:
+        if not char.isascii():
+            raise ValueError(
+                "holds a non-ASCII character; a token or secret is visible ASCII (was it "
+                "copied from a document with typographic characters?)"
+            )
+        if not char.isprintable() or (char == " " and not space):
+            raise ValueError(
+                "holds whitespace or a control character inside; a token is one line of "
+                "visible ASCII characters (was it wrapped, or two values joined?)"
+            )
+    return secret
+
+
+def _url_problem(url: str) -> str | None:
+    """What is wrong with an http(s) URL, in words that do not repeat it (it may hold a
+    password), or None."""
+    if any(char.isspace() or not char.isprintable() for char in url):
+        return "holds whitespace or a control character"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return "not a valid URL (check its port and brackets)"
+    if parts.scheme not in {"http", "https"}:
+        return "must be an http:// or https:// URL"
+    if not parts.hostname:
+        return "has no host name"
+    return None
+
+
 def load_models_file(path: Path) -> list[ModelEntry]:
     """Models from a CSV (header row: id,name,<lifecycle settings>) or a JSONL file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"models_file: cannot read {path} ({exc.strerror})") from None
     suffix = path.suffix.lower()
-    if suffix in {".jsonl", ".ndjson"}:
-        rows = _jsonl_rows(path, text)
-    elif suffix == ".csv":
-        rows = [(n, _csv_row(raw)) for n, raw in enumerate(csv.DictReader(text.splitlines()), 2)]
-    else:
+    if suffix not in {".csv", ".jsonl", ".ndjson"}:
         raise ConfigError(f"models_file {path}: use a .csv or .jsonl file")
+    text = read_text(path, f"models_file {path}", _MODELS_MAX_BYTES)
+    rows = _jsonl_rows(path, text) if suffix != ".csv" else _csv_rows(path, text)
     entries = []
     for number, row in rows:
         try:
@@ -1097,12 +1327,34 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"models_file {path}:{number}: not JSON ({exc.msg})") from None
+            row = _json(line)
+        except ValueError as exc:
+            raise ConfigError(f"models_file {path}:{number}: {exc}") from None
         if not isinstance(row, dict):
             raise ConfigError(f"models_file {path}:{number}: expected a JSON object")
         rows.append((number, row))
+    return rows
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(text.splitlines())
+    rows = []
+    try:
+        header = reader.fieldnames or []
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise ConfigError(
+                f"models_file {path}:1: column {repeated[0]!r} is there twice; keep one"
+            )
+        for raw in reader:
+            try:
+                rows.append((reader.line_num, _csv_row(raw)))
+            except ValueError as exc:
+                raise ConfigError(f"models_file {path}:{reader.line_num}: {exc}") from None
+    except csv.Error as exc:
+        # The reader counts the lines it finished; the bad one is the next.
+        where = f"{path}:{reader.line_num + 1}"
+        raise ConfigError(f"models_file {where}: not valid CSV ({exc})") from None
     return rows
 
 
@@ -1114,14 +1366,22 @@ def _csv_row(raw: Mapping[str | None, str | None]) -> dict[str, Any]:
             continue
         if key == "hyperparameters":
             try:
-                row[key] = json.loads(value)
-            except json.JSONDecodeError:
-                row[key] = value  # validation reports it as not a mapping
+                row[key] = _json(value)
+            except ValueError as exc:
+                if "not JSON" in str(exc):
+                    row[key] = value  # validation reports it as not a mapping
+                    continue
+                raise ValueError(f"hyperparameters: {exc}") from None
             continue
         node = row
         *parents, leaf = key.split(".")
-        for parent in parents:
+        for depth, parent in enumerate(parents, start=1):
             node = node.setdefault(parent, {})
+            if not isinstance(node, dict):  # `resources` before `resources.memory`
+                column = ".".join(parents[:depth])
+                raise ValueError(f"columns {column} and {key} both set it; keep one")  # noqa: TRY004
+        if leaf in node:  # `resources` after `resources.memory`
+            raise ValueError(f"columns {key} and {key}.* both set it; keep one")
         node[leaf] = value
     return row
 
