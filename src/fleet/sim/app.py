@@ -3,8 +3,8 @@
 Every API request goes through the same gate, in the order a real deployment applies it:
 authentication (the static token or one issued by the OAuth2 token URL), project membership,
 gateway faults, then the world catches up with the clock and the route runs. A fault answers
-before the route runs, so a faulted POST creates nothing; only a dropped or delayed answer
-comes after the route, so its POST did take effect.
+before the route runs, so a faulted POST creates nothing; only a dropped, delayed or trickled
+answer comes after the route, so its POST did take effect.
 
 The routes, headers, payloads and statuses are those the official client (tmo 7.3) and the
 Model Factory tutorial use against real servers. Where no real answer was recorded the route
@@ -43,7 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fleet.sim import views
-from fleet.sim.faults import DroppedResponse, Fault, FaultInjector
+from fleet.sim.faults import DroppedResponse, Fault, FaultInjector, TrickledResponse
 from fleet.sim.oauth import TOKEN_PATH, TokenEndpoint, Tokens
 from fleet.sim.paging import PageRequest, hal_page, page_request
 from fleet.sim.world import InvalidRequestError, NotFoundError, ServerError, SimError, missing_field
@@ -208,6 +208,10 @@ class _Api:
                 return DroppedResponse(answer)
             if after == "delay_after":
                 await self._sleep(self._world.settings.delay_after_s)
+            if after == "trickle":
+                return TrickledResponse(
+                    answer, self._world.settings.trickle_interval_s, self._sleep
+                )
             return answer
 
         return endpoint

@@ -2,7 +2,8 @@
 
 Faults before handling (429/503/500 answers, slowness) leave the world untouched. Faults after
 handling are the nasty ones for a client: the request took effect, but the answer is dropped
-mid-body (`drop`) or held back (`delay_after`), so the client cannot tell that it did.
+mid-body (`drop`), held back (`delay_after`) or sent a byte at a time (`trickle`), so the client
+cannot tell that it did.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import anyio
 import httpx
 from starlette.responses import Response
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from starlette.types import Receive, Scope, Send
 
     from fleet.sim.settings import SimSettings
 
-AfterFault = Literal["drop", "delay_after"]
+AfterFault = Literal["drop", "delay_after", "trickle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +63,12 @@ class FaultInjector:
             threshold += rate
             self._faults.append((threshold, fault))
         self._slow_rate = settings.slow_rate
+        # Cumulative, trickle last: seeds without it draw as they did before it existed.
+        delayed = settings.drop_rate + settings.delay_after_rate
         self._after: list[tuple[float, AfterFault]] = [
             (settings.drop_rate, "drop"),
-            (settings.drop_rate + settings.delay_after_rate, "delay_after"),
+            (delayed, "delay_after"),
+            (delayed + settings.trickle_rate, "trickle"),
         ]
 
     def applies_to(self, method: str) -> bool:
@@ -78,7 +85,8 @@ class FaultInjector:
         return self._slow_rate > 0 and self._rng.random() < self._slow_rate
 
     def after(self) -> AfterFault | None:
-        """What happens to the answer of a request that is handled: nothing, drop or delay."""
+        """What happens to the answer of a request that is handled: nothing, drop, delay or
+        trickle."""
         if self._after[-1][0] <= 0:
             return None  # no draw, so seeds behave as before these faults existed
         roll = self._after_rng.random()
@@ -111,3 +119,49 @@ class DroppedResponse(Response):
         raise ConnectionDropped(
             f"connection dropped after {len(partial)} of {len(self.body)} body bytes"
         )
+
+
+class TrickledResponse(Response):
+    """An answer sent one byte every `interval_s` real seconds: each read gets something, so
+    only a bound on the whole answer ends it."""
+
+    def __init__(
+        self, answer: Response, interval_s: float, sleep: Callable[[float], Awaitable[None]]
+    ) -> None:
+        super().__init__(answer.body, answer.status_code, media_type=answer.media_type)
+        self.raw_headers = list(answer.raw_headers)
+        self._interval_s = interval_s
+        self._sleep = sleep
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: ARG002
+        # Stop when the client hangs up, as Starlette's StreamingResponse does: a server cannot
+        # shut down while it is still trickling to a client long gone.
+        async with anyio.create_task_group() as tg:
+
+            async def hang_up() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(hang_up)
+            await self._trickle(send)
+            tg.cancel_scope.cancel()
+
+    async def _trickle(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        body = bytes(self.body)
+        for index in range(len(body)):
+            last = index == len(body) - 1
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": body[index : index + 1],
+                    "more_body": not last,
+                }
+            )
+            if not last:
+                await self._sleep(self._interval_s)
+        if not body:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})

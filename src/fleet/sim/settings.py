@@ -19,6 +19,7 @@ RATE_FIELDS = (
     "slow_rate",
     "drop_rate",
     "delay_after_rate",
+    "trickle_rate",
 )
 
 
@@ -30,7 +31,8 @@ class SimSettings:
     (decided by a hash of the job, see `World.job_will_fail`; a stuck job stays RUNNING for
     ever), the others per API request whose method is in `fault_methods`. `drop_rate` and
     `delay_after_rate` strike after the request took effect: its answer is cut off mid-body
-    (the client sees a transport error), or sent only after `delay_after_s`.
+    (the client sees a transport error), or sent only after `delay_after_s`; `trickle_rate`
+    too, its answer then sent one byte every `trickle_interval_s` (a stalled proxy or link).
 
     `behaviour` holds the answers nobody recorded from a real server (`behaviour.py`); its
     defaults are Spring Data REST's.
@@ -56,6 +58,8 @@ class SimSettings:
     drop_rate: float = 0.0
     delay_after_rate: float = 0.0
     delay_after_s: float = 5.0  # real seconds a handled request holds back its answer
+    trickle_rate: float = 0.0
+    trickle_interval_s: float = 3.0  # real seconds between two bytes of a trickled answer
     fault_methods: tuple[str, ...] = ("GET", "POST")  # the methods the HTTP faults strike
     initial_deployed: bool = True  # every model starts with a version deployed last night
     client_id: str | None = None  # None: no token URL, only the static `token`
@@ -73,10 +77,12 @@ class SimSettings:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
         if self.http_500_rate + self.http_503_rate + self.http_429_rate > 1.0:
             raise ValueError("http_500_rate + http_503_rate + http_429_rate must not exceed 1")
-        if self.drop_rate + self.delay_after_rate > 1.0:
-            raise ValueError("drop_rate + delay_after_rate must not exceed 1")
+        if self.drop_rate + self.delay_after_rate + self.trickle_rate > 1.0:
+            raise ValueError("drop_rate + delay_after_rate + trickle_rate must not exceed 1")
         if self.retry_after_s < 0 or self.slow_s < 0 or self.delay_after_s < 0:
             raise ValueError("retry_after_s, slow_s and delay_after_s must be >= 0")
+        if not 0 < self.trickle_interval_s < math.inf:
+            raise ValueError(f"trickle_interval_s must be positive, got {self.trickle_interval_s}")
         methods = self.fault_methods
         if not isinstance(methods, tuple) or not _FAULT_METHODS.issuperset(methods):
             raise ValueError(
