@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -71,12 +72,12 @@ class FakeTime:
 
 
 def throttle_on(
-    t: FakeTime, *, max_rps: float | None = None, min_rps: float = 1.0, recovery: int = 20
+    t: FakeTime, *, max_rps: float | None = None, min_rps: float = 1.0, recovery_s: float = 5.0
 ) -> Throttle:
     return Throttle(
         max_rps=max_rps,
         min_rps=min_rps,
-        recovery_requests=recovery,
+        recovery_s=recovery_s,
         clock=t.clock,
         sleep=t.sleep,
         rng=random.Random(7),
@@ -99,11 +100,42 @@ async def requests(t: FakeTime, throttle: Throttle, n: int) -> list[tuple[int, f
     return starts
 
 
-async def steady_traffic(t: FakeTime, throttle: Throttle, n: int, every: float) -> None:
-    """One request every `every` seconds (unthrottled), `n` times."""
-    for _ in range(n):
+async def steady_traffic(
+    t: FakeTime, throttle: Throttle, n: int, every: float, *, answered_every: int = 1
+) -> None:
+    """One request every `every` seconds (unthrottled), `n` times; one in `answered_every`
+    succeeds, the others get no answer yet."""
+    for i in range(n):
         await throttle.wait()
+        if i % answered_every == 0:
+            throttle.succeeded()
         await t.advance(every)
+
+
+async def offered(
+    t: FakeTime, throttle: Throttle, *, rps: float, seconds: float, refused: Callable[[], bool]
+) -> tuple[int, int]:
+    """A client that wants `rps` requests a second for `seconds`, each answered at once and
+    refused when `refused()` says so: (requests sent, requests refused)."""
+    counts = [0, 0]
+
+    async def client() -> None:
+        end = t.now + seconds
+        while t.now < end:
+            await throttle.wait()
+            sent_at = t.now
+            counts[0] += 1
+            if refused():
+                counts[1] += 1
+                throttle.overloaded(1.0, sent_at=sent_at)
+            else:
+                throttle.succeeded()
+            await t.sleep(1.0 / rps)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(client)
+        await t.run()
+    return counts[0], counts[1]
 
 
 # -- Throttle -----------------------------------------------------------------------------------
@@ -130,24 +162,63 @@ async def test_max_rps_spaces_requests_in_arrival_order() -> None:
     assert times[-1] == pytest.approx(4.9)
 
 
-async def test_retry_after_pauses_everyone() -> None:
-    """overloaded(retry_after=3) holds every request, queued or new, until 3 s have passed."""
+async def test_one_refusal_pauses_no_one() -> None:
+    """A single 429 concerns its own request (which waits its Retry-After): nobody else pauses."""
+    t = FakeTime()
+    throttle = throttle_on(t)
+    await steady_traffic(t, throttle, 40, every=0.05)
+    throttle.overloaded(retry_after=30.0)
+    assert throttle.paused_until < t.now
+    starts = await requests(t, throttle, 3)
+    assert max(at for _, at, _ in starts) < t.now + 1.0
+    assert (throttle.overloads, throttle.pauses) == (1, 0)
+
+
+async def test_a_burst_of_refusals_pauses_everyone_for_retry_after() -> None:
+    """Five 429s in a row, no success between, hold every request until Retry-After passed."""
     t = FakeTime()
     throttle = throttle_on(t)
     await requests(t, throttle, 20)
+    for _ in range(4):
+        throttle.overloaded(retry_after=3.0)
+    assert throttle.paused_until < t.now
     throttle.overloaded(retry_after=3.0)
     assert throttle.paused_until == 3.0
     starts = await requests(t, throttle, 10)
     assert min(at for _, at, _ in starts) == 3.0
     assert starts[0][2] == 3.0
-    assert throttle.overloads == 1
+    assert (throttle.overloads, throttle.pauses) == (5, 1)
+
+
+async def test_most_answers_refused_within_a_second_is_a_burst() -> None:
+    """Refusals interleaved with successes pause everyone once they are half of the last second's
+    answers, and only then."""
+    t = FakeTime()
+    throttle = throttle_on(t)
+    for _ in range(6):  # one refusal in three: not a burst
+        throttle.overloaded(retry_after=2.0)
+        throttle.succeeded()
+        throttle.succeeded()
+        await t.advance(0.1)
+    assert throttle.pauses == 0
+    await t.advance(2.0)
+    for _ in range(2):  # two in three
+        throttle.overloaded(retry_after=2.0)
+        throttle.overloaded(retry_after=2.0)
+        throttle.succeeded()
+        await t.advance(0.01)
+    throttle.overloaded(retry_after=2.0)
+    assert throttle.pauses == 1
+    assert throttle.paused_until == pytest.approx(t.now + 2.0)
 
 
 async def test_backoff_without_retry_after_grows_and_resets() -> None:
-    """Without Retry-After the pause doubles (with jitter) per consecutive overload, capped at 30 s,
-    and a success starts it over."""
+    """Without Retry-After the burst pause doubles (with jitter) per consecutive burst, capped
+    at 30 s, and a success starts it over."""
     t = FakeTime()
     throttle = throttle_on(t)
+    for _ in range(4):
+        throttle.overloaded(None)
     pauses = []
     for _ in range(7):
         throttle.overloaded(None)
@@ -158,7 +229,8 @@ async def test_backoff_without_retry_after_grows_and_resets() -> None:
         assert 0.75 * nominal <= pause <= nominal
     assert pauses[:6] == sorted(pauses[:6])
     throttle.succeeded()
-    throttle.overloaded(None)
+    for _ in range(5):
+        throttle.overloaded(None)
     assert 0.75 <= throttle.paused_until - t.now <= 1.0
 
 
@@ -167,63 +239,126 @@ async def test_overloads_during_a_pause_count_once() -> None:
     t = FakeTime()
     throttle = throttle_on(t)
     await steady_traffic(t, throttle, 40, every=0.05)
-    throttle.overloaded(None)
-    limit, paused_until = throttle.rate_limit, throttle.paused_until
+    for _ in range(5):
+        throttle.overloaded(None)
+    cuts, paused_until = throttle.cuts, throttle.paused_until
     await t.advance(0.5)
     for _ in range(100):
         throttle.overloaded(None)
-    assert throttle.overloads == 101
-    assert throttle.rate_limit == limit
+    assert (throttle.overloads, throttle.pauses) == (105, 1)
+    assert throttle.cuts == cuts
     assert throttle.paused_until == paused_until
     throttle.overloaded(retry_after=5.0)  # but the server may ask for a longer pause
     assert throttle.paused_until == t.now + 5.0
 
 
-async def test_adaptive_limit_halves_and_recovers_to_unlimited() -> None:
-    """An overload halves the observed rate; successes climb it back, then lift it."""
+async def test_a_refusal_halves_the_rate_which_recovers_in_seconds() -> None:
+    """A refusal while few requests get through halves the rate requests start at; the limit
+    climbs back linearly in time and is lifted after `recovery_s`, however few went out."""
     t = FakeTime()
-    throttle = throttle_on(t, recovery=10)
-    await steady_traffic(t, throttle, 40, every=0.05)  # 20 requests a second
+    throttle = throttle_on(t, recovery_s=4.0)
+    await steady_traffic(t, throttle, 40, every=0.05, answered_every=5)  # 20 sent, 4 answered
     throttle.overloaded(retry_after=1.0)
+    cut_at = t.now
     assert throttle.rate_limit == pytest.approx(10.0)
-    starts = await requests(t, throttle, 5)
-    assert [at for _, at, _ in starts] == pytest.approx([3.0, 3.1, 3.2, 3.3, 3.4])
-    for _ in range(5):  # halfway back to twice the cut
-        throttle.succeeded()
+    starts = await requests(t, throttle, 3)
+    assert starts[0][1] == pytest.approx(cut_at + 0.05)
+    await t.advance(cut_at + 2.0 - t.now)  # halfway back
     assert throttle.rate_limit == pytest.approx(15.0)
-    for _ in range(5):
-        throttle.succeeded()
+    await t.advance(2.0)
     assert throttle.rate_limit is None
 
 
-async def test_random_refusals_do_not_ratchet_the_rate_down() -> None:
-    """One refusal in 25 requests, at random, leaves the rate lifted most of the time."""
+async def test_a_refusal_while_the_server_answers_freely_cuts_nothing() -> None:
+    """A refusal among a steady flow of successes leaves the rate alone: the server is
+    answering more than the rate a cut would set."""
     t = FakeTime()
     throttle = throttle_on(t)
-    limits = []
-    for i in range(500):
-        if i % 25 == 24:
-            throttle.overloaded(retry_after=0.0)
-        else:
+    await steady_traffic(t, throttle, 40, every=0.05)
+    throttle.overloaded(retry_after=1.0)
+    assert throttle.rate_limit is None
+    assert throttle.cuts == 0
+
+
+async def test_refusals_of_requests_sent_before_the_cut_do_not_cut_again() -> None:
+    """One cut per round trip: refusals answering requests already in flight at the cut echo it."""
+    t = FakeTime()
+    throttle = throttle_on(t)
+    await steady_traffic(t, throttle, 80, every=0.025, answered_every=4)  # 40 sent, 10 answered
+    in_flight = throttle.now()
+    await t.advance(0.1)
+    throttle.overloaded(1.0, sent_at=in_flight)
+    assert throttle.rate_limit == pytest.approx(20.0, rel=0.05)
+    for _ in range(3):
+        throttle.overloaded(1.0, sent_at=in_flight)
+    assert throttle.cuts == 1
+    throttle.overloaded(1.0, sent_at=throttle.now())  # sent after the cut: a new signal
+    assert throttle.cuts == 2
+    assert throttle.rate_limit == pytest.approx(throttle.floor)  # 1.25 x the ~10 answered
+    assert 10.0 < throttle.floor < 15.0
+
+
+async def test_no_cut_goes_below_what_the_server_accepts() -> None:
+    """However many refusals, the limit stays above the rate of successful answers."""
+    t = FakeTime()
+    throttle = throttle_on(t)
+    await steady_traffic(t, throttle, 200, every=0.01, answered_every=2)  # 100 sent, 50 answered
+    for _ in range(40):
+        throttle.overloaded(1.0)
+        for _ in range(2):
             throttle.succeeded()
-        limits.append(throttle.rate_limit)
-        await t.advance(0.01)
-    assert sum(limit is None for limit in limits) > 100
-    assert limits[-2] is None  # lifted again before the last refusal
+            await t.advance(0.02)
+        assert throttle.rate_limit is not None
+        assert throttle.rate_limit >= 50.0
+    assert throttle.floor == pytest.approx(62.5, rel=0.1)
+
+
+async def test_random_refusals_cost_little_throughput() -> None:
+    """A server refusing 5% of requests at random still gets most of what the client wants
+    (before: every refusal paused everyone, and the rate fell to 1 a second)."""
+    t = FakeTime()
+    throttle = throttle_on(t)
+    rng = random.Random(3)
+    sent, refused = await offered(
+        t, throttle, rps=100, seconds=60, refused=lambda: rng.random() < 0.05
+    )
+    assert refused > 100
+    assert sent >= 0.45 * 100 * 60
+    assert throttle.pauses == 0
+
+
+async def test_a_real_rate_limit_is_found_and_not_hammered() -> None:
+    """Against a gateway that admits 20 requests a second, a client that wants 100 settles near
+    20: most of its requests are answered, and it never falls to the 1 rps floor."""
+    t = FakeTime()
+    throttle = throttle_on(t)
+    admitted: list[float] = []
+
+    def refused() -> bool:
+        while admitted and admitted[0] <= t.now - 1.0:
+            admitted.pop(0)
+        if len(admitted) >= 20:
+            return True
+        admitted.append(t.now)
+        return False
+
+    sent, refusals = await offered(t, throttle, rps=100, seconds=120, refused=refused)
+    answered = sent - refusals
+    assert answered >= 0.5 * 20 * 120
+    assert refusals <= 0.5 * sent
 
 
 async def test_adaptive_limit_recovers_to_max_rps_and_respects_min_rps() -> None:
     """Under max_rps the cut recovers to max_rps, and no cut goes below min_rps."""
     t = FakeTime()
-    throttle = throttle_on(t, max_rps=10, min_rps=4.0, recovery=10)
+    throttle = throttle_on(t, max_rps=10, min_rps=4.0, recovery_s=5.0)
     await requests(t, throttle, 30)
     throttle.overloaded(retry_after=0.0)
     assert throttle.rate_limit == pytest.approx(5.0, rel=0.05)
     await t.advance(1.0)
     throttle.overloaded(retry_after=0.0)
     assert throttle.rate_limit == 4.0
-    for _ in range(10):
-        throttle.succeeded()
+    await t.advance(6.0)  # 4 rps back to 10 at a halving (5 rps) in recovery_s
     assert throttle.rate_limit == 10.0
 
 
@@ -242,8 +377,8 @@ def test_throttle_rejects_bad_arguments() -> None:
         Throttle(max_rps=0.0)
     with pytest.raises(ValueError, match="min_rps must be positive"):
         Throttle(min_rps=-1.0)
-    with pytest.raises(ValueError, match="recovery_requests must be at least 1"):
-        Throttle(recovery_requests=0)
+    with pytest.raises(ValueError, match="recovery_s must be positive"):
+        Throttle(recovery_s=0)
 
 
 # -- Breaker ------------------------------------------------------------------------------------
@@ -254,6 +389,7 @@ class Call:
     """One request through the breaker; the test decides how it ends."""
 
     abandon_on_cancel: bool = True
+    resource: str | None = None
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     decided: anyio.Event = field(default_factory=anyio.Event)
     outcome: str = ""
@@ -263,7 +399,7 @@ class Call:
     async def run(self, breaker: Breaker, t: FakeTime) -> None:
         with self.scope:
             try:
-                await breaker.admit()
+                await breaker.admit(self.resource)
             except ServerUnavailable as exc:
                 self.error = exc
                 return
@@ -277,7 +413,7 @@ class Call:
             if self.outcome == "success":
                 breaker.success()
             else:
-                breaker.failure()
+                breaker.failure(self.resource)
 
     def succeed(self) -> None:
         self.outcome = "success"
@@ -340,6 +476,78 @@ async def test_success_resets_the_failure_count() -> None:
     for _ in range(2):
         breaker.failure()
     assert not breaker.is_open
+
+
+async def test_failures_of_one_resource_never_open_the_breaker() -> None:
+    """However often one resource fails, the breaker stays closed: that is the record's fault."""
+    breaker = Breaker(threshold=3)
+    for _ in range(100):
+        breaker.failure("/api/jobs/1")
+    assert not breaker.is_open
+
+
+async def test_failures_of_two_resources_or_of_the_server_open_it() -> None:
+    """Consecutive failures spanning two resources, or one of the server itself, open it."""
+    two = Breaker(threshold=3)
+    for resource in ("/api/jobs/1", "/api/jobs/1", "/api/jobs/2"):
+        two.failure(resource)
+    assert two.is_open
+    server = Breaker(threshold=3)
+    for resource in ("/api/jobs/1", None, "/api/jobs/1"):
+        server.failure(resource)
+    assert server.is_open
+
+
+async def test_a_success_anywhere_starts_the_count_over() -> None:
+    """A broken resource failing between other resources' successes never adds up."""
+    breaker = Breaker(threshold=3)
+    for n in range(50):
+        breaker.failure("/api/jobs/broken")
+        breaker.failure(f"/api/jobs/{n}") if n % 10 == 0 else breaker.success()
+    assert not breaker.is_open
+
+
+async def test_a_probe_failing_on_its_resource_lets_another_resource_probe() -> None:
+    """Open, the probe of a resource that failed is not retried while another resource waits:
+    a broken record cannot hold the whole server closed to everyone."""
+    t = FakeTime()
+    breaker = open_breaker(t, probe_initial_s=1.0)
+    broken = [Call(resource="/api/jobs/broken") for _ in range(3)]
+    others = [Call(resource=f"/api/jobs/{n}") for n in range(5)]
+    async with anyio.create_task_group() as tg:
+        for call in broken:
+            tg.start_soon(call.run, breaker, t)
+        await t.settle()
+        for call in others:
+            tg.start_soon(call.run, breaker, t)
+        await t.advance(1.0)
+        [first] = admitted(broken + others)
+        assert first in broken  # it came first
+        first.fail()
+        await t.advance(2.0)
+        second = [c for c in admitted(broken + others) if c is not first]
+        assert len(second) == 1
+        assert second[0] in others
+        second[0].succeed()
+        await t.settle()
+        assert not breaker.is_open
+        assert len(admitted(broken + others)) == 8
+        tg.cancel_scope.cancel()
+
+
+async def test_a_failed_resource_probes_again_when_no_one_else_waits() -> None:
+    """With only the failed resource waiting, it probes again (the server may be back)."""
+    t = FakeTime()
+    breaker = open_breaker(t, probe_initial_s=1.0)
+    calls = [Call(resource="/api/jobs/broken") for _ in range(2)]
+    async with anyio.create_task_group() as tg:
+        for call in calls:
+            tg.start_soon(call.run, breaker, t)
+        await t.advance(1.0)
+        admitted(calls)[0].fail()
+        await t.advance(2.0)
+        assert len(admitted(calls)) == 2
+        tg.cancel_scope.cancel()
 
 
 async def test_successful_probe_releases_every_waiter() -> None:

@@ -1,14 +1,42 @@
 """Back-pressure shared by every request of a client: a pace when overloaded, a breaker when down.
 
-`Throttle` answers 429/503 the way a polite client should: everyone pauses (for `Retry-After`,
-or a growing backoff), then the request rate is cut to half of what was just observed and climbs
-back additively with each success until the limit is lifted (AIMD, as TCP does). The climb is
-counted in successes, not seconds: a server that refuses a steady few percent of requests at
-random would otherwise ratchet the rate down to the floor, one cut per pause.
+`Throttle` answers 429/503 ("refusals") in proportion to what they say about the server:
 
-`Breaker` stops a fleet of hundreds of tasks from hammering a server that fails every
-request: after `threshold` consecutive failures only one probe at a time goes out, and past
-`budget_s` every caller gets `ServerUnavailable`.
+- **One refusal concerns one request.** The refused request waits its own `Retry-After` (the
+  client's retry policy honours it) and is sent again; the others go on. A gateway that refuses
+  a random few percent of requests would otherwise stop everyone for a second, many times a
+  second: at 5% of a few hundred requests a second that is a pause nearly all the time.
+- **The shared rate is cut multiplicatively, at most once per round trip** (AIMD, as TCP does):
+  only a refusal of a request sent after the last cut cuts again; refusals of requests already
+  in flight when the rate was cut echo the same overload. The cut halves the rate (the limit in
+  force, or the rate requests were observed to start at over the last few seconds).
+- **Never below what the server is accepting.** The limit is never under the floor: a quarter
+  more than the rate of successful answers over the last second (and at least `min_rps`). A
+  server that answers that many requests a second does not need fewer; and since the floor
+  stands above what gets through, a random refusal rate p (under 20%) lets the rate grow by
+  1.25 x (1 - p) a second until it no longer binds, where cuts from the limit in force would
+  ratchet it down to nothing, one random 429 after another. Against a gateway that admits X
+  requests a second the floor settles at 1.25 X: a fifth of the requests are refused and wait
+  their own `Retry-After`.
+- **Recovery is measured in time.** After a cut the limit climbs linearly back to where it was
+  cut from (or to `max_rps`), a halving in `recovery_s` seconds, and is then lifted. Counting
+  successes instead would make recovery as slow as the rate is low.
+- **A burst still pauses everyone**: `_BURST_STREAK` refusals in a row with no success between,
+  or at least half of the answers of the last second refused (`_BURST_MIN` of them at least),
+  is a server that is really overloaded. Everyone waits its `Retry-After` (or a backoff growing
+  1, 2, 4, ... 30 s with jitter when it sends none), and the rate is cut. Refusals arriving
+  during that pause only extend it to a later `Retry-After`; they do not count again.
+
+`Breaker` stops a fleet of hundreds of tasks from hammering a server that fails every request,
+and only then: it opens on failures of the *server*, not of one record. Each failure names its
+resource (the request's path, the query left out), or none when it is the server's by nature (a
+connection that could not be made). `threshold` consecutive failures, with no success on any
+resource between them, open the breaker only when they span at least two resources, or one
+that is the server's: one job whose reads fail for ever is that job's problem, and its request
+fails on its own retry budget while every other request goes on. While open, one probe at a
+time goes out; when a probe fails, the next is taken by a request for a resource whose probe
+has not yet failed in this outage, if one waits, so a resource that is broken on its own cannot
+keep everyone waiting. Past `budget_s` open, every caller gets `ServerUnavailable`.
 
 Both are shared by hundreds of anyio tasks. Waiters block on a lock or an event, never spin; at
 most one task per object sleeps on the clock, and time (`clock`, `sleep`) is injectable.
@@ -19,7 +47,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -32,12 +60,25 @@ log = structlog.get_logger("fleet.throttle")
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-# The request rate that an overload cuts is measured over this many recent seconds.
+# The rate requests start at, which a cut halves, is measured over this many recent seconds.
 _RATE_WINDOW_S = 5.0
-# A rate measured over less than a second would call two requests in a millisecond "2000 rps".
-_RATE_MIN_SPAN_S = 1.0
-_RECENT_STARTS = 1024
-# Without Retry-After, consecutive overloads pause 1, 2, 4, ... up to 30 s, less up to a quarter
+# The floor: this much more than the successes of the last `_ACCEPTED_WINDOW_S`.
+_ACCEPTED_WINDOW_S = 1.0
+_HEADROOM = 1.25
+# A rate over a shorter span would call two requests in a millisecond "2000 rps". A rate over
+# less than a second may overstate; that only makes the throttle more lenient, and a burst
+# still pauses everyone.
+_RATE_MIN_SPAN_S = 0.1
+_RECENT = 8192
+_CUT = 0.5
+# A burst: this many refusals in a row, or in the last `_BURST_WINDOW_S` at least `_BURST_MIN`
+# refusals that are at least `_BURST_SHARE` of the answers. At a random 10% of refusals five in
+# a row come once in 100,000 answers; a real overload refuses most of them.
+_BURST_STREAK = 5
+_BURST_WINDOW_S = 1.0
+_BURST_MIN = 5
+_BURST_SHARE = 0.5
+# Without Retry-After, consecutive bursts pause 1, 2, 4, ... up to 30 s, less up to a quarter
 # (jitter keeps several fleet processes behind one gateway from coming back in step).
 _BACKOFF_INITIAL_S = 1.0
 _BACKOFF_MAX_S = 30.0
@@ -45,24 +86,31 @@ _BACKOFF_JITTER = 0.25
 
 
 class Throttle:
-    """Pauses and paces requests: call `wait()` before each, then report how the server took it."""
+    """Paces requests: call `wait()` before each, then report how the server took it."""
 
     __slots__ = (
-        "_adaptive",
+        "_bursts",
         "_ceiling",
         "_clock",
-        "_floor",
+        "_cut_at",
+        "_cut_to",
         "_last_start",
+        "_limited",
         "_lock",
         "_max_rps",
+        "_min_rps",
         "_paused_until",
-        "_ramp_from",
-        "_recovery_requests",
+        "_recovery_s",
+        "_refusals",
         "_rng",
         "_sleep",
+        "_slope",
         "_starts",
         "_streak",
+        "_successes",
+        "cuts",
         "overloads",
+        "pauses",
         "waited_s",
     )
 
@@ -71,7 +119,7 @@ class Throttle:
         *,
         max_rps: float | None = None,
         min_rps: float = 1.0,
-        recovery_requests: int = 20,
+        recovery_s: float = 5.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
         rng: random.Random | None = None,
@@ -80,96 +128,119 @@ class Throttle:
             raise ValueError(f"max_rps must be positive or None, not {max_rps}")
         if not min_rps > 0:
             raise ValueError(f"min_rps must be positive, not {min_rps}")
-        if recovery_requests < 1:
-            raise ValueError(f"recovery_requests must be at least 1, not {recovery_requests}")
+        if not 0 < recovery_s < math.inf:
+            raise ValueError(f"recovery_s must be positive, not {recovery_s}")
         self._max_rps = max_rps
         # A fixed max_rps below min_rps wins: the floor only bounds the adaptive cut.
-        self._floor = min_rps if max_rps is None else min(min_rps, max_rps)
-        self._recovery_requests = recovery_requests
+        self._min_rps = min_rps if max_rps is None else min(min_rps, max_rps)
+        self._recovery_s = recovery_s
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._lock = anyio.Lock()
         self._paused_until = -math.inf
         self._last_start = -math.inf
-        self._starts: deque[float] = deque(maxlen=_RECENT_STARTS)
-        self._streak = 0
-        self._adaptive: float | None = None
-        self._ramp_from = 0.0
+        self._starts: deque[float] = deque(maxlen=_RECENT)
+        self._successes: deque[float] = deque(maxlen=_RECENT)
+        self._refusals: deque[float] = deque(maxlen=_RECENT)
+        self._streak = 0  # refusals since the last success
+        self._bursts = 0  # bursts since the last success, for the backoff
+        # The adaptive limit, while an episode lasts: `_cut_to` rps at `_cut_at`, climbing at
+        # `_slope` rps a second to `_ceiling`, and never under the floor.
+        self._limited = False
+        self._cut_at = -math.inf
+        self._cut_to = 0.0
         self._ceiling = 0.0
-        self.overloads = 0
+        self._slope = 0.0
+        self.overloads = 0  # refusals reported
+        self.cuts = 0  # times the shared rate was cut
+        self.pauses = 0  # bursts that paused everyone
         self.waited_s = 0.0
 
     @property
     def rate_limit(self) -> float | None:
         """Requests per second allowed now (the lower of `max_rps` and the adaptive limit)."""
-        if self._adaptive is None:
-            return self._max_rps
-        if self._max_rps is None:
-            return self._adaptive
-        return min(self._adaptive, self._max_rps)
+        return self._limit(self._clock())
 
     @property
     def paused_until(self) -> float:
         """Clock time before which no request starts (in the past when there is no pause)."""
         return self._paused_until
 
+    @property
+    def floor(self) -> float:
+        """The lowest the adaptive limit may be now: a little above what the server accepts."""
+        return self._floor_at(self._clock())
+
+    def now(self) -> float:
+        """The throttle's clock: what `overloaded(sent_at=...)` expects."""
+        return self._clock()
+
     async def wait(self) -> float:
         """Wait for this request's turn; return the seconds waited."""
         start = self._clock()
-        if start >= self._paused_until and self.rate_limit is None:
+        if start >= self._paused_until and self._limit(start) is None:
             self._started(start)
             return 0.0
         # FIFO: the lock queues callers in arrival order and only its holder sleeps on the clock.
         async with self._lock:
             while True:
                 now = self._clock()
-                ready = self._ready_at()
+                ready = self._ready_at(now)
                 if ready <= now:
                     break
-                # Loop rather than trust one sleep: a pause may have been extended meanwhile.
+                # Loop rather than trust one sleep: a pause or a cut may have come meanwhile.
                 await self._sleep(ready - now)
             self._started(now)
         waited = now - start
         self.waited_s += waited
         return waited
 
-    def overloaded(self, retry_after: float | None) -> None:
-        """A 429 or 503 came back: pause everyone, and cut the rate if this is a new overload."""
+    def overloaded(self, retry_after: float | None, *, sent_at: float | None = None) -> None:
+        """A 429 or 503 answered a request sent at `sent_at` (this throttle's clock; None: just
+        now). The request itself waits `retry_after` (the caller's retry does); everyone pauses
+        only in a burst; the shared rate is cut once per round trip."""
         now = self._clock()
         self.overloads += 1
-        # Answers to requests sent before the pause began echo the same overload: they extend
-        # the pause to a later Retry-After, but do not back off, count or cut the rate again.
+        self._streak += 1
+        self._refusals.append(now)
         if now < self._paused_until:
+            # Answers to requests sent before the pause began echo the same overload: they
+            # extend the pause to a later Retry-After, but do not back off or cut again.
             if retry_after is not None:
                 self._paused_until = max(self._paused_until, now + retry_after)
             return
-        self._streak += 1
-        pause = max(0.0, retry_after) if retry_after is not None else self._backoff()
-        self._paused_until = now + pause
-        self._cut(now)
-        log.info(
-            "fleet.throttle.overloaded",
-            retry_after=retry_after,
-            paused_s=round(self._paused_until - now, 3),
-            rate_limit=self.rate_limit,
-            consecutive=self._streak,
-        )
+        if self._burst(now):
+            self._pause(now, retry_after)
+            return
+        if sent_at is None or sent_at >= self._cut_at:
+            self._cut(now)
 
     def succeeded(self) -> None:
-        """A request succeeded: the backoff resets and the adaptive limit climbs back."""
+        """A request succeeded: the streak of refusals and the backoff start over."""
+        now = self._clock()
+        self._successes.append(now)
         self._streak = 0
-        if self._adaptive is None:
-            return
-        limit = self._adaptive + (self._ceiling - self._ramp_from) / self._recovery_requests
-        if limit >= self._ceiling - 1e-9:
-            self._adaptive = None
-            log.info("fleet.throttle.recovered", rate_limit=self.rate_limit)
-        else:
-            self._adaptive = limit
+        self._bursts = 0
 
-    def _ready_at(self) -> float:
-        limit = self.rate_limit
+    def _limit(self, now: float) -> float | None:
+        if not self._limited:
+            return self._max_rps
+        climbed = self._cut_to + self._slope * (now - self._cut_at)
+        limit = max(climbed, self._floor_at(now))
+        if limit >= self._ceiling - 1e-9:
+            self._limited = False
+            log.info("fleet.throttle.recovered", rate_limit=self._max_rps)
+            return self._max_rps
+        return limit
+
+    def _floor_at(self, now: float) -> float:
+        accepted = _rate(self._successes, now, _ACCEPTED_WINDOW_S)
+        floor = max(self._min_rps, _HEADROOM * accepted)
+        return floor if self._max_rps is None else min(floor, self._max_rps)
+
+    def _ready_at(self, now: float) -> float:
+        limit = self._limit(now)
         spaced = self._last_start + 1.0 / limit if limit is not None else -math.inf
         return max(self._paused_until, spaced)
 
@@ -177,40 +248,83 @@ class Throttle:
         self._last_start = now
         self._starts.append(now)
 
+    def _burst(self, now: float) -> bool:
+        if self._streak >= _BURST_STREAK:
+            return True
+        since = now - _BURST_WINDOW_S
+        refused = _count_since(self._refusals, since)
+        if refused < _BURST_MIN:
+            return False
+        answered = refused + _count_since(self._successes, since)
+        return refused >= _BURST_SHARE * answered
+
+    def _pause(self, now: float, retry_after: float | None) -> None:
+        self._bursts += 1
+        self.pauses += 1
+        pause = max(0.0, retry_after) if retry_after is not None else self._backoff()
+        self._paused_until = now + pause
+        self._cut(now)
+        log.info(
+            "fleet.throttle.paused",
+            retry_after=retry_after,
+            paused_s=round(pause, 3),
+            rate_limit=self._limit(now),
+            refusals_in_a_row=self._streak,
+        )
+
     def _backoff(self) -> float:
-        delay = min(_BACKOFF_MAX_S, _BACKOFF_INITIAL_S * 2.0 ** min(self._streak - 1, 32))
+        delay = min(_BACKOFF_MAX_S, _BACKOFF_INITIAL_S * 2.0 ** min(self._bursts - 1, 32))
         return delay * (1.0 - _BACKOFF_JITTER * self._rng.random())
 
-    def _observed_rate(self, now: float) -> float:
-        starts = self._starts
-        while starts and starts[0] < now - _RATE_WINDOW_S:
-            starts.popleft()
-        if not starts:
-            return 0.0
-        return len(starts) / max(now - starts[0], _RATE_MIN_SPAN_S)
-
     def _cut(self, now: float) -> None:
-        observed = self._observed_rate(now)
-        current = self.rate_limit
-        basis = observed if observed > 0 or current is None else current
-        target = max(self._floor, basis / 2)
+        current = self._limit(now)
+        floor = self._floor_at(now)
+        started = _rate(self._starts, now, _RATE_WINDOW_S)
+        # What is being sent, not a limit nobody reaches (a max_rps of 100 at 2 requests a second).
+        basis = started if current is None else min(current, started) if started > 0 else current
+        target = max(floor, _CUT * basis)
         if current is not None:
             target = min(target, current)
-        ceiling = self._max_rps if self._max_rps is not None else 2 * target
-        if target >= ceiling:
-            return  # already at the floor of a fixed max_rps: nothing to cut
-        self._adaptive = target
-        self._ramp_from = target
-        self._ceiling = ceiling
+        if not self._limited:
+            self._ceiling = self._max_rps if self._max_rps is not None else max(basis, target)
+            self._slope = self._ceiling * (1 - _CUT) / self._recovery_s
+        if target >= self._ceiling:
+            return  # nothing to cut: already at the floor of a fixed max_rps
+        self._limited = True
+        self._cut_at = now
+        self._cut_to = target
+        self.cuts += 1
+        log.debug("fleet.throttle.cut", rate_limit=round(target, 3), floor=round(floor, 3))
+
+
+def _count_since(times: deque[float], since: float) -> int:
+    """How many of `times` (ascending) are at or after `since`."""
+    count = 0
+    for at in reversed(times):
+        if at < since:
+            break
+        count += 1
+    return count
+
+
+def _rate(times: deque[float], now: float, window: float) -> float:
+    """Events per second over the last `window` s (`times` ascending, older ones dropped)."""
+    while times and times[0] < now - window:
+        times.popleft()
+    if not times:
+        return 0.0
+    return len(times) / max(now - times[0], _RATE_MIN_SPAN_S)
 
 
 class Breaker:
-    """A circuit breaker: after `threshold` failures in a row, one probe at a time until one works.
+    """A circuit breaker: open after `threshold` failures of the server, then one probe at a time.
 
-    Call `admit()` before each request and then exactly one of `success()` (the server
-    answered), `failure()` (it failed: timeout, connection error, 5xx) or `abandon()` (the
-    request ended without telling anything about the server, e.g. it was cancelled). A probe
-    that never reports is presumed lost after `probe_timeout_s`, and another waiter probes.
+    Call `admit(resource)` before each request and then exactly one of `success()` (the server
+    answered), `failure(resource)` (it failed: timeout, connection error, 5xx) or `abandon()`
+    (the request ended without telling anything about the server, e.g. it was cancelled).
+    `resource` is the request's path without its query; None is the server as a whole (a
+    connection that could not be made says nothing about any one resource). A probe that never
+    reports is presumed lost after `probe_timeout_s`, and another waiter probes.
     """
 
     __slots__ = (
@@ -218,6 +332,8 @@ class Breaker:
         "_changed",
         "_clock",
         "_delay",
+        "_failed_probes",
+        "_failing",
         "_failures",
         "_next_probe_at",
         "_opened_at",
@@ -225,10 +341,13 @@ class Breaker:
         "_probe_expires",
         "_probe_initial_s",
         "_probe_max_s",
+        "_probe_resource",
         "_probe_timeout_s",
+        "_server_failed",
         "_sleep",
         "_threshold",
         "_timer",
+        "_waiting",
         "opened",
     )
 
@@ -263,12 +382,19 @@ class Breaker:
         self._probe_timeout_s = probe_timeout_s
         self._clock = clock
         self._sleep = sleep
+        # Failures since the last success: how many, and of which resources (two are enough
+        # to tell), or whether one was the server's own.
         self._failures = 0
+        self._failing: set[str] = set()
+        self._server_failed = False
         self._opened_at: float | None = None
         self._delay = probe_initial_s
         self._next_probe_at = 0.0
         self._probe: int | None = None  # the anyio task id of the probe in flight
+        self._probe_resource: str | None = None
         self._probe_expires = 0.0
+        self._failed_probes: set[str | None] = set()  # resources whose probe failed, this outage
+        self._waiting: Counter[str | None] = Counter()  # resources of the callers waiting
         self._changed = anyio.Event()
         self._timer: anyio.CancelScope | None = None
         self.opened = 0
@@ -282,8 +408,24 @@ class Breaker:
         """Clock time at which the breaker opened, None while it is closed."""
         return self._opened_at
 
-    async def admit(self) -> None:
+    async def admit(self, resource: str | None = None) -> None:
         """Return when this caller may send a request; raise `ServerUnavailable` past the budget."""
+        if self._opened_at is None:
+            return
+        self._waiting[resource] += 1
+        admitted = False
+        try:
+            await self._wait_turn(resource)
+            admitted = True
+        finally:
+            self._waiting[resource] -= 1
+            if not self._waiting[resource]:
+                del self._waiting[resource]
+            if not admitted and self._opened_at is not None:
+                # This waiter may have been the one the next probe was left to.
+                self._notify()
+
+    async def _wait_turn(self, resource: str | None) -> None:
         while self._opened_at is not None:
             now = self._clock()
             failing_s = now - self._opened_at
@@ -294,37 +436,62 @@ class Breaker:
                 )
             probe_lost = self._probe is not None and now >= self._probe_expires
             if (self._probe is None or probe_lost) and now >= self._next_probe_at:
-                self._probe = _task_id()
-                self._probe_expires = now + self._probe_timeout_s
-                log.info("fleet.breaker.probing", failing_s=round(failing_s, 3), lost=probe_lost)
-                self._notify()  # another waiter takes over the clock while this one probes
-                return
-            if self._timer is None:
+                if self._may_probe(resource):
+                    self._probe = _task_id()
+                    self._probe_resource = resource
+                    self._probe_expires = now + self._probe_timeout_s
+                    log.info(
+                        "fleet.breaker.probing",
+                        failing_s=round(failing_s, 3),
+                        lost=probe_lost,
+                        resource=resource,
+                    )
+                    self._notify()  # another waiter takes over the clock while this one probes
+                    return
+                await self._changed.wait()  # a waiter for a resource not yet tried probes
+            elif self._timer is None:
                 await self._keep_time(now)
             else:
                 await self._changed.wait()
 
+    def _may_probe(self, resource: str | None) -> bool:
+        """A resource whose probe failed in this outage probes again only if no one waits for
+        another: a broken resource must not stand for the whole server."""
+        if resource not in self._failed_probes:
+            return True
+        return all(waiting in self._failed_probes for waiting in self._waiting)
+
     def success(self) -> None:
         """The server answered: reset the failure count and close, releasing every waiter."""
         self._failures = 0
+        self._failing.clear()
+        self._server_failed = False
         if self._opened_at is None:
             return
         log.info("fleet.breaker.closed", failing_s=round(self._clock() - self._opened_at, 3))
         self._opened_at = None
         self._probe = None
+        self._failed_probes.clear()
         self._delay = self._probe_initial_s
         self._notify()
 
-    def failure(self) -> None:
-        """The server failed a request: count it while closed; schedule the next probe if open."""
+    def failure(self, resource: str | None = None) -> None:
+        """The server failed a request for `resource` (None: the server as a whole): count it
+        while closed; schedule the next probe if open."""
         now = self._clock()
         if self._opened_at is None:
             self._failures += 1
-            if self._failures >= self._threshold:
+            if resource is None:
+                self._server_failed = True
+            elif len(self._failing) < 2:  # noqa: PLR2004 - two resources tell a server
+                self._failing.add(resource)
+            spans_server = self._server_failed or len(self._failing) >= 2  # noqa: PLR2004
+            if self._failures >= self._threshold and spans_server:
                 self._open(now)
             return
         # Requests admitted before the breaker opened may still fail; only the probe's counts.
         if self._probe is not None and self._probe == _task_id():
+            self._failed_probes.add(self._probe_resource)
             self._probe = None
             self._delay = min(self._delay * 2, self._probe_max_s)
             self._next_probe_at = now + self._delay
@@ -342,7 +509,13 @@ class Breaker:
         self._delay = self._probe_initial_s
         self._next_probe_at = now + self._delay
         self._probe = None
-        log.warning("fleet.breaker.opened", failures=self._failures, budget_s=self._budget_s)
+        self._failed_probes.clear()
+        log.warning(
+            "fleet.breaker.opened",
+            failures=self._failures,
+            resources=sorted(self._failing),
+            budget_s=self._budget_s,
+        )
         self._notify()
 
     async def _keep_time(self, now: float) -> None:
