@@ -920,8 +920,9 @@ async def test_a_non_uuid_project_id_is_refused_before_any_request(mock):
 # -- throttle and breaker -------------------------------------------------------------------
 
 
-async def test_a_429_slows_every_request_of_the_client(mock):
-    """One 429 with Retry-After pauses the client's shared throttle for that long."""
+async def test_a_429_delays_its_own_request_not_the_others(mock):
+    """One 429 with Retry-After is retried after that long (the retry honours it); the shared
+    throttle does not pause every other request for it."""
     time = InstantTime()
     mock.get(f"{API}/jobs/{JOB_ID}").mock(
         side_effect=[
@@ -932,19 +933,26 @@ async def test_a_429_slows_every_request_of_the_client(mock):
     async with ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN, **time.pacing()) as api:
         await api.get_job(JOB_ID)
         assert api.throttle.overloads == 1
-    assert time.slept >= 7
+        assert api.throttle.paused_until < time.now
+        assert api.stats.errors["429"] == 1
+    assert time.slept < 7
 
 
 async def test_an_outage_past_its_budget_raises_server_unavailable(mock):
-    """A server failing every request opens the breaker; past the budget the call gives up."""
+    """A server failing requests for two resources opens the breaker; past the budget the call
+    gives up. One resource failing alone fails only its own request, on its own retries."""
     time = InstantTime()
-    route = mock.get(f"{API}/jobs/{JOB_ID}").respond(503)
+    route = mock.get(url__regex=rf"{API}/jobs/.*").respond(503)
     breaker = Breaker(threshold=2, budget_s=60, clock=time.clock, sleep=time.sleep)
     async with _client_with(breaker, time) as api:
-        with pytest.raises(ServerUnavailable, match="budget 60"):
+        with pytest.raises(TransientApiError) as alone:
             await api.get_job(JOB_ID)
+        assert type(alone.value) is TransientApiError
+        assert not breaker.is_open
+        with pytest.raises(ServerUnavailable, match="budget 60"):
+            await api.get_job(uid(9))
     assert breaker.opened == 1
-    assert route.call_count > 3  # probes went on after the request's own retries
+    assert route.call_count > 6  # probes went on after the request's own retries
 
 
 async def test_a_request_waits_out_an_outage_that_ends(mock):

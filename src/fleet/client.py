@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import re
 import ssl
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -50,6 +52,9 @@ _MAX_PAGE = 1000  # Spring Data REST's cap on `size`
 UNFINISHED_JOB_STATUSES = ("CREATED", "SCHEDULED", "ASSIGNED", "RUNNING")
 # The largest answer fleet reads: a page of 100 jobs with their metadata is ~200 KB.
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# A `Date` header is whole seconds, and servers that cache it per second (uvicorn does) send one
+# up to a second old: the server's time when it answered is within 2 s after the header's.
+_DATE_SPAN_S = 2.0
 _T = TypeVar("_T")
 
 
@@ -212,6 +217,12 @@ class ModelOps(Protocol):
     async def deployments_of_version(self, trained_model_id: str) -> list[Deployment]: ...
     async def versions(self, model_id: str) -> list[Version]: ...
     async def retire(self, trained_model_id: str, deployment_id: str) -> Job: ...
+
+    @property
+    def clock_skew_s(self) -> float | None:
+        """At most how far the server's clock is from this machine's, in seconds, as learnt
+        from the `Date` headers of its answers; None before one was seen."""
+
     def server_time_floor(self) -> datetime | None: ...
 
 
@@ -252,8 +263,17 @@ class ModelOpsClient:
         transport: httpx.AsyncBaseTransport | None = None,
         throttle: Throttle | None = None,
         breaker: Breaker | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        if not 0 < timeout_s < math.inf:
+            raise ValueError(f"timeout_s must be positive, not {timeout_s}")
         self._retry = retry or RetryPolicy()
+        # One request, from connecting to the last byte of its answer, ends within this: a
+        # server that trickles its answer cannot hold a request (or the model behind it).
+        self._timeout_s = timeout_s
+        self._wall_clock = wall_clock
+        # The server's clock minus this machine's lies within [low, high] (Date headers).
+        self._skew_range: tuple[float, float] | None = None
         # Shared by every request: one 429 slows them all; a server down pauses them all.
         self.throttle = throttle or Throttle()
         self.breaker = breaker or Breaker()
@@ -291,6 +311,21 @@ class ModelOpsClient:
     @property
     def project_id(self) -> str:
         return self._project_id
+
+    @property
+    def clock_skew_s(self) -> float | None:
+        """At most how far the server's clock is from this machine's, in seconds; None until an
+        answer with a readable `Date` header came.
+
+        Each answer bounds the offset (server - local): the server stamped `Date` (whole
+        seconds, maybe cached for a second) between sending the request and receiving the
+        headers. The bounds of all answers are intersected, which is exact for a steady offset;
+        an answer that contradicts the range so far (a clock was stepped) widens it to both.
+        """
+        if self._skew_range is None:
+            return None
+        low, high = self._skew_range
+        return max(abs(low), abs(high))
 
     def server_time_floor(self) -> datetime | None:
         """A time the server's clock has certainly passed, in that clock: the latest `Date`
@@ -572,8 +607,9 @@ class ModelOpsClient:
         params: Mapping[str, str] | None,
         body: Mapping[str, Any] | None,
     ) -> object:
-        await self.breaker.admit()
+        await self.breaker.admit(path)
         await self.throttle.wait()
+        sent_at = self.throttle.now()
         self.stats.requests[method] += 1
         if method == "GET" and path.startswith("/api/jobs"):
             self.stats.polls += 1
@@ -597,7 +633,8 @@ class ModelOpsClient:
                     method=method,
                     path=path,
                 ) from exc
-            self.breaker.failure()
+            # A connection not made is the server's failure, whatever the resource.
+            self.breaker.failure(None)
             # The request never left this machine: nothing can have been applied.
             raise TransientApiError(
                 f"cannot reach ModelOps at {self._http.base_url}: {_describe(exc)}",
@@ -608,7 +645,7 @@ class ModelOpsClient:
             self.stats.errors[
                 "timeout" if isinstance(exc, httpx.TimeoutException) else "connection"
             ] += 1
-            self.breaker.failure()
+            self.breaker.failure(path)
             error = OutcomeUnknown if method == "POST" else TransientApiError
             raise error(
                 f"{method} {path}: no response ({_describe(exc)})", method=method, path=path
@@ -616,7 +653,7 @@ class ModelOpsClient:
         except BaseException:
             self.breaker.abandon()
             raise
-        self._judge(response)
+        self._judge(response, path, sent_at)
         self._saw_server_time(_http_date(response.headers.get("Date")))
         return _read(response, method, path)
 
@@ -628,26 +665,66 @@ class ModelOpsClient:
         params: Mapping[str, str] | None,
         body: Mapping[str, Any] | None,
     ) -> httpx.Response:
+        """One exchange, bounded as a whole by the client's timeout (httpx's bounds each read)."""
         headers = {"Authorization": f"Bearer {token}"}
         request = self._http.build_request(method, path, params=params, json=body, headers=headers)
-        response = await self._http.send(request, stream=True)
+        deadline = anyio.CancelScope(deadline=anyio.current_time() + self._timeout_s)
         try:
-            content = await _bounded_body(response, method, path)
-        finally:
-            await response.aclose()
+            with deadline:
+                sent = self._wall_clock()
+                response = await self._http.send(request, stream=True)
+                self._learn_skew(response.headers.get("Date"), sent, self._wall_clock())
+                try:
+                    content = await _bounded_body(response, method, path)
+                finally:
+                    # Shielded: a cut-off answer still closes (and frees) its connection.
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+        except httpx.TransportError as exc:
+            if deadline.cancel_called:
+                raise self._timed_out(method, path) from exc
+            raise
+        if deadline.cancel_called:
+            raise self._timed_out(method, path)
         return httpx.Response(
             response.status_code, headers=response.headers, content=content, request=request
         )
 
-    def _judge(self, response: httpx.Response) -> None:
+    def _timed_out(self, method: str, path: str) -> httpx.TimeoutException:
+        return httpx.ReadTimeout(
+            f"no complete answer to {method} {path} within {self._timeout_s:g} s (api.timeout)"
+        )
+
+    def _learn_skew(self, date: str | None, sent: float, received: float) -> None:
+        """Narrow the range of the server's clock offset with one answer's `Date` header."""
+        if not date:
+            return
+        try:
+            stamped = email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return  # not an HTTP date: it tells nothing
+        # The server's time at stamping is in [stamped, stamped + span); the local time then
+        # was between sending and receiving.
+        low, high = stamped - received, stamped + _DATE_SPAN_S - sent
+        if self._skew_range is None:
+            self._skew_range = (low, high)
+            return
+        old_low, old_high = self._skew_range
+        if max(low, old_low) <= min(high, old_high):
+            self._skew_range = (max(low, old_low), min(high, old_high))
+        else:
+            self._skew_range = (min(low, old_low), max(high, old_high))
+
+    def _judge(self, response: httpx.Response, path: str, sent_at: float) -> None:
         """Tell the throttle and the breaker how the server took a request."""
         status = response.status_code
         if status >= 400:  # noqa: PLR2004
             self.stats.errors["429" if status == 429 else f"{status // 100}xx"] += 1  # noqa: PLR2004
         if status in _REFUSED_STATUSES:
-            self.throttle.overloaded(_retry_after(response.headers.get("Retry-After")))
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            self.throttle.overloaded(retry_after, sent_at=sent_at)
         if status >= 500:  # noqa: PLR2004
-            self.breaker.failure()
+            self.breaker.failure(path)
             return
         self.breaker.success()
         if status < 400:  # noqa: PLR2004

@@ -1,0 +1,195 @@
+"""The client's transport: a whole-request deadline, a breaker that one record cannot open, and
+the server's clock learnt from `Date` headers (issue 13, items 2 and 3)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from email.utils import formatdate
+
+import httpx
+import pytest
+import respx
+
+from fleet import sim
+from fleet.client import ModelOpsClient, RetryPolicy, TrainRequest
+from fleet.errors import OutcomeUnknown, TransientApiError
+from fleet.throttle import Breaker, Throttle
+from support import InstantTime
+
+BASE_URL = "https://mo.example/modelops/core"
+API = f"{BASE_URL}/api"
+PROJECT_ID = "419e5f05-b225-4b70-b075-6c309365d94f"
+TOKEN = "tok-transport"
+BROKEN = str(uuid.UUID(int=1))
+HEALTHY = str(uuid.UUID(int=2))
+TRAIN = TrainRequest(None, None, {}, {}, None)
+
+
+# -- item 2: a trickled answer ends at api.timeout -------------------------------------------
+
+
+@pytest.mark.timeout(30)  # a safety net only: the answers below would take minutes to arrive
+async def test_an_answer_trickled_a_byte_at_a_time_times_out_as_a_whole() -> None:
+    """Over real HTTP, an answer sent a byte every 50 ms (each read gets one, so no read ever
+    times out) ends at the client's timeout: a GET is a transient timeout, a POST an unknown
+    outcome, both counted as timeouts."""
+    settings = sim.SimSettings(models=1, trickle_rate=1.0, trickle_interval_s=0.05)
+    world, app = sim.build(settings)
+    model = world.models()[0]
+    async with (
+        sim.serve(app) as url,
+        ModelOpsClient(
+            url,
+            settings.project_id,
+            settings.token,
+            timeout_s=0.5,
+            retry=RetryPolicy(attempts=1),
+            **InstantTime().pacing(),
+        ) as api,
+    ):
+        with pytest.raises(TransientApiError, match=r"within 0\.5 s") as read:
+            await api.check_project()
+        assert type(read.value) is TransientApiError
+        with pytest.raises(OutcomeUnknown, match=r"within 0\.5 s"):
+            await api.train(model.id, TRAIN)
+        assert api.stats.errors["timeout"] == 2
+    assert world.stats()["faults"]["trickle"] == 2
+
+
+async def test_a_trickled_answer_within_the_timeout_is_read_whole() -> None:
+    """A trickle that ends before the deadline is an answer like any other."""
+    settings = sim.SimSettings(models=1, trickle_rate=1.0, trickle_interval_s=0.0001)
+    _, app = sim.build(settings)
+    async with (
+        sim.serve(app) as url,
+        ModelOpsClient(
+            url, settings.project_id, settings.token, timeout_s=20, **InstantTime().pacing()
+        ) as api,
+    ):
+        await api.check_project()
+        assert api.stats.errors["timeout"] == 0
+
+
+def test_the_emulator_refuses_a_trickle_that_cannot_end() -> None:
+    """Trickle settings are checked like the other faults."""
+    with pytest.raises(ValueError, match="trickle_interval_s must be positive"):
+        sim.SimSettings(trickle_interval_s=0)
+    with pytest.raises(ValueError, match="must not exceed 1"):
+        sim.SimSettings(drop_rate=0.5, trickle_rate=0.6)
+
+
+# -- item 3: one broken resource fails only its own requests ---------------------------------
+
+
+def _job(job_id: str) -> dict[str, str]:
+    return {"id": job_id, "status": "RUNNING", "type": "TRAINING"}
+
+
+async def test_one_resource_failing_for_ever_fails_only_its_own_reads() -> None:
+    """A job whose every read answers 500 fails each of its reads on their own retries, again
+    and again; the breaker never opens, and another job is read at once, without waiting."""
+    time = InstantTime()
+    breaker = Breaker(threshold=5, budget_s=60, clock=time.clock, sleep=time.sleep)
+    throttle = Throttle(clock=time.clock, sleep=time.sleep)
+    with respx.mock(using="httpx", assert_all_called=False) as mock:
+        broken = mock.get(f"{API}/jobs/{BROKEN}").respond(500)
+        mock.get(f"{API}/jobs/{HEALTHY}").respond(200, json=_job(HEALTHY))
+        async with ModelOpsClient(
+            BASE_URL, PROJECT_ID, TOKEN, throttle=throttle, breaker=breaker
+        ) as api:
+            for _ in range(4):  # 12 failures in a row of one job, more than the threshold
+                with pytest.raises(TransientApiError) as caught:
+                    await api.get_job(BROKEN)
+                assert type(caught.value) is TransientApiError  # not ServerUnavailable
+                assert caught.value.status == 500
+            assert not breaker.is_open
+            started = time.now
+            assert (await api.get_job(HEALTHY)).id == HEALTHY
+            assert time.now == started  # nobody waited for a probe
+    assert breaker.opened == 0
+    assert broken.call_count == 12
+
+
+# -- the server's clock ------------------------------------------------------------------------
+
+
+def _wall(times: list[float]) -> Iterator[float]:
+    yield from times
+
+
+def _client(times: list[float]) -> ModelOpsClient:
+    clock = _wall(times)
+    return ModelOpsClient(
+        BASE_URL, PROJECT_ID, TOKEN, wall_clock=lambda: next(clock), **InstantTime().pacing()
+    )
+
+
+def _answer(date: str | None) -> httpx.Response:
+    headers = {} if date is None else {"Date": date}
+    return httpx.Response(200, json=_job(HEALTHY), headers=headers)
+
+
+async def test_clock_skew_is_unknown_until_a_date_header_is_read() -> None:
+    """No answer, an answer without Date, or one whose Date is not a date: the skew is None."""
+    with respx.mock(using="httpx") as mock:
+        mock.get(f"{API}/jobs/{HEALTHY}").mock(
+            side_effect=[_answer(None), _answer("yesterday, about noon")]
+        )
+        async with _client([1000.0, 1000.1, 1001.0, 1001.1]) as api:
+            assert api.clock_skew_s is None
+            await api.get_job(HEALTHY)
+            await api.get_job(HEALTHY)
+            assert api.clock_skew_s is None
+
+
+async def test_clock_skew_bounds_the_offset_and_narrows_with_more_answers() -> None:
+    """A server 100 s ahead: the first answer bounds the offset by its round trip and Date's
+    resolution; later answers narrow it; a slow answer does not widen it."""
+    with respx.mock(using="httpx") as mock:
+        mock.get(f"{API}/jobs/{HEALTHY}").mock(
+            side_effect=[
+                _answer(formatdate(1100.0, usegmt=True)),  # sent 1000.0, received 1000.2
+                _answer(formatdate(2101.0, usegmt=True)),  # sent 2000.4, received 2000.6
+                _answer(formatdate(3105.0, usegmt=True)),  # sent 3000.0, received 3010.0
+            ]
+        )
+        async with _client([1000.0, 1000.2, 2000.4, 2000.6, 3000.0, 3010.0]) as api:
+            await api.get_job(HEALTHY)
+            assert api.clock_skew_s == pytest.approx(102.0)  # offset within [99.8, 102]
+            await api.get_job(HEALTHY)
+            assert api.clock_skew_s == pytest.approx(102.0)  # within [100.4, 102]
+            await api.get_job(HEALTHY)
+            assert api.clock_skew_s == pytest.approx(102.0)
+
+
+async def test_clock_skew_is_small_for_a_server_on_time_and_widens_when_a_clock_steps() -> None:
+    """A server on time gives a bound of Date's resolution and the round trip; a later answer
+    that contradicts it (a clock was stepped) widens the bound to cover both."""
+    with respx.mock(using="httpx") as mock:
+        mock.get(f"{API}/jobs/{HEALTHY}").mock(
+            side_effect=[
+                _answer(formatdate(1000.0, usegmt=True)),
+                _answer(formatdate(2030.0, usegmt=True)),
+            ]
+        )
+        async with _client([1000.0, 1000.1, 2000.0, 2000.1]) as api:
+            await api.get_job(HEALTHY)
+            assert api.clock_skew_s == pytest.approx(2.0)
+            await api.get_job(HEALTHY)
+            assert api.clock_skew_s == pytest.approx(32.0)
+
+
+async def test_the_emulator_sends_the_real_date_whatever_its_clock() -> None:
+    """Over HTTP the emulator (sped up 60x) dates its answers with the real time, as a server
+    does: the learnt skew is a couple of seconds, not the simulated clock's lead."""
+    settings = sim.SimSettings(models=1, time_scale=60.0)
+    _, app = sim.build(settings)
+    async with (
+        sim.serve(app) as url,
+        ModelOpsClient(url, settings.project_id, settings.token, **InstantTime().pacing()) as api,
+    ):
+        await api.check_project()
+        skew = api.clock_skew_s
+    assert skew is not None
+    assert skew <= 5.0
