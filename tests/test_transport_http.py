@@ -4,10 +4,7 @@ the server's clock learnt from `Date` headers (issue 13, items 2 and 3)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from email.utils import formatdate
 
-import httpx
 import pytest
 import respx
 
@@ -114,82 +111,16 @@ async def test_one_resource_failing_for_ever_fails_only_its_own_reads() -> None:
 # -- the server's clock ------------------------------------------------------------------------
 
 
-def _wall(times: list[float]) -> Iterator[float]:
-    yield from times
-
-
-def _client(times: list[float]) -> ModelOpsClient:
-    clock = _wall(times)
-    return ModelOpsClient(
-        BASE_URL, PROJECT_ID, TOKEN, wall_clock=lambda: next(clock), **InstantTime().pacing()
-    )
-
-
-def _answer(date: str | None) -> httpx.Response:
-    headers = {} if date is None else {"Date": date}
-    return httpx.Response(200, json=_job(HEALTHY), headers=headers)
-
-
-async def test_clock_skew_is_unknown_until_a_date_header_is_read() -> None:
-    """No answer, an answer without Date, or one whose Date is not a date: the skew is None."""
-    with respx.mock(using="httpx") as mock:
-        mock.get(f"{API}/jobs/{HEALTHY}").mock(
-            side_effect=[_answer(None), _answer("yesterday, about noon")]
-        )
-        async with _client([1000.0, 1000.1, 1001.0, 1001.1]) as api:
-            assert api.clock_skew_s is None
-            await api.get_job(HEALTHY)
-            await api.get_job(HEALTHY)
-            assert api.clock_skew_s is None
-
-
-async def test_clock_skew_bounds_the_offset_and_narrows_with_more_answers() -> None:
-    """A server 100 s ahead: the first answer bounds the offset by its round trip and Date's
-    resolution; later answers narrow it; a slow answer does not widen it."""
-    with respx.mock(using="httpx") as mock:
-        mock.get(f"{API}/jobs/{HEALTHY}").mock(
-            side_effect=[
-                _answer(formatdate(1100.0, usegmt=True)),  # sent 1000.0, received 1000.2
-                _answer(formatdate(2101.0, usegmt=True)),  # sent 2000.4, received 2000.6
-                _answer(formatdate(3105.0, usegmt=True)),  # sent 3000.0, received 3010.0
-            ]
-        )
-        async with _client([1000.0, 1000.2, 2000.4, 2000.6, 3000.0, 3010.0]) as api:
-            await api.get_job(HEALTHY)
-            assert api.clock_skew_s == pytest.approx(102.0)  # offset within [99.8, 102]
-            await api.get_job(HEALTHY)
-            assert api.clock_skew_s == pytest.approx(102.0)  # within [100.4, 102]
-            await api.get_job(HEALTHY)
-            assert api.clock_skew_s == pytest.approx(102.0)
-
-
-async def test_clock_skew_is_small_for_a_server_on_time_and_widens_when_a_clock_steps() -> None:
-    """A server on time gives a bound of Date's resolution and the round trip; a later answer
-    that contradicts it (a clock was stepped) widens the bound to cover both."""
-    with respx.mock(using="httpx") as mock:
-        mock.get(f"{API}/jobs/{HEALTHY}").mock(
-            side_effect=[
-                _answer(formatdate(1000.0, usegmt=True)),
-                _answer(formatdate(2030.0, usegmt=True)),
-            ]
-        )
-        async with _client([1000.0, 1000.1, 2000.0, 2000.1]) as api:
-            await api.get_job(HEALTHY)
-            assert api.clock_skew_s == pytest.approx(2.0)
-            await api.get_job(HEALTHY)
-            assert api.clock_skew_s == pytest.approx(32.0)
-
-
-async def test_the_emulator_sends_the_real_date_whatever_its_clock() -> None:
-    """Over HTTP the emulator (sped up 60x) dates its answers with the real time, as a server
-    does: the learnt skew is a couple of seconds, not the simulated clock's lead."""
-    settings = sim.SimSettings(models=1, time_scale=60.0)
-    _, app = sim.build(settings)
+async def test_the_emulator_dates_its_answers_by_its_own_clock_over_http() -> None:
+    """Over HTTP the emulator, sped up, dates its answers with its own clock (the one that
+    stamps createdAt), not uvicorn's: the floor fleet stamps intents with is in that clock."""
+    settings = sim.SimSettings(models=1)
+    world, app = sim.build(settings, sim.ManualClock(start=2_000_000_000.0))
     async with (
         sim.serve(app) as url,
         ModelOpsClient(url, settings.project_id, settings.token, **InstantTime().pacing()) as api,
     ):
         await api.check_project()
-        skew = api.clock_skew_s
-    assert skew is not None
-    assert skew <= 5.0
+        floor = api.server_time_floor()
+    assert floor is not None
+    assert floor.timestamp() == world.now()

@@ -12,7 +12,6 @@ import json
 import math
 import re
 import ssl
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -52,9 +51,6 @@ _MAX_PAGE = 1000  # Spring Data REST's cap on `size`
 UNFINISHED_JOB_STATUSES = ("CREATED", "SCHEDULED", "ASSIGNED", "RUNNING")
 # The largest answer fleet reads: a page of 100 jobs with their metadata is ~200 KB.
 MAX_BODY_BYTES = 16 * 1024 * 1024
-# A `Date` header is whole seconds, and servers that cache it per second (uvicorn does) send one
-# up to a second old: the server's time when it answered is within 2 s after the header's.
-_DATE_SPAN_S = 2.0
 _T = TypeVar("_T")
 
 
@@ -218,11 +214,6 @@ class ModelOps(Protocol):
     async def versions(self, model_id: str) -> list[Version]: ...
     async def retire(self, trained_model_id: str, deployment_id: str) -> Job: ...
 
-    @property
-    def clock_skew_s(self) -> float | None:
-        """At most how far the server's clock is from this machine's, in seconds, as learnt
-        from the `Date` headers of its answers; None before one was seen."""
-
     def server_time_floor(self) -> datetime | None: ...
 
 
@@ -263,7 +254,6 @@ class ModelOpsClient:
         transport: httpx.AsyncBaseTransport | None = None,
         throttle: Throttle | None = None,
         breaker: Breaker | None = None,
-        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not 0 < timeout_s < math.inf:
             raise ValueError(f"timeout_s must be positive, not {timeout_s}")
@@ -271,9 +261,6 @@ class ModelOpsClient:
         # One request, from connecting to the last byte of its answer, ends within this: a
         # server that trickles its answer cannot hold a request (or the model behind it).
         self._timeout_s = timeout_s
-        self._wall_clock = wall_clock
-        # The server's clock minus this machine's lies within [low, high] (Date headers).
-        self._skew_range: tuple[float, float] | None = None
         # Shared by every request: one 429 slows them all; a server down pauses them all.
         self.throttle = throttle or Throttle()
         self.breaker = breaker or Breaker()
@@ -312,24 +299,12 @@ class ModelOpsClient:
     def project_id(self) -> str:
         return self._project_id
 
-    @property
-    def clock_skew_s(self) -> float | None:
-        """At most how far the server's clock is from this machine's, in seconds; None until an
-        answer with a readable `Date` header came.
-
-        Each answer bounds the offset (server - local): the server stamped `Date` (whole
-        seconds, maybe cached for a second) between sending the request and receiving the
-        headers. The bounds of all answers are intersected, which is exact for a steady offset;
-        an answer that contradicts the range so far (a clock was stepped) widens it to both.
-        """
-        if self._skew_range is None:
-            return None
-        low, high = self._skew_range
-        return max(abs(low), abs(high))
-
     def server_time_floor(self) -> datetime | None:
         """A time the server's clock has certainly passed, in that clock: the latest `Date`
-        header it sent, or `createdAt` of a job it just created. None before any answer."""
+        header it sent, or `createdAt` of a job it just created. None before any answer.
+
+        A floor, not an estimate of the skew: a `Date` cached for a second, or an old one, is
+        still a time the server had passed; so is anything from a clock that runs fast."""
         return self._server_time
 
     def _saw_server_time(self, at: datetime | None) -> None:
@@ -671,9 +646,7 @@ class ModelOpsClient:
         deadline = anyio.CancelScope(deadline=anyio.current_time() + self._timeout_s)
         try:
             with deadline:
-                sent = self._wall_clock()
                 response = await self._http.send(request, stream=True)
-                self._learn_skew(response.headers.get("Date"), sent, self._wall_clock())
                 try:
                     content = await _bounded_body(response, method, path)
                 finally:
@@ -694,26 +667,6 @@ class ModelOpsClient:
         return httpx.ReadTimeout(
             f"no complete answer to {method} {path} within {self._timeout_s:g} s (api.timeout)"
         )
-
-    def _learn_skew(self, date: str | None, sent: float, received: float) -> None:
-        """Narrow the range of the server's clock offset with one answer's `Date` header."""
-        if not date:
-            return
-        try:
-            stamped = email.utils.parsedate_to_datetime(date).timestamp()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return  # not an HTTP date: it tells nothing
-        # The server's time at stamping is in [stamped, stamped + span); the local time then
-        # was between sending and receiving.
-        low, high = stamped - received, stamped + _DATE_SPAN_S - sent
-        if self._skew_range is None:
-            self._skew_range = (low, high)
-            return
-        old_low, old_high = self._skew_range
-        if max(low, old_low) <= min(high, old_high):
-            self._skew_range = (max(low, old_low), min(high, old_high))
-        else:
-            self._skew_range = (min(low, old_low), max(high, old_high))
 
     def _judge(self, response: httpx.Response, path: str, sent_at: float) -> None:
         """Tell the throttle and the breaker how the server took a request."""
@@ -847,7 +800,7 @@ def _http_date(value: str | None) -> datetime | None:
         return None
     try:
         at = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
