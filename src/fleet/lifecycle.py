@@ -1031,8 +1031,8 @@ async def _find_in_listing(
             candidates.append(job)
     if not candidates:
         return None
-    intent = record.submitted_at or ctx.now()
-    found = min(candidates, key=lambda j: abs((j.created_at or intent) - intent))
+    # Every candidate was created since the intent (in the server's clock): the earliest.
+    found = min(candidates, key=lambda j: j.created_at or since)
     if stage not in RECORDED_JOB_TYPES:
         _once("fleet.reconcile.unrecorded_job_type", job_type=found.type, stage=stage.value)
     return found
