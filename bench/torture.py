@@ -534,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         document = {
             "date": started.isoformat(timespec="seconds"),
             "command": " ".join(["python", "bench/torture.py", *(argv or sys.argv[1:])]),
-            "git_commit": git_commit(),
+            "git_commit": git_commit(),  # bench/'s tree; what was tortured is fleet_source
             "fleet_source": fleet_source(),
             "rows": rows,
         }
