@@ -5,6 +5,8 @@ from typing import TYPE_CHECKING
 import pytest
 import stamina
 
+from fleet.secrets import redactor
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -25,3 +27,11 @@ def _retries_without_waiting() -> Iterator[None]:
     """
     with stamina.set_testing(True, attempts=_RETRY_ATTEMPTS, cap=True):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _secrets_of_this_test_only() -> Iterator[None]:
+    """The redactor is process-wide: a token like "token" added by one test would redact
+    that word in every later test's messages."""
+    yield
+    redactor.forget()
