@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import xml.etree.ElementTree as ET
@@ -32,6 +33,7 @@ from cli_support import (
     sim_stats,
     start,
 )
+from fleet.cli import _push_timeout, _Shutdown, _watch_signals, grace_deadlines
 from fleet.config import Lifecycle, ModelSpec
 from fleet.report import FORMATS
 from fleet.sim import SimSettings, build, draws
@@ -485,3 +487,47 @@ def test_a_project_whose_server_is_down_stops_alone_with_exit_3(tmp_path: Path) 
             assert "8 of 8 models succeeded" in again.stderr
             assert sim_stats(url_b)["jobs_by_type"]["TRAINING"] == 3
         assert sim_stats(url_a)["jobs_by_type"]["TRAINING"] == 5
+
+
+# -- shutdown within the grace period --------------------------------------------------------
+
+
+@pytest.mark.parametrize("grace", [0.5, 1.0, 2.0, 10.0, 30.0, 600.0])
+def test_the_cancellation_leaves_room_for_the_shutdown_within_the_grace_period(
+    grace: float,
+) -> None:
+    """Draining is cancelled early enough that closing down ends within grace_period."""
+    cancel_at, exit_by = grace_deadlines(1000.0, grace)
+    reserve = exit_by - cancel_at
+    assert exit_by == 1000.0 + grace
+    assert min(1.0, grace / 2) <= reserve <= 5.0  # room for writes, lease, files, connections
+    assert cancel_at - 1000.0 >= grace / 2  # draining keeps most of the period
+
+
+async def test_the_first_signal_sets_the_deadline_and_a_second_cancels_at_once() -> None:
+    """A signal starts the grace period when it arrives; a second one cancels without waiting."""
+    shutdown = _Shutdown(grace_s=600.0)
+    stop = anyio.Event()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_signals, tg.cancel_scope, stop, shutdown)
+            await anyio.wait_all_tasks_blocked()  # the receiver is installed
+            before = anyio.current_time()
+            os.kill(os.getpid(), signal.SIGTERM)
+            await stop.wait()
+            assert shutdown.exit_by is not None
+            assert before + 600.0 <= shutdown.exit_by <= anyio.current_time() + 600.0
+            assert not tg.cancel_scope.cancel_called
+            os.kill(os.getpid(), signal.SIGINT)
+            await anyio.sleep_forever()  # until the watcher cancels the group
+    assert shutdown.signals == [signal.SIGTERM]
+    remaining = shutdown.remaining()
+    assert remaining is not None
+    assert 599.0 < remaining <= 600.0
+
+
+def test_metrics_pushed_after_a_signal_take_at_most_half_the_time_left() -> None:
+    """A push after a signal is bounded by what is left of the grace period."""
+    assert _push_timeout(None) == 10.0
+    assert _push_timeout(3.0) == 1.5
+    assert _push_timeout(0.0) == 0.1

@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet.config import Settings, flag_specs, load_settings
+from fleet.config import Settings, flag_specs, load_models_file, load_settings
 from fleet.errors import ConfigError
 
 PATHS = [spec.path for spec in flag_specs()]
@@ -152,6 +152,44 @@ def _what_run_would_refuse(loaded: Settings) -> str:
     try:
         loaded.require_api()
         loaded.model_specs()
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+_MODEL_LINE = b'{"id": "088d1992-06bc-46cc-9f92-c2a1c2b03ca9"}\n'
+# Bytes that break decoders: invalid UTF-8, a BOM, NUL, CR, brackets, quotes and digits.
+_AWKWARD = st.binary(max_size=60) | st.sampled_from(
+    [b"\xef\xbb\xbf", b"\xff\xfe", b"\0", b"\r\n", b"[[[[", b"{{", b'"', b"9" * 50, b"\xe9"]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(_AWKWARD, max_size=6))
+def test_any_bytes_in_the_config_file_give_settings_or_a_config_error(parts: list[bytes]) -> None:
+    """fleet.toml of any bytes (not UTF-8, NUL, BOM, deep brackets) loads or is one line."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "fleet.toml"
+        path.write_bytes(b"".join(parts))
+        _outcome(config=path, flags={}, env={})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(_AWKWARD | st.just(_MODEL_LINE), max_size=6), csv=st.booleans())
+def test_any_bytes_in_a_models_file_give_models_or_a_config_error(
+    parts: list[bytes], csv: bool
+) -> None:
+    """A models file (CSV or JSONL) of any bytes gives models or one ConfigError line."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / ("models.csv" if csv else "models.jsonl")
+        header = b"id,name,resources,resources.memory,hyperparameters\n" if csv else b""
+        path.write_bytes(header + b"".join(parts))
+        assert "\n" not in _models_refusal(path)
+
+
+def _models_refusal(path: Path) -> str:
+    try:
+        load_models_file(path)
     except ConfigError as exc:
         return str(exc)
     return ""

@@ -864,7 +864,7 @@ async def _drive(
     specs: list[ModelSpec] | None = None,
 ) -> int:
     progress = Progress()
-    signalled: list[int] = []
+    shutdown = _Shutdown(settings.grace_period)
     stop = anyio.Event()
     result: RunResult | None = None
     with ungrouped():
@@ -890,15 +890,16 @@ async def _drive(
                     progress=progress,
                     clients=clients,
                     started=started,
+                    timeout_s=shutdown.remaining(),
                 )
                 tg.cancel_scope.cancel()
 
-            tg.start_soon(_watch_signals, tg.cancel_scope, stop, signalled, settings.grace_period)
+            tg.start_soon(_watch_signals, tg.cancel_scope, stop, shutdown)
             tg.start_soon(_show_progress, progress, settings.progress_interval)
             tg.start_soon(run_then_stop)
-    if signalled:
+    if shutdown.signals:
         _error("interrupted: the run's state is saved; run again with the same --run-id")
-        return EXIT_SIGTERM if signalled[0] == signal.SIGTERM else EXIT_SIGINT
+        return EXIT_SIGTERM if shutdown.signals[0] == signal.SIGTERM else EXIT_SIGINT
     assert result is not None
     return _report(result, fail_on_reject=settings.fail_on_reject)
 
@@ -911,9 +912,12 @@ async def _publish_metrics(
     progress: Progress,
     clients: Mapping[str, ModelOpsClient],
     started: float,
+    timeout_s: float | None = None,
 ) -> None:
     """The run's Prometheus metrics, to a textfile and/or a Pushgateway, if configured: the
-    figures of each project (labelled with its id), from its models and its client."""
+    figures of each project (labelled with its id), from its models and its client.
+
+    `timeout_s`: what is left of the grace period after a signal, which bounds the pushes."""
     if settings.metrics_file is None and settings.pushgateway is None:
         return
     several = len(clients) > 1
@@ -933,28 +937,78 @@ async def _publish_metrics(
     if settings.pushgateway is not None:
         for project, of_project in figures.items():
             try:
-                push(of_project, settings.pushgateway, project=project)
+                push(
+                    of_project,
+                    settings.pushgateway,
+                    project=project,
+                    timeout=_push_timeout(timeout_s),
+                )
             except FleetError as exc:
                 log.warning("fleet.metrics.push_failed", project=project, error=str(exc))
 
 
-async def _watch_signals(
-    scope: anyio.CancelScope, stop: anyio.Event, signalled: list[int], grace_s: float
-) -> None:
-    """First signal: drain (admit and submit nothing new) for up to `grace_s`, then cancel.
+# Seconds one push to a Pushgateway may take.
+_PUSH_TIMEOUT_S = 10.0
+# After a signal, what is still draining is cancelled early enough to leave this part of the
+# grace period (at most half of it, and at most 5 s) to what follows the cancellation: the
+# interrupted status written, the lease released, the state file and connections closed, the
+# metrics published. The whole shutdown then fits in grace_period, as a pod's
+# terminationGracePeriodSeconds requires; cancelling only at its end overran it.
+_RESERVE_SHARE = 0.2
+_RESERVE_MIN_S = 1.0
+_RESERVE_MAX_S = 5.0
+
+
+def _push_timeout(remaining_s: float | None) -> float:
+    """A push's timeout: half of what is left of the grace period after a signal (the rest is
+    for closing down), else the usual."""
+    if remaining_s is None:
+        return _PUSH_TIMEOUT_S
+    return max(0.1, min(remaining_s / 2, _PUSH_TIMEOUT_S))
+
+
+def grace_deadlines(received: float, grace_s: float) -> tuple[float, float]:
+    """For a first signal received at `received` (a clock's seconds): when to cancel what is
+    still draining, and when the process must be gone."""
+    reserve = min(grace_s / 2, max(grace_s * _RESERVE_SHARE, _RESERVE_MIN_S), _RESERVE_MAX_S)
+    return received + grace_s - reserve, received + grace_s
+
+
+@dataclass
+class _Shutdown:
+    """The signals received (the first decides the exit code) and, once one came, the event
+    loop's time by which fleet must have exited."""
+
+    grace_s: float
+    signals: list[int] = dataclasses.field(default_factory=list)
+    exit_by: float | None = None
+
+    def remaining(self) -> float | None:
+        """Seconds left before `exit_by` (None: no signal yet, no limit)."""
+        if self.exit_by is None:
+            return None
+        return max(0.0, self.exit_by - anyio.current_time())
+
+
+async def _watch_signals(scope: anyio.CancelScope, stop: anyio.Event, shutdown: _Shutdown) -> None:
+    """First signal: drain (admit and submit nothing new), then cancel at the first of
+    `grace_deadlines`, so that all that follows fits in the grace period.
 
     A second signal cancels at once. Either way every step taken is already recorded.
     """
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            signalled.append(signum)
+            shutdown.signals.append(signum)
             log.warning(
-                "fleet.run.signal", signal=signal.Signals(signum).name, grace_period_s=grace_s
+                "fleet.run.signal",
+                signal=signal.Signals(signum).name,
+                grace_period_s=shutdown.grace_s,
             )
             if stop.is_set():
                 break
             stop.set()
-            with anyio.move_on_after(grace_s):
+            cancel_at, shutdown.exit_by = grace_deadlines(anyio.current_time(), shutdown.grace_s)
+            with anyio.move_on_after(cancel_at - anyio.current_time()):
                 async for _ in signals:
                     break
             break
