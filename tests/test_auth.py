@@ -169,3 +169,25 @@ async def test_a_new_state_file_is_readable_by_its_owner_only(tmp_path: Path) ->
     async with Store.open(path):
         pass
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_token_file_rotated_to_garbage_is_one_config_error(tmp_path: Path) -> None:
+    """Issue 13 #9: the file is rewritten mid-run with bytes that are not a token; the next
+    read says so in one line naming the setting, as the first read would have."""
+    path = tmp_path / "token"
+    path.write_text("good-token-dddd\n")
+    settings = load_settings(
+        None,
+        {"api.url": BASE, "api.project_id": PROJECT, "api.token_file": str(path)},
+        env={},
+        use_default_file=False,
+    )
+    source = settings.api.token_source()
+    assert isinstance(source, TokenFile)
+    assert await source.token() == "good-token-dddd"
+    for garbage in (b"\xff\xfe-not-utf8\n", "caf\u00e9-token\n".encode(), b"two tokens\n"):
+        path.write_bytes(garbage)
+        source._mtime = -1.0  # the clock may not have moved between two writes
+        with pytest.raises(ConfigError, match=r"^api\.token_file[: ]") as caught:
+            await source.token()
+        assert "\n" not in str(caught.value)

@@ -299,6 +299,19 @@ def test_an_empty_run_id_to_read_is_refused(
     assert len(stderr.splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", [["status"], ["report", "--format", "json"]])
+def test_an_empty_state_file_to_read_is_named_as_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """Issue 13 #13: a 0-byte state file was "from another fleet version"; it is empty."""
+    case = Case((), "", files={"empty.db": b""})
+    code, stderr = _run(tmp_path, monkeypatch, [*command, "--db", "empty.db"], case)
+    assert code == 2
+    assert stderr.startswith("fleet: configuration error: --db: empty.db is empty"), stderr
+    assert len(stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "fleet.toml"]
+
+
 # -- Ctrl-C during start-up ------------------------------------------------------------------
 
 # Sends SIGINT to itself when `module` is first imported: in the middle of fleet's imports,

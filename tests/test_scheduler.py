@@ -566,3 +566,14 @@ async def test_resuming_a_run_whose_project_is_gone_from_the_config_is_refused(
             await _run_projects(settings, {"a": a.api}, a, run_id="r")
         async with Store.open(db) as store:
             assert (await store.run("r")).status == "running"
+
+
+async def test_an_empty_run_id_is_refused_not_made_up(tmp_path: Path) -> None:
+    """Issue 13 #10, from Python too: only an absent id is made up; "" is refused, so a
+    restart the same way never starts a new night."""
+    async with emulated(models=2) as env:
+        settings = settings_for(env, tmp_path / "f.db")
+        async with Store.open(tmp_path / "f.db") as store:
+            with pytest.raises(ConfigError, match="run_id: is empty"):
+                await scheduler.run(settings, env.api, store, run_id="")
+        assert env.world.stats()["jobs_by_type"]["TRAINING"] == 0

@@ -56,25 +56,41 @@ class StaticToken:
 class TokenFile:
     """A token kept in a file that is rewritten when the secret rotates."""
 
-    def __init__(self, path: Path, *, section: str = "api") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        section: str = "api",
+        read: Callable[[Path], str] | None = None,
+    ) -> None:
+        """`read` gives the file's token, checked (the settings' own reader: size, encoding,
+        characters), or raises ConfigError; a rotated file is read the same way."""
         self._path = path
         self._setting = f"{section}.token_file"
+        self._read_token = read or self._read_plain
         self._mtime = -1.0
         self._token = ""
         self._read()
 
+    def _read_plain(self, path: Path) -> str:
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{self._setting}: cannot read {path} ({exc})") from None
+        if not token:
+            raise ConfigError(f"{self._setting}: {path} is empty")
+        return token
+
     def _read(self) -> None:
         try:
             mtime = self._path.stat().st_mtime
-            if mtime == self._mtime:
-                return
-            token = self._path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(
                 f"{self._setting}: cannot read {self._path} ({exc.strerror})"
             ) from None
-        if not token:
-            raise ConfigError(f"{self._setting}: {self._path} is empty")
+        if mtime == self._mtime:
+            return
+        token = self._read_token(self._path)
         redactor.add(token)
         self._token, self._mtime = token, mtime
 

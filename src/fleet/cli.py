@@ -828,6 +828,11 @@ def _state_files(given: Sequence[str] | None) -> list[Path]:
             raise ConfigError(f"--db: {path} is a directory, not a state file; name the file")
         if not path.is_file():
             raise ConfigError(f"--db: {path} does not exist; pass the state file of a run")
+        if path.stat().st_size == 0:
+            raise ConfigError(
+                f"--db: {path} is empty: no run was ever recorded in it; pass the state file "
+                "of a run"
+            )
         unique.setdefault(path.resolve(), path)  # a file named twice is read once
     return list(unique.values())
 

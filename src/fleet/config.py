@@ -178,7 +178,10 @@ class ApiSettings(_Section):
         if self.token is not None:
             return StaticToken(self.bearer(s), section=s)
         if self.token_file is not None:
-            return TokenFile(self.token_file, section=s)
+            setting = f"{s}.token_file"
+            return TokenFile(
+                self.token_file, section=s, read=lambda path: _read_secret(path, setting)
+            )
         raise ConfigError(f"{s}.token: missing; set {env_name(s + '.token')} or {s}.token_file")
 
     def _client_secret(self, s: str) -> str:

@@ -31,7 +31,7 @@ import anyio
 import structlog
 
 from fleet.client import ModelOps
-from fleet.config import DEFAULT_PROJECT, ModelSpec, ProjectLimits, Settings
+from fleet.config import DEFAULT_PROJECT, ModelSpec, ProjectLimits, Settings, check_run_id
 from fleet.errors import ApiError, ConfigError, FleetError, RunNotFound, ungrouped
 from fleet.lifecycle import Context, RunAborted, run_model, transition, watching
 from fleet.polling import PollMode
@@ -162,6 +162,12 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
+def _run_id(given: str | None) -> str:
+    """Only an absent id is made up: an empty one (a template that expanded to nothing) would
+    be a new night on every start."""
+    return new_run_id() if given is None else check_run_id(given, "run_id")
+
+
 async def run(
     settings: Settings,
     api: ModelOps | Mapping[str, ModelOps],
@@ -188,7 +194,7 @@ async def run(
     progress = progress or Progress()
     stop = stop or anyio.Event()
     clients = dict(api) if isinstance(api, Mapping) else {DEFAULT_PROJECT: api}
-    run_id = run_id or new_run_id()
+    run_id = _run_id(run_id)
     started = time.monotonic()
     async with _leased(store, settings.lease_ttl):
         existing = await store.find_run(run_id)

@@ -347,9 +347,20 @@ class Store:
                 row = await cursor.fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot use state file {path}: {exc}") from exc
-        if (int(row[0]) if row else 0) != len(_MIGRATIONS):
+        version = int(row[0]) if row else 0
+        if version == 0:
             raise StoreError(
-                f"state file {path} is from another fleet version; run `fleet run` to upgrade it"
+                f"state file {path} holds no fleet state (it is empty, or no `fleet run` has "
+                "written to it); pass the state file of a run"
+            )
+        if version > len(_MIGRATIONS):
+            raise StoreError(
+                f"state file {path} was written by a newer fleet (schema {version}, this fleet "
+                f"knows {len(_MIGRATIONS)}); use that fleet version or newer"
+            )
+        if version < len(_MIGRATIONS):
+            raise StoreError(
+                f"state file {path} is from an older fleet version; run `fleet run` to upgrade it"
             )
 
     async def _prepare(self, path: Path | str, seal: Seal) -> None:
