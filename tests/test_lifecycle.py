@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from fleet import lifecycle, scheduler
-from fleet.client import DeployRequest, Job, TrainRequest
+from fleet.client import Deployment, DeployRequest, Job, TrainRequest
 from fleet.config import Lifecycle
 from fleet.errors import InvalidTransition, OutcomeUnknown
 from fleet.stages import ALLOWED, STAGE_ORDER, Stage, StageState
@@ -410,3 +411,25 @@ async def test_a_followed_job_of_another_model_is_refused(tmp_path: Path) -> Non
     assert "of another model" in error
     assert stats["jobs_by_type"]["EVALUATION"] == 0
     assert stats["jobs_by_type"]["DEPLOYMENT"] == 0
+
+
+async def test_a_deployment_of_another_version_is_refused(tmp_path: Path) -> None:
+    """Issue 13 #5: the deploy job's deployment names another version; the stage fails and
+    nothing is retired on its word."""
+
+    class AnswersWithAnotherDeployment(_Through):
+        async def deployment_for_job(self, job_id: str) -> Deployment:
+            found = await self._env.api.deployment_for_job(job_id)
+            return replace(found, trained_model_id=str(uuid.uuid4()))
+
+    async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
+        model = await _one_model(env, store)
+        ctx = replace(_context(env, store), api=AnswersWithAnotherDeployment(env))
+        outcome = await _run_model(ctx, model, STAGE_ORDER)
+        done = (await store.models("r1"))[0]
+        stats = env.world.stats()
+    assert outcome.value == "failed"
+    error = done.stages[Stage.DEPLOY].error
+    assert error is not None
+    assert "of another model or version" in error
+    assert stats["jobs_by_type"]["RETIREMENT"] == 0
