@@ -194,14 +194,17 @@ async def test_a_submission_the_server_never_applied_fails_with_its_last_answer(
     assert "HTTP 500: dataset connection refused" in error
 
 
-async def test_a_job_of_another_model_is_refused(tmp_path: Path) -> None:
-    """A server that answers a model's train request with another model's job fails the stage;
-    nothing of the other model is touched."""
+@pytest.mark.parametrize("names_model", [True, False], ids=["answer-names-it", "read-names-it"])
+async def test_a_job_of_another_model_is_refused(tmp_path: Path, names_model: bool) -> None:
+    """A server that answers a model's train request with another model's job fails the
+    stage, whether its answer names that model or only the job read by id does (issue 13
+    #5); nothing is evaluated, deployed or retired on its word."""
 
     class AnswersWithAnother(_Through):
         async def train(self, model_id: str, request: TrainRequest) -> Job:
             others = [m.id for m in self._env.world.models() if m.id != model_id]
-            return replace(await self._env.api.train(others[0], request), model_id=others[0])
+            job = await self._env.api.train(others[0], request)
+            return replace(job, model_id=others[0] if names_model else None)
 
     async with emulated(models=2) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
@@ -213,6 +216,7 @@ async def test_a_job_of_another_model_is_refused(tmp_path: Path) -> None:
     assert error is not None
     assert "of another model" in error
     assert stats["jobs_by_type"]["EVALUATION"] == 0
+    assert stats["jobs_by_type"]["DEPLOYMENT"] == 0
 
 
 async def test_a_lost_post_that_created_nothing_is_sent_again(tmp_path: Path) -> None:
@@ -388,29 +392,6 @@ async def test_a_retried_failure_does_not_find_its_failed_job_again(tmp_path: Pa
     assert api.sends == 2
     assert train.job_id not in {None, failed.job_id}
     assert failed.job_id in train.data["failed_jobs"]
-
-
-async def test_a_followed_job_of_another_model_is_refused(tmp_path: Path) -> None:
-    """Issue 13 #5: the train answer names no model; the job read by id is another model's:
-    the stage fails there, before anything is evaluated, deployed or retired."""
-
-    class AnswersWithAnother(_Through):
-        async def train(self, model_id: str, request: TrainRequest) -> Job:
-            others = [m.id for m in self._env.world.models() if m.id != model_id]
-            job = await self._env.api.train(others[0], request)
-            return replace(job, model_id=None)
-
-    async with emulated(models=2) as env, Store.open(tmp_path / "f.db") as store:
-        model = await _one_model(env, store)
-        ctx = replace(_context(env, store), api=AnswersWithAnother(env))
-        outcome = await _run_model(ctx, model, STAGE_ORDER)
-        error = (await store.models("r1"))[0].stages[Stage.TRAIN].error
-        stats = env.world.stats()
-    assert outcome.value == "failed"
-    assert error is not None
-    assert "of another model" in error
-    assert stats["jobs_by_type"]["EVALUATION"] == 0
-    assert stats["jobs_by_type"]["DEPLOYMENT"] == 0
 
 
 async def test_a_deployment_of_another_version_is_refused(tmp_path: Path) -> None:
