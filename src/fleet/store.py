@@ -535,11 +535,9 @@ class Store:
 
         The record written, and returned, has every secret taken out of its text."""
         now = self._now()
+        data, data_json = _scrubbed(record.data)
         record = replace(
-            record,
-            updated_at=now,
-            error=redactor.scrub_optional(record.error),
-            data=_scrubbed(record.data),
+            record, updated_at=now, error=redactor.scrub_optional(record.error), data=data
         )
         detail = redactor.scrub_optional(detail)
         at = now.isoformat(timespec="milliseconds")
@@ -553,7 +551,7 @@ class Store:
                     record.trained_model_id,
                     record.deployment_id,
                     record.error,
-                    json.dumps(dict(record.data), sort_keys=True),
+                    data_json,
                     _iso(record.submitted_at),
                     _iso(record.finished_at),
                     at,
@@ -805,10 +803,14 @@ def _without_secrets(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def _scrubbed(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`data` without secrets; the same object when there were none (the common case)."""
+def _scrubbed(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """`data` without secrets, and its JSON: serialised once, and the same object when there
+    were none (the common case)."""
     text = json.dumps(dict(data), sort_keys=True)
-    return data if redactor.scrub(text) == text else redactor.scrub_value(data)
+    if redactor.scrub(text) == text:
+        return data, text
+    clean = redactor.scrub_value(data)
+    return clean, json.dumps(clean, sort_keys=True)
 
 
 def _stage_key(item: tuple[Stage, StageRecord]) -> int:
