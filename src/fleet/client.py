@@ -10,7 +10,6 @@ from __future__ import annotations
 import email.utils
 import json
 import math
-import re
 import ssl
 import uuid
 from collections import Counter
@@ -294,6 +293,7 @@ class ModelOpsClient:
         self._slots = anyio.CapacityLimiter(max_connections)
         self._events_by_finder = False
         self._server_time: datetime | None = None
+        self._last_date: str | None = None  # the last `Date` header read (it changes each second)
 
     @property
     def project_id(self) -> str:
@@ -306,6 +306,13 @@ class ModelOpsClient:
         A floor, not an estimate of the skew: a `Date` cached for a second, or an old one, is
         still a time the server had passed; so is anything from a clock that runs fast."""
         return self._server_time
+
+    def _saw_date(self, value: str | None) -> None:
+        """A `Date` header, parsed only when it differs from the last one: once a second, not
+        for every answer."""
+        if value != self._last_date:
+            self._last_date = value
+            self._saw_server_time(_http_date(value))
 
     def _saw_server_time(self, at: datetime | None) -> None:
         if at is not None and (self._server_time is None or at > self._server_time):
@@ -629,7 +636,7 @@ class ModelOpsClient:
             self.breaker.abandon()
             raise
         self._judge(response, path, sent_at)
-        self._saw_server_time(_http_date(response.headers.get("Date")))
+        self._saw_date(response.headers.get("Date"))
         return _read(response, method, path)
 
     async def _request(
@@ -822,11 +829,6 @@ def _text(response: httpx.Response) -> str:
     return response.content[:4096].decode("utf-8", errors="replace")
 
 
-# A server or proxy that repeats the request's credentials back must not put them in an error:
-# the known secrets (`invalid api key <token>`) and anything after "Bearer".
-_ECHOED_TOKEN = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
-
-
 def _server_message(response: httpx.Response) -> str:
     try:
         data = _json(response)
@@ -836,7 +838,9 @@ def _server_message(response: httpx.Response) -> str:
         message = (
             str(data.get("message") or data.get("error") or "") if isinstance(data, dict) else ""
         )
-    return redactor.scrub(_ECHOED_TOKEN.sub(r"\1[redacted]", message[:500]))
+    # A server or proxy that repeats the request's credentials back must not put them in an
+    # error: the known secrets (`invalid api key <token>`) and anything after "Bearer".
+    return redactor.scrub(message[:500])
 
 
 def _untrusted_certificate(exc: BaseException) -> bool:
