@@ -946,7 +946,7 @@ def load_settings(
     in_file = toml.get("projects")
     _reject_unknown_env(env, in_file if isinstance(in_file, dict) else {})
     for name, value in env.items():
-        if name.upper().startswith(ENV_PREFIX) and _json_depth(value) > _MAX_DEPTH:
+        if name.upper().startswith(ENV_PREFIX) and _json_too_deep(value):
             raise ConfigError(f"environment {name}: nested more than {_MAX_DEPTH} levels deep")
     sources = _Sources(flags=flags, env=env, toml=toml, config=config)
     token = _toml.set(toml if config is not None else None)
@@ -1210,8 +1210,14 @@ def _depth(value: object) -> int:
     return deepest
 
 
+def _json_too_deep(text: str) -> bool:
+    """Whether JSON text nests more than `_MAX_DEPTH` levels, told before parsing it (json
+    would recurse). Text with fewer brackets than that cannot: it is not walked."""
+    return text.count("[") + text.count("{") > _MAX_DEPTH and _json_depth(text) > _MAX_DEPTH
+
+
 def _json_depth(text: str) -> int:
-    """How deeply JSON text nests, counted before parsing it (json would recurse)."""
+    """How deeply JSON text nests."""
     deepest = level = 0
     in_string = escaped = False
     for char in text:
@@ -1234,7 +1240,7 @@ def _json_depth(text: str) -> int:
 
 def _json(text: str) -> Any:
     """JSON of a models file or a variable; ValueError with what is wrong in one line."""
-    if _json_depth(text) > _MAX_DEPTH:
+    if _json_too_deep(text):
         raise ValueError(f"nested more than {_MAX_DEPTH} levels deep")
     try:
         return json.loads(text)
