@@ -34,11 +34,12 @@ from cli_support import (
     start,
 )
 from fleet.cli import _push_timeout, _Shutdown, _watch_signals, grace_deadlines
-from fleet.config import Lifecycle, ModelSpec
+from fleet.models import Lifecycle, ModelSpec
+from fleet.records import StageRecord
 from fleet.report import FORMATS
 from fleet.sim import SimSettings, build, draws
 from fleet.stages import Stage, StageState
-from fleet.store import StageRecord, Store
+from fleet.store import Store
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from fleet.config import ModelEntry, Resources, Settings, flag_specs, load_settings
+from fleet.config import Settings, load_settings
 from fleet.errors import ConfigError
+from fleet.flags import flag_specs
+from fleet.models import ModelEntry, Resources
 from fleet.shards import Shard
 from fleet.stages import STAGE_ORDER, Stage
 

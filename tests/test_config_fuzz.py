@@ -11,8 +11,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet.config import Settings, flag_specs, load_models_file, load_settings
+from fleet.config import Settings, load_settings
 from fleet.errors import ConfigError
+from fleet.flags import flag_specs
+from fleet.models import load_models_file
 
 PATHS = [spec.path for spec in flag_specs()]
 SCALARS = (

@@ -19,7 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from fleet.config import _known_env_names, flag_specs, load_settings
+from fleet.config import _known_env_names, load_settings
+from fleet.flags import flag_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"

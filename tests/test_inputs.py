@@ -22,8 +22,9 @@ import pytest
 
 from cli_support import clean_env
 from fleet.cli import main
-from fleet.config import RUN_ID, check_run_id, load_settings
+from fleet.config import load_settings
 from fleet.errors import ConfigError
+from fleet.inputs import RUN_ID, check_run_id
 from fleet.scheduler import new_run_id
 
 PROJECT = "5f1a3c9e-8d2b-4e7a-9c61-0f2d4b8a7e13"

@@ -14,10 +14,11 @@ from structlog.testing import capture_logs
 
 from fleet import lifecycle, scheduler
 from fleet.client import Deployment, DeployRequest, Job, TrainRequest
-from fleet.config import Lifecycle
 from fleet.errors import InvalidTransition, OutcomeUnknown
+from fleet.models import Lifecycle
+from fleet.records import ModelRecord
 from fleet.stages import ALLOWED, STAGE_ORDER, Stage, StageState
-from fleet.store import ModelRecord, Store
+from fleet.store import Store
 from support import Emulated, emulated, settings_for
 
 S = StageState

@@ -28,12 +28,14 @@ import stamina
 
 from fleet import scheduler
 from fleet.errors import RunNotFound
-from fleet.report import RunReport, build_report, render, root_cause
+from fleet.records import ModelRecord, StageRecord
+from fleet.report import render
+from fleet.report.model import RunReport, build_report, root_cause
+from fleet.report.statefiles import StateFiles, merged_status
+from fleet.report.status import status_document
 from fleet.shards import shard_of
 from fleet.stages import Outcome, Stage, StageState
-from fleet.statefiles import StateFiles, merged_status
-from fleet.store import ModelRecord, StageRecord, Store
-from fleet.views import status_document
+from fleet.store import Store
 from support import emulated, night, settings_for
 
 NIGHT_1, NIGHT_2 = "night-1", "night-2"

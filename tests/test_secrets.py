@@ -20,12 +20,13 @@ import pytest
 from fleet import scheduler, sim
 from fleet.client import ModelOpsClient, RetryPolicy
 from fleet.metrics import RunFigures, write_textfile
-from fleet.report import FORMATS, build_report, render
+from fleet.report import render
+from fleet.report.model import FORMATS, build_report
+from fleet.report.statefiles import StateFiles
+from fleet.report.status import status_document
 from fleet.secrets import REDACTED, Redactor
 from fleet.sim.behaviour import Behaviour
-from fleet.statefiles import StateFiles
 from fleet.store import Store
-from fleet.views import status_document
 from support import BASE_URL, Emulated, InstantTime, VirtualTime, settings_for
 
 TOKEN = "echoed-bearer-7c41e9d2"

@@ -11,7 +11,8 @@ import pytest
 
 from cli_support import empty_config, emulator, fleet, run_env, sim_stats
 from fleet import scheduler
-from fleet.config import Lifecycle, ModelSpec, load_settings
+from fleet.config import load_settings
+from fleet.models import Lifecycle, ModelSpec
 from fleet.selection import discovered, plan_new, plan_resume, select, specs_with
 from fleet.shards import Shard, shard_of
 from fleet.stages import Stage, StageState

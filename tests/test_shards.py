@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cli_support import TOKEN, empty_config, emulator, fleet, run_args, sim_stats, start
-from fleet.config import Lifecycle, ModelSpec
+from fleet.models import Lifecycle, ModelSpec
 from fleet.selection import select
 from fleet.shards import Shard, shard_of
 

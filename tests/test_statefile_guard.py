@@ -19,10 +19,11 @@ import anyio
 import pytest
 
 from fleet import guard, scheduler
-from fleet.config import Lifecycle, ModelSpec
 from fleet.errors import StoreError
+from fleet.models import Lifecycle, ModelSpec
+from fleet.records import StageRecord
 from fleet.stages import STAGE_ORDER, Stage, StageState
-from fleet.store import StageRecord, Store
+from fleet.store import Store
 from support import emulated, settings_for, tonight
 
 MODEL_IDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 11)]

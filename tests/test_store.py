@@ -14,10 +14,11 @@ import anyio
 import pytest
 
 from fleet import store as store_module
-from fleet.config import Lifecycle, ModelSpec
-from fleet.errors import RunNotFound, StoreError
+from fleet.errors import LeaseHeld, RunNotFound, StoreError
+from fleet.models import Lifecycle, ModelSpec
+from fleet.records import Lease
 from fleet.stages import STAGE_ORDER, Stage, StageState
-from fleet.store import _MIGRATIONS, Lease, LeaseHeld, Store
+from fleet.store import _MIGRATIONS, Store
 
 MODEL_IDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 41)]
 

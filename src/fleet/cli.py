@@ -38,29 +38,27 @@ try:
     from fleet import __version__, sim
     from fleet import logging as fleet_logging
     from fleet.client import ModelOps, ModelOpsClient, RetryPolicy
-    from fleet.config import (
-        DEFAULT_PROJECT,
-        ModelEntry,
-        ModelSpec,
-        Settings,
-        api_section,
-        check_run_id,
-        env_name,
-        flag_specs,
-        load_settings,
-    )
-    from fleet.errors import ConfigError, FleetError, RunNotFound, StoreError, ungrouped
-    from fleet.metrics import figures_of, push, registry_of, write_registry
-    from fleet.report import RunReport, build_report, render
-    from fleet.scheduler import (
-        FINISHED_RUN_STATUSES,
-        RUN_HALTED,
+    from fleet.config import Settings, api_section, env_name, load_settings
+    from fleet.errors import (
+        ConfigError,
+        FleetError,
+        LeaseHeld,
         LeaseLost,
-        Progress,
-        RunResult,
-        model_outcome,
-        run,
+        RunNotFound,
+        StoreError,
+        ungrouped,
     )
+    from fleet.flags import flag_specs
+    from fleet.inputs import check_run_id
+    from fleet.metrics import figures_of, push, registry_of, write_registry
+    from fleet.models import DEFAULT_PROJECT, ModelEntry, ModelSpec
+    from fleet.progress import Progress, RunResult
+    from fleet.records import model_outcome
+    from fleet.report import render
+    from fleet.report.model import RunReport, build_report
+    from fleet.report.statefiles import StateFiles
+    from fleet.report.status import progress_table, status_document, status_view
+    from fleet.scheduler import run
     from fleet.selection import (
         PlanRow,
         discovered,
@@ -70,12 +68,10 @@ try:
         totals,
         totals_by_project,
     )
-    from fleet.sim.world import RATE_FIELDS
-    from fleet.stages import Outcome, StageState
-    from fleet.statefiles import StateFiles
-    from fleet.store import LeaseHeld, Store
+    from fleet.sim.settings import RATE_FIELDS
+    from fleet.stages import FINISHED_RUNS, Outcome, RunStatus, StageState
+    from fleet.store import Store
     from fleet.throttle import Breaker, Throttle
-    from fleet.views import progress_table, status_document, status_view
 except KeyboardInterrupt:
     sys.stderr.write("fleet: interrupted\n")
     raise SystemExit(130) from None
@@ -549,7 +545,7 @@ async def _chosen_models(
 
 async def _unfinished_run(db: Path) -> str:
     async with Store.open(db) as store:
-        record = await store.latest_unfinished_run(FINISHED_RUN_STATUSES)
+        record = await store.latest_unfinished_run(FINISHED_RUNS)
     if record is None:
         raise ConfigError(f"--resume: {db} holds no unfinished run; start one with --run-id")
     return record.id
@@ -1063,7 +1059,7 @@ def _report(result: RunResult, *, fail_on_reject: bool = False) -> int:
         _error(f"the run could not proceed: {result.reason or result.aborted}")
         _error(f"its state is saved; run again with --run-id {result.run_id} to resume")
         return EXIT_CANNOT_PROCEED
-    if result.status == RUN_HALTED:
+    if result.status is RunStatus.HALTED:
         _error(f"stopped admitting models: {result.reason}")
         _error(f"fix the cause, then: fleet run --retry-failed {result.run_id}")
         return EXIT_MODELS_FAILED

@@ -11,29 +11,22 @@ is expected. Nothing here does I/O beyond reading the config, token and model fi
 
 from __future__ import annotations
 
-import csv
 import ipaddress
-import json
 import os
 import re
 import ssl
-import tomllib
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from datetime import time as dt_time
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -54,13 +47,42 @@ from pydantic_settings import (
 
 from fleet.auth import ClientCredentials, StaticToken, TokenFile, TokenSource
 from fleet.errors import ConfigError
-from fleet.policy import Rule
+from fleet.inputs import (
+    CONFIG_MAX_BYTES,
+    MAX_COUNT,
+    MAX_DEPTH,
+    MAX_RPS,
+    PositiveFloat,
+    PositiveInt,
+    Section,
+    check_uuid,
+    clean_secret,
+    deep_merge,
+    error_line,
+    json_too_deep,
+    nest,
+    read_secret,
+    read_text,
+    read_toml,
+    time_of_day,
+    url_problem,
+)
+from fleet.models import (
+    DATASETS,
+    DEFAULT_PROJECT,
+    Lifecycle,
+    ModelEntry,
+    ModelSpec,
+    check_datasets,
+    in_two,
+    load_models_file,
+    spec_of,
+    unique_entries,
+)
 from fleet.shards import Shard
 from fleet.stages import STAGE_ORDER, Stage
 
 ENV_PREFIX = "FLEET_"
-# The project of [api] and the top-level models; others are named by their [projects.NAME].
-DEFAULT_PROJECT = "default"
 _PROJECT_NAME = re.compile(r"[a-z](?:_?[a-z0-9])*")
 _PROJECT_NAME_MAX = 32
 # Credentials a project replaces as a whole rather than key by key (see Settings._inherit_api).
@@ -72,32 +94,8 @@ _CREDENTIALS = (
 _OWN_ENV = frozenset({"FLEET_CONFIG"})
 DEFAULT_CONFIG = Path("fleet.toml")
 
-# Bounds of every count and duration: far beyond any real night, and within what timedelta,
-# SQLite integers and the event loop's timers take (`--max-duration 1e12` overflowed a date).
-_MAX_COUNT = 1_000_000
-_MAX_SECONDS = 30 * 24 * 3600.0
-_MAX_RPS = 1_000_000.0
-PositiveInt = Annotated[int, Field(gt=0, le=_MAX_COUNT)]
-PositiveFloat = Annotated[float, Field(gt=0, le=_MAX_SECONDS, allow_inf_nan=False)]
-Priority = Annotated[int, Field(ge=-_MAX_COUNT, le=_MAX_COUNT)]
 
-# What fleet reads is refused past a size no real file reaches, so that a wrong path
-# (`--config /dev/zero`) is one line, not a read that never ends.
-_MiB = 2**20
-_CONFIG_MAX_BYTES = 4 * _MiB
-_SECRET_MAX_BYTES = 64 * 2**10
-_MODELS_MAX_BYTES = 64 * _MiB
-# Nesting of TOML tables and arrays and of JSON values (hyperparameters): deeper is a mistake
-# or an attack, and Python's parsers would fail on it with a RecursionError.
-_MAX_DEPTH = 32
-_UTF8_BOM = b"\xef\xbb\xbf"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ApiSettings(_Section):
+class ApiSettings(Section):
     url: str | None = Field(None, description="ModelOps base URL, e.g. https://host/modelops/core")
     project_id: str | None = Field(None, description="ModelOps project id (UUID)")
     token: SecretStr | None = Field(None, description="bearer token: set FLEET_API__TOKEN")
@@ -131,7 +129,7 @@ class ApiSettings(_Section):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         # Never echoed: a URL may carry a password.
-        problem = _url_problem(value)
+        problem = url_problem(value)
         if problem is not None:
             raise ValueError(problem)
         if urlsplit(value).password is not None or "@" in urlsplit(value).netloc:
@@ -148,7 +146,7 @@ class ApiSettings(_Section):
         left must be sendable in an HTTP header. An empty one is reported where it is needed."""
         if value is None:
             return None
-        return SecretStr(_clean_secret(value.get_secret_value(), space=info.field_name != "token"))
+        return SecretStr(clean_secret(value.get_secret_value(), space=info.field_name != "token"))
 
     @model_validator(mode="after")
     def _plain_http_only_to_loopback(self) -> ApiSettings:
@@ -156,7 +154,7 @@ class ApiSettings(_Section):
             value = getattr(self, name)
             if value and value.startswith("http://") and not self.allow_insecure_http:
                 host = httpx.URL(value).host
-                if not _is_loopback(host):
+                if not is_loopback(host):
                     raise ValueError(
                         f"{name} sends the token unencrypted to {host}: use https://, "
                         "or set api.allow_insecure_http = true if you really mean it"
@@ -180,7 +178,7 @@ class ApiSettings(_Section):
         if self.token_file is not None:
             setting = f"{s}.token_file"
             return TokenFile(
-                self.token_file, section=s, read=lambda path: _read_secret(path, setting)
+                self.token_file, section=s, read=lambda path: read_secret(path, setting)
             )
         raise ConfigError(f"{s}.token: missing; set {env_name(s + '.token')} or {s}.token_file")
 
@@ -188,7 +186,7 @@ class ApiSettings(_Section):
         if self.client_secret is not None and self.client_secret.get_secret_value().strip():
             return self.client_secret.get_secret_value()
         if self.client_secret_file is not None:
-            return _read_secret(self.client_secret_file, f"{s}.client_secret_file")
+            return read_secret(self.client_secret_file, f"{s}.client_secret_file")
         raise ConfigError(
             f"{s}.client_secret: missing; set {env_name(s + '.client_secret')} "
             f"or {s}.client_secret_file"
@@ -205,7 +203,7 @@ class ApiSettings(_Section):
     @field_validator("project_id")
     @classmethod
     def _project(cls, value: str | None) -> str | None:
-        return None if value is None else _check_uuid(value)
+        return None if value is None else check_uuid(value)
 
     def bearer(self, section: str = "api") -> str:
         """The token, from FLEET_API__TOKEN (or the file) or from `api.token_file`."""
@@ -216,10 +214,10 @@ class ApiSettings(_Section):
             return self.token.get_secret_value()
         if self.token_file is None:
             raise ConfigError(f"{s}.token: missing; set {variable} or {s}.token_file")
-        return _read_secret(self.token_file, f"{s}.token_file")
+        return read_secret(self.token_file, f"{s}.token_file")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -228,7 +226,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class _PerStage(_Section):
+class _PerStage(Section):
     """One number per stage, looked up by stage."""
 
     def of(self, stage: Stage) -> int:
@@ -254,7 +252,7 @@ class Attempts(_PerStage):
     retire: PositiveInt = Field(1, description="tries of a retirement that ends in ERROR")
 
 
-class JobTimeouts(_Section):
+class JobTimeouts(Section):
     """Seconds a remote job may take before its stage fails (the night goes on).
 
     No client version has a cancel endpoint: a job past its timeout is left to the server,
@@ -271,124 +269,7 @@ class JobTimeouts(_Section):
     )
 
 
-class Resources(_Section):
-    """Container resources of a job; unset (the default): none sent, the model's own apply."""
-
-    memory: str | None = Field(None, description="memory for the job's container, e.g. 2g")
-    cpu: str | None = Field(None, description="CPUs for the job's container, e.g. 1")
-
-    def overrides(self) -> dict[str, str]:
-        """What to send: only the values that are set."""
-        return {k: v for k, v in (("memory", self.memory), ("cpu", self.cpu)) if v is not None}
-
-
-RetireMode = Literal["previous", "deployed", "none"]
-
-
-class Lifecycle(_Section):
-    """What every model's lifecycle uses, unless a model overrides it."""
-
-    train_dataset_id: str | None = Field(None, description="dataset to train on")
-    evaluate_dataset_id: str | None = Field(None, description="dataset to evaluate on")
-    dataset_connection_id: str | None = Field(None, description="dataset connection")
-    dataset_template_id: str | None = Field(None, description="dataset template (deploy)")
-    hyperparameters: dict[str, Any] = Field(default_factory=dict, description="training")
-    resources: Resources = Field(default_factory=Resources)
-    docker_image: str | None = Field(None, description="job image; the model's own if unset")
-    engine_type: Literal["DOCKER_BATCH", "IN_VANTAGE"] = Field("DOCKER_BATCH", description="")
-    engine: str = Field("python-batch", description="python-batch, byom, ...")
-    language: str | None = Field(None, description="model language sent on deploy")
-    cron: str = Field("@once", description="@once, @manual or a cron expression")
-    publish_only: bool = Field(default=False, description="publish without scheduling")
-    approval_comments: str = Field("Approved by fleet", description="comment on approval")
-    approval_rule: str | None = Field(
-        None, description="approve only versions whose metrics pass it; reject the others"
-    )
-    on_missing_metric: Literal["reject", "fail"] = Field(
-        "reject", description="a metric the rule needs is missing: reject, or fail the model"
-    )
-    no_champion: Literal["allow", "reject"] = Field(
-        "allow", description="champion.* comparisons when nothing is deployed yet"
-    )
-    monitor_rule: str | None = Field(
-        None, description="after evaluation, flag versions whose metrics fail it"
-    )
-    trained_model_id: str | None = Field(
-        None, description="the version --from-stage starts from (default: see from_version)"
-    )
-    retire_mode: RetireMode = Field("previous", description="previous, deployed or none")
-
-    @field_validator(
-        "train_dataset_id",
-        "evaluate_dataset_id",
-        "dataset_connection_id",
-        "dataset_template_id",
-        "trained_model_id",
-    )
-    @classmethod
-    def _ids(cls, value: str | None) -> str | None:
-        return None if value is None else _check_uuid(value)
-
-    @field_validator("hyperparameters")
-    @classmethod
-    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if _depth(value) > _MAX_DEPTH:
-            raise ValueError(f"nested more than {_MAX_DEPTH} levels deep")
-        return value
-
-    @field_validator("approval_rule", "monitor_rule")
-    @classmethod
-    def _rule(cls, value: str | None) -> str | None:
-        if value is not None:
-            Rule.parse(value)  # a RuleError is a ValueError: reported with its column
-        return value
-
-    def approval(self) -> Rule | None:
-        return None if self.approval_rule is None else Rule.parse(self.approval_rule)
-
-    def monitor(self) -> Rule | None:
-        return None if self.monitor_rule is None else Rule.parse(self.monitor_rule)
-
-
-class ModelEntry(BaseModel):
-    """A `[[models]]` entry: an id, a display name, and overrides of any lifecycle setting."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    id: str
-    name: str | None = None
-    tags: tuple[str, ...] = ()
-    priority: Priority = 0
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return _check_uuid(value)
-
-    @field_validator("tags", mode="before")
-    @classmethod
-    def _split_tags(cls, value: object) -> object:
-        if isinstance(value, str):  # a CSV cell: "eu, large"
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
-    def overrides(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    """One model of a run with its lifecycle settings resolved, and the project it is in."""
-
-    id: str
-    name: str
-    lifecycle: Lifecycle
-    tags: tuple[str, ...] = ()
-    priority: int = 0
-    project: str = DEFAULT_PROJECT
-
-
-class Discovery(_Section):
+class Discovery(Section):
     """Select the project's models from the API instead of listing them."""
 
     names: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -406,7 +287,7 @@ class Discovery(_Section):
         return value
 
 
-class ProjectLimits(_Section):
+class ProjectLimits(Section):
     """A project's own bounds; a setting left out shares the run's (`concurrency`, `[limits]`)."""
 
     concurrency: PositiveInt | None = Field(
@@ -423,7 +304,7 @@ class ProjectLimits(_Section):
         return value
 
 
-class ProjectSettings(_Section):
+class ProjectSettings(Section):
     """A `[projects.NAME]` table: one ModelOps project, its models, and maybe its own limits.
 
     `api` is `[api]` with the project's own keys over it (see `_inherit_api`): a second project
@@ -441,7 +322,7 @@ class ProjectSettings(_Section):
     @field_validator("models")
     @classmethod
     def _unique_models(cls, value: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
-        return _unique(value)
+        return unique_entries(value)
 
     def has_models(self) -> bool:
         return bool(self.models or self.models_file or self.discover.names)
@@ -460,7 +341,7 @@ class Settings(BaseSettings):
     concurrency: PositiveInt = Field(100, description="models in flight at once")
     limits: Limits = Field(default_factory=Limits)
     attempts: Attempts = Field(default_factory=Attempts)
-    max_failures: Annotated[int, Field(ge=0, le=_MAX_COUNT)] | None = Field(
+    max_failures: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = Field(
         None, description="stop admitting models after this many failed"
     )
     min_success_ratio: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = Field(
@@ -473,7 +354,7 @@ class Settings(BaseSettings):
         60.0, description="seconds after which a silent holder of the state file is taken over"
     )
     max_connections: PositiveInt = Field(50, description="HTTP connections to ModelOps")
-    max_rps: Annotated[float, Field(gt=0, le=_MAX_RPS, allow_inf_nan=False)] | None = Field(
+    max_rps: Annotated[float, Field(gt=0, le=MAX_RPS, allow_inf_nan=False)] | None = Field(
         None, description="cap on requests per second"
     )
     poll_interval: PositiveFloat = Field(
@@ -588,7 +469,7 @@ class Settings(BaseSettings):
         if "://" in value and not value.startswith(("http://", "https://")):
             problem: str | None = "must be host:port or an http:// or https:// URL"
         else:
-            problem = _url_problem(full)
+            problem = url_problem(full)
         if problem is not None:
             raise ValueError(
                 f"not a Pushgateway address ({problem}); give host:port or an http(s) URL, "
@@ -638,7 +519,7 @@ class Settings(BaseSettings):
     @field_validator("models")
     @classmethod
     def _unique_models(cls, value: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
-        return _unique(value)
+        return unique_entries(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -689,7 +570,7 @@ class Settings(BaseSettings):
                 where[key] = name
             for entry in project.models:
                 if entry.id in owner:
-                    raise ValueError(_in_two(entry.id, owner[entry.id], name))
+                    raise ValueError(in_two(entry.id, owner[entry.id], name))
                 owner[entry.id] = name
         return self
 
@@ -707,11 +588,9 @@ class Settings(BaseSettings):
                 f"{api_section(name)}.project_id: missing; every project names its own"
             )
         try:
-            Lifecycle.model_validate(_deep_merge(self.defaults.model_dump(), project.defaults))
+            Lifecycle.model_validate(deep_merge(self.defaults.model_dump(), project.defaults))
         except ValidationError as exc:
-            raise ValueError(
-                _first_error_line(exc, prefix=f"projects.{name}.defaults", sources=None)
-            ) from None
+            raise ValueError(error_line(exc, prefix=f"projects.{name}.defaults")) from None
         if name != DEFAULT_PROJECT and not project.has_models():
             raise ValueError(
                 f"projects.{name}.models: none; list [[projects.{name}.models]], set "
@@ -800,20 +679,20 @@ class Settings(BaseSettings):
 
         Without `specs`: the configured models, and the defaults that discovered ones get.
         """
-        needed = [(s, name) for s, name in _DATASETS if s in self.active_stages()]
+        needed = [(s, name) for s, name in DATASETS if s in self.active_stages()]
         if not needed:
             return
         if specs is None:
             for project, settings in self.every_project().items():
                 if settings.discover.names:
-                    base = _deep_merge(self.defaults.model_dump(), settings.defaults)
+                    base = deep_merge(self.defaults.model_dump(), settings.defaults)
                     where = (
                         "defaults" if project == DEFAULT_PROJECT else f"projects.{project}.defaults"
                     )
-                    _check_datasets(Lifecycle.model_validate(base), needed, where)
+                    check_datasets(Lifecycle.model_validate(base), needed, where)
             specs = self.model_specs()
         for spec in specs:
-            _check_datasets(spec.lifecycle, needed, f"{models_section(spec.project)}[{spec.id}]")
+            check_datasets(spec.lifecycle, needed, f"{models_section(spec.project)}[{spec.id}]")
 
     def model_specs(
         self, found: Mapping[str, Sequence[ModelEntry]] | None = None
@@ -828,40 +707,19 @@ class Settings(BaseSettings):
                 entries.extend(load_models_file(project.models_file))
             configured = {entry.id for entry in entries}
             entries.extend(e for e in (found or {}).get(name, ()) if e.id not in configured)
-            base = _deep_merge(self.defaults.model_dump(), project.defaults)
+            base = deep_merge(self.defaults.model_dump(), project.defaults)
             prefix = models_section(name)
             for entry in entries:
                 if entry.id in owner:
                     message = (
                         f"model {entry.id} is listed twice"
                         if owner[entry.id] == name
-                        else _in_two(entry.id, owner[entry.id], name)
+                        else in_two(entry.id, owner[entry.id], name)
                     )
                     raise ConfigError(f"{prefix}: {message}")
                 owner[entry.id] = name
-                specs.append(_spec(entry, base, name, prefix))
+                specs.append(spec_of(entry, base, name, prefix))
         return specs
-
-
-def _spec(entry: ModelEntry, base: Mapping[str, Any], project: str, prefix: str) -> ModelSpec:
-    try:
-        lifecycle = Lifecycle.model_validate(_deep_merge(base, entry.overrides()))
-    except ValidationError as exc:
-        raise ConfigError(
-            _first_error_line(exc, prefix=f"{prefix}[{entry.id}]", sources=None)
-        ) from None
-    return ModelSpec(
-        id=entry.id,
-        name=entry.name or entry.id,
-        lifecycle=lifecycle,
-        tags=entry.tags,
-        priority=entry.priority,
-        project=project,
-    )
-
-
-# The dataset each stage cannot run without.
-_DATASETS = ((Stage.TRAIN, "train_dataset_id"), (Stage.EVALUATE, "evaluate_dataset_id"))
 
 
 def _check_ca_bundle(path: Path, setting: str) -> None:
@@ -869,7 +727,7 @@ def _check_ca_bundle(path: Path, setting: str) -> None:
     at the first request, with a traceback)."""
     if not path.is_file():
         raise ConfigError(f"{setting}: {path} is not a readable file")
-    read_text(path, f"{setting} {path}", _CONFIG_MAX_BYTES)
+    read_text(path, f"{setting} {path}", CONFIG_MAX_BYTES)
     try:
         ssl.create_default_context().load_verify_locations(cafile=str(path))
     except (ssl.SSLError, OSError):
@@ -877,28 +735,6 @@ def _check_ca_bundle(path: Path, setting: str) -> None:
             f"{setting}: {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----) that "
             "can be read; name the CA bundle file"
         ) from None
-
-
-def _check_datasets(lifecycle: Lifecycle, needed: Sequence[tuple[Stage, str]], where: str) -> None:
-    for stage, name in needed:
-        if getattr(lifecycle, name) is None:
-            raise ConfigError(
-                f"{where}.{name}: missing; stage {stage} needs a dataset: set {name} in "
-                "[defaults] (or for this model) to the id of the dataset in ModelOps"
-            )
-
-
-def _unique(entries: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
-    seen: set[str] = set()
-    for entry in entries:
-        if entry.id in seen:
-            raise ValueError(f"model {entry.id} is listed twice")
-        seen.add(entry.id)
-    return entries
-
-
-def _in_two(model_id: str, first: str, second: str) -> str:
-    return f"model {model_id} is in projects {first} and {second}; a model is in one project"
 
 
 def models_section(project: str) -> str:
@@ -942,19 +778,19 @@ def load_settings(
     if config is None and use_default_file:
         named = env.get("FLEET_CONFIG")
         config = Path(named) if named else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    toml = _read_toml(config) if config is not None else {}
+    toml = read_toml(config) if config is not None else {}
     in_file = toml.get("projects")
     _reject_unknown_env(env, in_file if isinstance(in_file, dict) else {})
     for name, value in env.items():
-        if name.upper().startswith(ENV_PREFIX) and _json_too_deep(value):
-            raise ConfigError(f"environment {name}: nested more than {_MAX_DEPTH} levels deep")
+        if name.upper().startswith(ENV_PREFIX) and json_too_deep(value):
+            raise ConfigError(f"environment {name}: nested more than {MAX_DEPTH} levels deep")
     sources = _Sources(flags=flags, env=env, toml=toml, config=config)
     token = _toml.set(toml if config is not None else None)
     env_token = _environ.set(env)
     try:
-        settings = Settings(**_nest(flags))
+        settings = Settings(**nest(flags))
     except ValidationError as exc:
-        raise ConfigError(_first_error_line(exc, prefix="", sources=sources)) from None
+        raise ConfigError(error_line(exc, prefix="", source_of=sources.of)) from None
     except SettingsError as exc:
         raise ConfigError(f"environment: {exc}") from None
     finally:
@@ -963,7 +799,7 @@ def load_settings(
     for name, project in settings.every_project().items():
         api = project.api
         if api.token_file is not None and api.token is None:
-            _read_secret(api.token_file, f"{api_section(name)}.token_file")
+            read_secret(api.token_file, f"{api_section(name)}.token_file")
     settings._warnings.extend(  # noqa: SLF001 - load_settings builds the object it annotates
         f"{section}.{name} is in {config}: anyone who can read the file can use it; prefer "
         f"{env_name(section + '.' + name)} or {section}.{name}_file"
@@ -982,76 +818,6 @@ def _api_tables(toml: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any
     for name, project in (projects if isinstance(projects, dict) else {}).items():
         if isinstance(project, dict) and isinstance(project.get("api"), dict):
             yield f"projects.{name}.api", project["api"]
-
-
-@dataclass(frozen=True, slots=True)
-class FlagSpec:
-    """A command-line flag derived from a setting."""
-
-    path: str  # dotted settings path, e.g. "limits.train"
-    flag: str  # e.g. "--limits.train"
-    help: str
-    choices: tuple[str, ...] | None
-    switch: bool = False  # a boolean: the bare flag means true
-
-
-def flag_specs() -> list[FlagSpec]:
-    """One flag per scalar leaf setting (secrets, dicts and model lists have none)."""
-    return list(_walk_flags(Settings, ""))
-
-
-def _walk_flags(model: type[BaseModel], prefix: str) -> Iterator[FlagSpec]:
-    for name, info in model.model_fields.items():
-        path = f"{prefix}{name}"
-        annotation = info.annotation
-        nested = _model_type(annotation)
-        if nested is not None:
-            yield from _walk_flags(nested, f"{path}.")
-            continue
-        if name in {"token", "client_secret", "models", "hyperparameters", "projects"}:
-            continue
-        flag = "--" + path.replace("_", "-")
-        choices = _literal_choices(annotation)
-        yield FlagSpec(
-            path=path,
-            flag=flag,
-            help=info.description or "",
-            choices=choices,
-            switch=annotation is bool,
-        )
-
-
-def _model_type(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return None
-
-
-def _literal_choices(annotation: Any) -> tuple[str, ...] | None:
-    if get_origin(annotation) is Literal:
-        return tuple(str(a) for a in get_args(annotation))
-    if get_origin(annotation) in {tuple, list}:
-        return None  # a list of values: checked by the model, not by the parser
-    for arg in (annotation, *get_args(annotation)):
-        if isinstance(arg, type) and issubclass(arg, Enum):
-            return tuple(str(member.value) for member in arg)
-    return None
-
-
-# A run id names the run in the state file, in logs, metrics labels and file names; it is
-# what resumes a night, so it is never made up when one was given (`--run-id ""`).
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-
-
-def check_run_id(value: str, flag: str = "--run-id") -> str:
-    """`value` if it is a run id fleet accepts, else one ConfigError line."""
-    if RUN_ID.fullmatch(value):
-        return value
-    what = "is empty (did a template expand to nothing?)" if not value else f"{value[:80]!r}"
-    raise ConfigError(
-        f"{flag}: {what}; a run id is 1 to 64 letters, digits, '.', '_', ':' or '-', starting "
-        "with a letter or digit (leave the flag out for a new run)"
-    )
 
 
 def env_name(path: str) -> str:
@@ -1083,7 +849,7 @@ def _all_sections(
         model, prefix = stack.pop()
         yield model, prefix
         for name, info in model.model_fields.items():
-            nested = _model_type(info.annotation)
+            nested = section_type(info.annotation)
             if nested is not None:
                 stack.append((nested, f"{prefix}{name}."))
 
@@ -1141,290 +907,7 @@ class _Sources:
         return str(self.config)
 
 
-def _first_error_line(exc: ValidationError, prefix: str, sources: _Sources | None) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = [str(p) for p in error["loc"] if not isinstance(p, int)]
-        path = ".".join(loc)
-        where = f"{prefix}.{path}" if prefix and path else (prefix or path or "settings")
-        message = str(error["msg"]).removeprefix("Value error, ")
-        named = _NAMED.match(message) if not path and not prefix else None
-        if named:  # a check across settings names the one at fault
-            path, message = named["path"], named["message"]
-            where = path
-        if error["type"] == "extra_forbidden":
-            message = "unknown setting; check its spelling against fleet.toml's comments"
-        elif error["type"] == "missing":
-            message = "missing"
-        source = sources.of(path) if sources is not None and path else "default"
-        origin = f" (from {source})" if source != "default" else ""
-        lines.append(f"{where}{origin}: {message}")
-    extra = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
-    return lines[0] + extra
-
-
-_NAMED = re.compile(r"(?P<path>[a-z_]+(?:\.[^\s:.]+)+): (?P<message>.*)", re.DOTALL)
-
-
-def read_text(path: Path, name: str, limit: int, *, missing: str | None = None) -> str:
-    """The text of a UTF-8 file (a leading BOM dropped), or one ConfigError line starting with
-    `name`: not readable, larger than `limit` bytes, not UTF-8 (naming the byte's offset), or
-    holding a NUL byte (a binary or UTF-16 file)."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        if missing is not None and isinstance(exc, FileNotFoundError):
-            raise ConfigError(f"{name}: {missing}") from None
-        raise ConfigError(f"{name}: cannot read ({exc.strerror or exc})") from None
-    if len(data) > limit:
-        raise ConfigError(f"{name}: larger than {_size(limit)}; is it the right file?")
-    start = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
-    try:
-        text = data[start:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        offset = start + exc.start
-        raise ConfigError(
-            f"{name}: not UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); save it as UTF-8"
-        ) from None
-    nul = data.find(b"\0")
-    if nul >= 0:
-        raise ConfigError(f"{name}: a NUL byte at offset {nul}; is it a text file (not UTF-16)?")
-    return text
-
-
-def _size(limit: int) -> str:
-    return f"{limit // _MiB} MiB" if limit >= _MiB else f"{limit // 1024} KiB"
-
-
-def _depth(value: object) -> int:
-    """How deeply lists and mappings nest in `value` (a scalar: 0), without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, level = stack.pop()
-        if isinstance(node, Mapping):
-            node = list(node.values())
-        if isinstance(node, list | tuple):
-            deepest = max(deepest, level)
-            stack.extend((child, level + 1) for child in node)
-    return deepest
-
-
-def _json_too_deep(text: str) -> bool:
-    """Whether JSON text nests more than `_MAX_DEPTH` levels, told before parsing it (json
-    would recurse). Text with fewer brackets than that cannot: it is not walked."""
-    return text.count("[") + text.count("{") > _MAX_DEPTH and _json_depth(text) > _MAX_DEPTH
-
-
-def _json_depth(text: str) -> int:
-    """How deeply JSON text nests."""
-    deepest = level = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            level += 1
-            deepest = max(deepest, level)
-        elif char in "]}":
-            level -= 1
-    return deepest
-
-
-def _json(text: str) -> Any:
-    """JSON of a models file or a variable; ValueError with what is wrong in one line."""
-    if _json_too_deep(text):
-        raise ValueError(f"nested more than {_MAX_DEPTH} levels deep")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON ({exc.msg})") from None
-    except ValueError:  # an integer past Python's 4,300 digits
-        raise ValueError("a number has too many digits") from None
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    name = f"config {path}"
-    text = read_text(path, name, _CONFIG_MAX_BYTES, missing="file not found; pass --config PATH")
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{name}: not valid TOML: {exc}") from None
-    except RecursionError:
-        raise ConfigError(f"{name}: nested more than {_MAX_DEPTH} levels deep") from None
-    except ValueError:  # an integer past Python's 4,300 digits
-        raise ConfigError(f"{name}: not valid TOML: a number has too many digits") from None
-    if _depth(document) > _MAX_DEPTH:
-        raise ConfigError(f"{name}: nested more than {_MAX_DEPTH} levels deep")
-    return document
-
-
-def _read_secret(path: Path, setting: str) -> str:
-    text = read_text(path, f"{setting} {path}", _SECRET_MAX_BYTES)
-    try:
-        secret = _clean_secret(text, space=not setting.endswith("token_file"))
-    except ValueError as exc:
-        raise ConfigError(f"{setting}: {path} {exc}") from None
-    if not secret:
-        raise ConfigError(f"{setting}: {path} is empty")
-    return secret
-
-
-def _clean_secret(text: str, *, space: bool) -> str:
-    """`text` without surrounding whitespace (CRLF too); ValueError if what is left cannot be
-    sent in an HTTP header. The message never holds the secret."""
-    secret = text.strip()
-    for char in secret:
-        if not char.isascii():
-            raise ValueError(
-                "holds a non-ASCII character; a token or secret is visible ASCII (was it "
-                "copied from a document with typographic characters?)"
-            )
-        if not char.isprintable() or (char == " " and not space):
-            raise ValueError(
-                "holds whitespace or a control character inside; a token is one line of "
-                "visible ASCII characters (was it wrapped, or two values joined?)"
-            )
-    return secret
-
-
-def _url_problem(url: str) -> str | None:
-    """What is wrong with an http(s) URL, in words that do not repeat it (it may hold a
-    password), or None."""
-    if any(char.isspace() or not char.isprintable() for char in url):
-        return "holds whitespace or a control character"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        return "not a valid URL (check its port and brackets)"
-    if parts.scheme not in {"http", "https"}:
-        return "must be an http:// or https:// URL"
-    if not parts.hostname:
-        return "has no host name"
+def section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
     return None
-
-
-def load_models_file(path: Path) -> list[ModelEntry]:
-    """Models from a CSV (header row: id,name,<lifecycle settings>) or a JSONL file."""
-    suffix = path.suffix.lower()
-    if suffix not in {".csv", ".jsonl", ".ndjson"}:
-        raise ConfigError(f"models_file {path}: use a .csv or .jsonl file")
-    text = read_text(path, f"models_file {path}", _MODELS_MAX_BYTES)
-    rows = _jsonl_rows(path, text) if suffix != ".csv" else _csv_rows(path, text)
-    entries = []
-    for number, row in rows:
-        try:
-            entries.append(ModelEntry.model_validate(row))
-        except ValidationError as exc:
-            raise ConfigError(
-                _first_error_line(exc, prefix=f"models_file {path}:{number}", sources=None)
-            ) from None
-    return entries
-
-
-def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = _json(line)
-        except ValueError as exc:
-            raise ConfigError(f"models_file {path}:{number}: {exc}") from None
-        if not isinstance(row, dict):
-            raise ConfigError(f"models_file {path}:{number}: expected a JSON object")
-        rows.append((number, row))
-    return rows
-
-
-def _csv_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
-    reader = csv.DictReader(text.splitlines())
-    rows = []
-    try:
-        header = reader.fieldnames or []
-        repeated = sorted({name for name in header if header.count(name) > 1})
-        if repeated:
-            raise ConfigError(
-                f"models_file {path}:1: column {repeated[0]!r} is there twice; keep one"
-            )
-        for raw in reader:
-            try:
-                rows.append((reader.line_num, _csv_row(raw)))
-            except ValueError as exc:
-                raise ConfigError(f"models_file {path}:{reader.line_num}: {exc}") from None
-    except csv.Error as exc:
-        # The reader counts the lines it finished; the bad one is the next.
-        where = f"{path}:{reader.line_num + 1}"
-        raise ConfigError(f"models_file {where}: not valid CSV ({exc})") from None
-    return rows
-
-
-def _csv_row(raw: Mapping[str | None, str | None]) -> dict[str, Any]:
-    """Empty cells inherit; `resources.memory` columns nest; `hyperparameters` holds JSON."""
-    row: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key is None or value is None or value == "":
-            continue
-        if key == "hyperparameters":
-            try:
-                row[key] = _json(value)
-            except ValueError as exc:
-                if "not JSON" in str(exc):
-                    row[key] = value  # validation reports it as not a mapping
-                    continue
-                raise ValueError(f"hyperparameters: {exc}") from None
-            continue
-        node = row
-        *parents, leaf = key.split(".")
-        for depth, parent in enumerate(parents, start=1):
-            node = node.setdefault(parent, {})
-            if not isinstance(node, dict):  # `resources` before `resources.memory`
-                column = ".".join(parents[:depth])
-                raise ValueError(f"columns {column} and {key} both set it; keep one")  # noqa: TRY004
-        if leaf in node:  # `resources` after `resources.memory`
-            raise ValueError(f"columns {key} and {key}.* both set it; keep one")
-        node[leaf] = value
-    return row
-
-
-def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = nested
-        *parents, leaf = path.split(".")
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return nested
-
-
-def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def time_of_day(text: str) -> dt_time:
-    hours, _, minutes = text.partition(":")
-    if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2):  # noqa: PLR2004
-        raise ValueError(text)
-    return dt_time(int(hours), int(minutes))
-
-
-def _check_uuid(value: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise ValueError(f"{value!r} is not a UUID") from None

@@ -2,7 +2,7 @@
 
     FleetError
     ├── ConfigError               bad settings, flags or model lists (exit 2)
-    │   └── RuleError             an approval or monitor rule that does not parse (policy.py)
+    │   └── RuleError             an approval or monitor rule that does not parse (rules.py)
     ├── ApiError                  anything the ModelOps API answered or failed to answer
     │   ├── TransientApiError     timeouts, connection errors, 429, 500, 502, 503, 504 (retry_after)
     │   │   ├── OutcomeUnknown    a POST was sent but no answer came back: it may have been applied
@@ -22,8 +22,14 @@ catches sqlite3 exceptions. Above them, code speaks this tree only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import (
+    Iterator,
+)
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fleet.records import Lease
 
 
 class FleetError(Exception):
@@ -117,3 +123,24 @@ def ungrouped() -> Iterator[None]:
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         raise first from first.__cause__
+
+
+class LeaseLost(FleetError):
+    """Another process took the state file over while this one was running."""
+
+
+class LeaseHeld(FleetError):
+    """Another live process drives this state file."""
+
+    def __init__(self, lease: Lease, path: str) -> None:
+        super().__init__(
+            f"{path} is in use by fleet pid {lease.pid} on {lease.host} since "
+            f"{lease.since.isoformat(timespec='seconds')} (last renewed "
+            f"{lease.renewed_at.isoformat(timespec='seconds')}); wait for it to finish, or "
+            "stop it; a holder that stops renewing is taken over after lease_ttl seconds"
+        )
+        self.lease = lease
+
+
+class RunAborted(Exception):
+    """The run cannot go on (token rejected, server gone); carries the fleet error."""

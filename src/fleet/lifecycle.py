@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import structlog
@@ -41,12 +41,15 @@ from fleet.errors import (
     OutcomeUnknown,
     PermanentApiError,
     ProtocolError,
+    RunAborted,
     ServerUnavailable,
     TransientApiError,
     ungrouped,
 )
 from fleet.polling import Finished, JobWatch, PollMode
 from fleet.production import Production
+from fleet.progress import ProgressSink
+from fleet.records import ModelRecord, StageRecord, utc_now
 from fleet.stages import (
     ALLOWED,
     DONE,
@@ -60,7 +63,7 @@ from fleet.stages import (
     Stage,
     StageState,
 )
-from fleet.store import ModelRecord, StageRecord, Store, utc_now
+from fleet.store import Store
 
 log = structlog.get_logger("fleet.lifecycle")
 _T = TypeVar("_T")
@@ -105,13 +108,6 @@ _FOUND_AFTER_LOSS = "found on the server after a lost response"
 _FOUND_DONE = "already done on the server"
 # The stage data key of the server time an intent was stamped with.
 _SERVER_SINCE = "server_since"
-
-
-class ProgressSink(Protocol):
-    def moved(self, stage: Stage, before: StageState, after: StageState) -> None: ...
-    def model_finished(
-        self, model: ModelRecord, failed: StageRecord | None, *, rejected: bool = False
-    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +167,6 @@ async def watching(ctx: Context) -> AsyncIterator[Context]:
             tg.start_soon(watch.run, ctx.draining)
             yield replace(ctx, jobs=watch, production=production)
             tg.cancel_scope.cancel()
-
-
-class RunAborted(Exception):
-    """The run cannot go on (token rejected, server gone); carries the fleet error."""
 
 
 class _Paused(Exception):

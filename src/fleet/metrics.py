@@ -53,7 +53,8 @@ from prometheus_client.registry import Collector
 
 from fleet.client import ModelOpsClient
 from fleet.errors import ApiError, ConfigError
-from fleet.scheduler import Progress, RunResult, model_outcome
+from fleet.progress import Progress, RunResult
+from fleet.records import model_outcome
 from fleet.secrets import redactor
 from fleet.stages import Outcome, Stage, StageState
 from fleet.store import Store

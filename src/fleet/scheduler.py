@@ -21,7 +21,7 @@ import random
 import secrets
 import socket
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
@@ -31,130 +31,27 @@ import anyio
 import structlog
 
 from fleet.client import ModelOps
-from fleet.config import DEFAULT_PROJECT, ModelSpec, ProjectLimits, Settings, check_run_id
-from fleet.errors import ApiError, ConfigError, FleetError, RunNotFound, ungrouped
-from fleet.lifecycle import Context, RunAborted, run_model, transition, watching
+from fleet.config import ProjectLimits, Settings
+from fleet.errors import (
+    ApiError,
+    ConfigError,
+    FleetError,
+    LeaseLost,
+    RunAborted,
+    RunNotFound,
+    StoreError,
+    ungrouped,
+)
+from fleet.inputs import check_run_id
+from fleet.lifecycle import Context, run_model, transition, watching
+from fleet.models import DEFAULT_PROJECT, ModelSpec
 from fleet.polling import PollMode
-from fleet.stages import DONE, STAGE_ORDER, Outcome, Stage, StageState
-from fleet.store import Lease, ModelRecord, RunRecord, StageRecord, Store, utc_now
+from fleet.progress import Failure, Progress, ProjectProgress, RunResult
+from fleet.records import Lease, ModelRecord, RunRecord, model_outcome, utc_now
+from fleet.stages import STAGE_ORDER, Outcome, RunStatus, Stage, StageState
+from fleet.store import Store
 
 log = structlog.get_logger("fleet.scheduler")
-
-RUN_SUCCEEDED = "succeeded"
-RUN_FAILED = "failed"
-RUN_RUNNING = "running"
-RUN_INTERRUPTED = "interrupted"
-RUN_ABORTED = "aborted"
-RUN_INCOMPLETE = "incomplete"
-RUN_HALTED = "halted"
-FINISHED_RUN_STATUSES = frozenset({RUN_SUCCEEDED, RUN_FAILED})
-
-
-class LeaseLost(FleetError):
-    """Another process took the state file over while this one was running."""
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    model_id: str
-    name: str
-    stage: Stage
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ProgressSnapshot:
-    elapsed_s: float
-    models_total: int
-    models_succeeded: int
-    models_failed: int
-    models_rejected: int
-    stages: dict[Stage, dict[StageState, int]]
-    recent_failures: tuple[Failure, ...]
-
-    @property
-    def models_finished(self) -> int:
-        return self.models_succeeded + self.models_failed + self.models_rejected
-
-    def eta_s(self) -> float | None:
-        """Time left at the rate models finished so far (None until one has)."""
-        done = self.models_finished
-        if done == 0 or done >= self.models_total:
-            return None if done == 0 else 0.0
-        return self.elapsed_s / done * (self.models_total - done)
-
-
-@dataclass(slots=True)
-class Progress:
-    """Live counts per stage and state, fed by every transition; read by the CLI."""
-
-    clock: Callable[[], float] = time.monotonic
-    started: float = 0.0
-    models_total: int = 0
-    models_succeeded: int = 0
-    models_failed: int = 0
-    # Rejected by an approval gate: finished, and not a failure.
-    models_rejected: int = 0
-    counts: dict[Stage, Counter[StageState]] = field(default_factory=dict)
-    failures: deque[Failure] = field(default_factory=lambda: deque(maxlen=5))
-    submissions: Counter[Stage] = field(default_factory=Counter)
-    # The same, by project (for each project's metrics).
-    project_submissions: dict[str, Counter[Stage]] = field(default_factory=dict)
-
-    def start(self, models: list[ModelRecord], stages: tuple[Stage, ...]) -> None:
-        self.started = self.clock()
-        self.models_total = len(models)
-        self.counts = {stage: Counter() for stage in stages}
-        for model in models:
-            for stage in stages:
-                self.counts[stage][model.stages[stage].state] += 1
-
-    def moved(self, stage: Stage, before: StageState, after: StageState) -> None:
-        counts = self.counts.setdefault(stage, Counter())
-        counts[before] -= 1
-        counts[after] += 1
-        if after is StageState.SUBMITTING:
-            self.submissions[stage] += 1
-
-    def model_finished(
-        self, model: ModelRecord, failed: StageRecord | None, *, rejected: bool = False
-    ) -> None:
-        if rejected:
-            self.models_rejected += 1
-            return
-        if failed is None:
-            self.models_succeeded += 1
-            return
-        self.models_failed += 1
-        self.failures.append(
-            Failure(model.spec.id, model.spec.name, failed.stage, failed.error or "")
-        )
-
-    def snapshot(self) -> ProgressSnapshot:
-        return ProgressSnapshot(
-            elapsed_s=self.clock() - self.started,
-            models_total=self.models_total,
-            models_succeeded=self.models_succeeded,
-            models_failed=self.models_failed,
-            models_rejected=self.models_rejected,
-            stages={stage: dict(counts) for stage, counts in self.counts.items()},
-            recent_failures=tuple(self.failures),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    run_id: str
-    status: str
-    models_total: int
-    succeeded: int
-    failed: tuple[Failure, ...]
-    pending: int
-    elapsed_s: float
-    resumed: bool
-    aborted: FleetError | None = None
-    reason: str | None = None
-    rejected: tuple[str, ...] = ()  # names of models whose new version a gate rejected
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -200,11 +97,12 @@ async def run(
         existing = await store.find_run(run_id)
         if retry_failed and existing is None:
             raise RunNotFound(f"run {run_id!r} is not in the state file")
-        if existing is not None and existing.status in FINISHED_RUN_STATUSES:
+        status = RunStatus.RUNNING if existing is None else _status_of(existing)
+        if status.finished and existing is not None:
             result = await summarize(store, existing, elapsed_s=0.0, resumed=True)
             if not (retry_failed and result.failed):
-                log.info("fleet.run.already_finished", run_id=run_id, status=existing.status)
-                return replace(result, status=existing.status)
+                log.info("fleet.run.already_finished", run_id=run_id, status=status)
+                return replace(result, status=status)
         if existing is None:
             active = settings.active_stages()
             stages = STAGE_ORDER[: STAGE_ORDER.index(active[-1]) + 1]
@@ -218,7 +116,7 @@ async def run(
         models = await store.models(run_id)
         names = _projects_of(run_id, models, clients)
         if existing is not None:
-            await store.set_run_status(run_id, RUN_RUNNING, finished=False)
+            status = await _set_status(store, run_id, status, RunStatus.RUNNING)
         ctx = Context(
             run_id=run_id,
             api=clients[names[0]],
@@ -265,7 +163,7 @@ async def run(
             )
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await store.set_run_status(run_id, RUN_INTERRUPTED, finished=False)
+                await _set_status(store, run_id, status, RunStatus.INTERRUPTED)
                 log.warning("fleet.run.interrupted", run_id=run_id)
             raise
         record = await store.run(run_id)
@@ -275,10 +173,8 @@ async def run(
         stopped = [p for p in projects.values() if p.error is not None]
         aborted = stopped[0].error if stopped else None
         why = "; ".join(p.why() for p in stopped) or None
-        status, reason = _final_status(result, why, stop, policy, ctx.stop_training_at)
-        await store.set_run_status(
-            run_id, status, finished=status in FINISHED_RUN_STATUSES, reason=reason
-        )
+        ending, reason = _final_status(result, why, stop, policy, ctx.stop_training_at)
+        status = await _set_status(store, run_id, status, ending, reason)
     log.info(
         "fleet.run.finished",
         run_id=run_id,
@@ -292,23 +188,41 @@ async def run(
     return replace(result, status=status, aborted=aborted, reason=reason)
 
 
+async def _set_status(
+    store: Store, run_id: str, now: RunStatus, to: RunStatus, reason: str | None = None
+) -> RunStatus:
+    """The one place a run's status changes: held to `RUN_MOVES`, stamped finished or not."""
+    await store.set_run_status(run_id, now.move(to), finished=to.finished, reason=reason)
+    return to
+
+
+def _status_of(record: RunRecord) -> RunStatus:
+    try:
+        return RunStatus(record.status)
+    except ValueError:
+        raise StoreError(
+            f"run {record.id} has status {record.status!r}, which this fleet does not know "
+            "(a newer fleet wrote it); resume it with that version"
+        ) from None
+
+
 def _final_status(
     result: RunResult,
     aborted: str | None,
     stop: anyio.Event,
     policy: FailurePolicy,
     deadline: datetime | None,
-) -> tuple[str, str | None]:
+) -> tuple[RunStatus, str | None]:
     if aborted is not None:
-        return RUN_ABORTED, aborted
+        return RunStatus.ABORTED, aborted
     if policy.reason is not None:
-        return RUN_HALTED, policy.reason
+        return RunStatus.HALTED, policy.reason
     if stop.is_set() and result.pending:
-        return RUN_INTERRUPTED, "stopped by a signal"
+        return RunStatus.INTERRUPTED, "stopped by a signal"
     if deadline is not None and result.pending and utc_now() >= deadline:
         at = deadline.isoformat(timespec="minutes")
         return (
-            RUN_INCOMPLETE,
+            RunStatus.INCOMPLETE,
             f"deadline {at} reached: {result.pending} models left for the next run",
         )
     return result.status, None
@@ -520,7 +434,7 @@ def _projects(
                 ctx,
                 api=clients[name],
                 limiters=_limiters(shared, own[name].limits if name in own else None),
-                progress=_ProjectProgress(progress, name) if several else ctx.progress,
+                progress=ProjectProgress(progress, name) if several else ctx.progress,
             ),
             limit=own[name].limits.concurrency if name in own else None,
             named=several,
@@ -539,24 +453,6 @@ def _limiters(
         if limit is not None:
             limiters[stage] = anyio.CapacityLimiter(limit)
     return limiters
-
-
-@dataclass(frozen=True, slots=True)
-class _ProjectProgress:
-    """The run's progress, with one project's submissions also counted apart."""
-
-    run: Progress
-    project: str
-
-    def moved(self, stage: Stage, before: StageState, after: StageState) -> None:
-        self.run.moved(stage, before, after)
-        if after is StageState.SUBMITTING:
-            self.run.project_submissions.setdefault(self.project, Counter())[stage] += 1
-
-    def model_finished(
-        self, model: ModelRecord, failed: StageRecord | None, *, rejected: bool = False
-    ) -> None:
-        self.run.model_finished(model, failed, rejected=rejected)
 
 
 def _projects_of(
@@ -670,7 +566,9 @@ async def summarize(
             failed.append(Failure(model.spec.id, model.spec.name, stage, reason))
         else:
             pending += 1
-    status = RUN_INCOMPLETE if pending else (RUN_FAILED if failed else RUN_SUCCEEDED)
+    status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
+    if pending:
+        status = RunStatus.INCOMPLETE
     return RunResult(
         run_id=record.id,
         status=status,
@@ -682,20 +580,6 @@ async def summarize(
         resumed=resumed,
         rejected=tuple(rejected),
     )
-
-
-def model_outcome(model: ModelRecord) -> Outcome:
-    states = [r.state for r in model.stages.values()]
-    if any(s is StageState.FAILED for s in states):
-        return Outcome.FAILED
-    if all(s in DONE for s in states):
-        approve = model.stages.get(Stage.APPROVE)
-        if approve is not None and approve.data.get("decision") == "rejected":
-            return Outcome.REJECTED
-        return Outcome.SUCCEEDED
-    if all(s is StageState.PENDING for s in states):
-        return Outcome.PENDING
-    return Outcome.RUNNING
 
 
 def _fleet_error(exc: RunAborted) -> FleetError:

@@ -16,10 +16,11 @@ from fnmatch import fnmatchcase
 import structlog
 
 from fleet.client import ModelOps
-from fleet.config import DEFAULT_PROJECT, ModelEntry, ModelSpec, Settings
+from fleet.config import Settings
+from fleet.models import DEFAULT_PROJECT, ModelEntry, ModelSpec
+from fleet.records import ModelRecord
 from fleet.shards import Shard
 from fleet.stages import DONE, STAGE_ORDER, Stage, StageState
-from fleet.store import ModelRecord
 
 log = structlog.get_logger("fleet.selection")
 

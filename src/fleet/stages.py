@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from fleet.errors import InvalidTransition
+
 
 class Stage(StrEnum):
     TRAIN = "train"
@@ -100,3 +102,56 @@ class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
     REJECTED = "rejected"  # an approval gate turned the new version down: not a failure
     FAILED = "failed"
+
+
+class RunStatus(StrEnum):
+    """Where a run is. A run is created `running`; every later status is set by the scheduler
+    through `RunStatus.move`, which holds it to `RUN_MOVES`.
+
+        running ──► succeeded | failed              (finished: every model ended)
+           │   └──► incomplete | interrupted | halted | aborted   (models left to resume)
+           ▲                                │
+           └────────────────────────────────┘  resumed by the same --run-id
+        failed ──► running                          (fleet run --retry-failed)
+    """
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INCOMPLETE = "incomplete"  # the deadline passed with models not started
+    INTERRUPTED = "interrupted"  # a signal, or the process ended mid-run
+    HALTED = "halted"  # the failure policy stopped admitting models
+    ABORTED = "aborted"  # a project could not go on (token rejected, server down)
+
+    @property
+    def finished(self) -> bool:
+        """Every model of the run ended: only --retry-failed opens it again."""
+        return self in FINISHED_RUNS
+
+    def move(self, to: RunStatus) -> RunStatus:
+        """`to`, if a run may go there from here; else InvalidTransition."""
+        if to is not self and (self, to) not in RUN_MOVES:
+            raise InvalidTransition(f"run status {self} -> {to} is not allowed")
+        return to
+
+
+FINISHED_RUNS = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED})
+_LEFT = frozenset(
+    {RunStatus.INCOMPLETE, RunStatus.INTERRUPTED, RunStatus.HALTED, RunStatus.ABORTED}
+)
+RUN_MOVES: frozenset[tuple[RunStatus, RunStatus]] = frozenset(
+    {(RunStatus.RUNNING, to) for to in RunStatus if to is not RunStatus.RUNNING}
+    | {(left, RunStatus.RUNNING) for left in _LEFT}
+    | {(RunStatus.FAILED, RunStatus.RUNNING)}
+)
+# When the shards of one run disagree, the merged run takes the first of these that any of
+# them has: a run still going somewhere is still going; otherwise the worst ending is the run's.
+MERGED_RUN_ORDER: tuple[RunStatus, ...] = (
+    RunStatus.RUNNING,
+    RunStatus.ABORTED,
+    RunStatus.INTERRUPTED,
+    RunStatus.HALTED,
+    RunStatus.INCOMPLETE,
+    RunStatus.FAILED,
+    RunStatus.SUCCEEDED,
+)

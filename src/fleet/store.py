@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Self
 
@@ -29,9 +29,10 @@ import aiosqlite
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from fleet.config import Lifecycle, ModelSpec
-from fleet.errors import FleetError, RunNotFound, StoreError, ungrouped
+from fleet.errors import FleetError, LeaseHeld, RunNotFound, StoreError, ungrouped
 from fleet.guard import Guard, Seal, private_copy, repair_modes
+from fleet.models import Lifecycle, ModelSpec
+from fleet.records import Lease, ModelRecord, RunRecord, StageRecord, utc_now
 from fleet.secrets import redactor
 from fleet.stages import STAGE_ORDER, Stage, StageState
 
@@ -172,75 +173,6 @@ _UPSERT_METRIC = (
     "INSERT OR REPLACE INTO metrics (run_id, model_id, trained_model_id, name, value)"
     " VALUES (?, ?, ?, ?, ?)"
 )
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class StageRecord:
-    """What the store knows about one stage of one model in one run."""
-
-    run_id: str
-    model_id: str
-    stage: Stage
-    state: StageState = StageState.PENDING
-    attempt: int = 0
-    job_id: str | None = None
-    trained_model_id: str | None = None
-    deployment_id: str | None = None
-    error: str | None = None
-    data: Mapping[str, Any] = field(default_factory=dict)
-    submitted_at: datetime | None = None
-    finished_at: datetime | None = None
-    updated_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    id: str
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-    status: str
-    stages: tuple[Stage, ...]
-    reason: str | None = None
-    from_stage: Stage | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRecord:
-    """A model of a run: its spec as the run started with it, and its stages now."""
-
-    spec: ModelSpec
-    position: int
-    stages: Mapping[Stage, StageRecord]
-    metrics: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """Who drives a state file: one process at a time."""
-
-    holder: str
-    host: str
-    pid: int
-    since: datetime
-    renewed_at: datetime
-
-
-class LeaseHeld(FleetError):
-    """Another live process drives this state file."""
-
-    def __init__(self, lease: Lease, path: str) -> None:
-        super().__init__(
-            f"{path} is in use by fleet pid {lease.pid} on {lease.host} since "
-            f"{lease.since.isoformat(timespec='seconds')} (last renewed "
-            f"{lease.renewed_at.isoformat(timespec='seconds')}); wait for it to finish, or "
-            "stop it; a holder that stops renewing is taken over after lease_ttl seconds"
-        )
-        self.lease = lease
 
 
 @dataclass(slots=True)

@@ -14,11 +14,12 @@ from rich.console import RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from fleet.report import scoring
-from fleet.scheduler import ProgressSnapshot, model_outcome
+from fleet.progress import ProgressSnapshot
+from fleet.records import model_outcome
+from fleet.report.model import scoring
+from fleet.report.statefiles import StateFiles
 from fleet.secrets import redactor
 from fleet.stages import Outcome, Stage, StageState
-from fleet.statefiles import StateFiles
 
 
 def progress_table(snap: ProgressSnapshot) -> Table:

@@ -11,16 +11,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from fleet.report import (
+from fleet.report.model import OUTCOME_ORDER, Attempt, Change, Comparison, ModelReport, RunReport
+from fleet.report.text import (
     DASH,
     OUTCOME_COLOURS,
-    OUTCOME_ORDER,
     STAGE_COLOURS,
-    Attempt,
-    Change,
-    Comparison,
-    ModelReport,
-    RunReport,
     failure_groups,
     format_duration,
     format_when,

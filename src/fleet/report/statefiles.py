@@ -22,31 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import RunNotFound
-from fleet.scheduler import (
-    RUN_ABORTED,
-    RUN_FAILED,
-    RUN_HALTED,
-    RUN_INCOMPLETE,
-    RUN_INTERRUPTED,
-    RUN_RUNNING,
-    RUN_SUCCEEDED,
-)
-from fleet.stages import STAGE_ORDER
-from fleet.store import ModelRecord, RunRecord, Store
+from fleet.records import ModelRecord, RunRecord
+from fleet.stages import MERGED_RUN_ORDER, STAGE_ORDER
+from fleet.store import Store
 
-# When shards disagree, the merged run takes the first of these that any of them has: a run
-# still going somewhere is still going; otherwise the worst ending is the run's.
 _NAMES_SHOWN = 3  # models named in an overlap warning; the JSON lists them all
-
-_STATUS_ORDER = (
-    RUN_RUNNING,
-    RUN_ABORTED,
-    RUN_INTERRUPTED,
-    RUN_HALTED,
-    RUN_INCOMPLETE,
-    RUN_FAILED,
-    RUN_SUCCEEDED,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +164,10 @@ def merged_status(statuses: Sequence[str]) -> str:
     distinct = set(statuses)
     if len(distinct) == 1:
         return statuses[0]
-    unknown = sorted(distinct - set(_STATUS_ORDER))
+    unknown = sorted(distinct - set(MERGED_RUN_ORDER))
     if unknown:  # a status this fleet does not know (a newer fleet wrote it): show it
         return unknown[0]
-    return next(status for status in _STATUS_ORDER if status in distinct)
+    return next(status for status in MERGED_RUN_ORDER if status in distinct)
 
 
 def merged_run(records: Sequence[RunRecord], names: Sequence[str]) -> RunRecord:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.errors import ConfigError
-from fleet.policy import Comparison, Rule, RuleError, Verdict
+from fleet.rules import Comparison, Rule, RuleError, Verdict
 
 
 def judge(
