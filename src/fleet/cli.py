@@ -35,8 +35,8 @@ try:
     from rich.live import Live
     from rich.table import Table
 
-    from fleet import __version__, sim
     from fleet import logging as fleet_logging
+    from fleet import sim
     from fleet.client import ModelOps, ModelOpsClient, RetryPolicy
     from fleet.config import Settings, api_section, env_name, load_settings
     from fleet.errors import (
@@ -72,6 +72,7 @@ try:
     from fleet.stages import FINISHED_RUNS, Outcome, RunStatus, StageState
     from fleet.store import Store
     from fleet.throttle import Breaker, Throttle
+    from fleet.version import __version__
 except KeyboardInterrupt:
     sys.stderr.write("fleet: interrupted\n")
     raise SystemExit(130) from None

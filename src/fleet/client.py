@@ -24,7 +24,6 @@ import httpx
 import stamina
 from httpx_aiohttp import AiohttpTransport
 
-from fleet import __version__
 from fleet.auth import ClientCredentials, StaticToken, TokenSource
 from fleet.errors import (
     ApiError,
@@ -39,6 +38,7 @@ from fleet.errors import (
 )
 from fleet.secrets import redactor
 from fleet.throttle import Breaker, Throttle
+from fleet.version import __version__
 
 TERMINAL_JOB_STATUSES = frozenset({"COMPLETED", "ERROR", "CANCELLED"})
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
