@@ -20,8 +20,9 @@ import httpx
 
 from fleet import scheduler, sim
 from fleet.client import ModelOpsClient, RetryPolicy
-from fleet.config import Settings, load_settings
+from fleet.config import load_settings
 from fleet.models import ModelEntry
+from fleet.settings import Settings
 from fleet.sim.behaviour import Behaviour
 from fleet.sim.records import Job
 from fleet.store import Store

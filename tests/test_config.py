@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from fleet.config import Settings, load_settings
+from fleet.config import load_settings
 from fleet.errors import ConfigError
 from fleet.flags import flag_specs
 from fleet.models import ModelEntry, Resources
+from fleet.settings import Settings
 from fleet.shards import Shard
 from fleet.stages import STAGE_ORDER, Stage
 

@@ -11,10 +11,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet.config import Settings, load_settings
+from fleet.config import load_settings
 from fleet.errors import ConfigError
 from fleet.flags import flag_specs
 from fleet.models import load_models_file
+from fleet.settings import Settings
 
 PATHS = [spec.path for spec in flag_specs()]
 SCALARS = (

@@ -14,8 +14,9 @@ import pytest
 
 from fleet import scheduler, sim
 from fleet.client import ModelOpsClient
-from fleet.config import Settings, load_settings
+from fleet.config import load_settings
 from fleet.errors import AuthError, ConfigError, ServerUnavailable
+from fleet.settings import Settings
 from fleet.stages import Stage, StageState
 from fleet.store import Store
 from support import BASE_URL, Emulated, emulated, settings_for, tonight

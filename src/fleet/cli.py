@@ -38,7 +38,8 @@ try:
     from fleet import logging as fleet_logging
     from fleet import sim
     from fleet.client import ModelOps, ModelOpsClient, RetryPolicy
-    from fleet.config import Settings, api_section, env_name, load_settings
+    from fleet.config import load_settings
+    from fleet.environment import env_name
     from fleet.errors import (
         ConfigError,
         FleetError,
@@ -59,6 +60,7 @@ try:
     from fleet.report.statefiles import StateFiles
     from fleet.report.status import progress_table, status_document, status_view
     from fleet.scheduler import run
+    from fleet.sections import api_section
     from fleet.selection import (
         PlanRow,
         discovered,
@@ -68,6 +70,7 @@ try:
         totals,
         totals_by_project,
     )
+    from fleet.settings import Settings
     from fleet.sim.settings import RATE_FIELDS
     from fleet.stages import FINISHED_RUNS, Outcome, RunStatus, StageState
     from fleet.store import Store

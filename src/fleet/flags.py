@@ -15,7 +15,8 @@ from pydantic import (
     BaseModel,
 )
 
-from fleet.config import Settings, section_type
+from fleet.config import section_type
+from fleet.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

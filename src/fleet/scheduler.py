@@ -31,7 +31,6 @@ import anyio
 import structlog
 
 from fleet.client import ModelOps
-from fleet.config import ProjectLimits, Settings
 from fleet.errors import (
     ApiError,
     ConfigError,
@@ -48,6 +47,8 @@ from fleet.models import DEFAULT_PROJECT, ModelSpec
 from fleet.polling import PollMode
 from fleet.progress import Failure, Progress, ProjectProgress, RunResult
 from fleet.records import Lease, ModelRecord, RunRecord, model_outcome, utc_now
+from fleet.sections import ProjectLimits
+from fleet.settings import Settings
 from fleet.stages import STAGE_ORDER, Outcome, RunStatus, Stage, StageState
 from fleet.store import Store
 

@@ -16,9 +16,9 @@ from fnmatch import fnmatchcase
 import structlog
 
 from fleet.client import ModelOps
-from fleet.config import Settings
 from fleet.models import DEFAULT_PROJECT, ModelEntry, ModelSpec
 from fleet.records import ModelRecord
+from fleet.settings import Settings
 from fleet.shards import Shard
 from fleet.stages import DONE, STAGE_ORDER, Stage, StageState
 
