@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.errors import ConfigError
-from fleet.rules import Comparison, Rule, RuleError, Verdict
+from fleet.rule_syntax import RuleError
+from fleet.rules import Comparison, Rule, Verdict
 
 
 def judge(
