@@ -73,14 +73,24 @@ class Lease:
 
 
 def model_outcome(model: ModelRecord) -> Outcome:
+    """Where a model ended up in its run: the one reading of its stages, for every caller."""
     states = [r.state for r in model.stages.values()]
     if any(s is StageState.FAILED for s in states):
         return Outcome.FAILED
     if all(s in DONE for s in states):
-        approve = model.stages.get(Stage.APPROVE)
-        if approve is not None and approve.data.get("decision") == "rejected":
-            return Outcome.REJECTED
-        return Outcome.SUCCEEDED
+        return Outcome.REJECTED if version_rejected(model.stages) else Outcome.SUCCEEDED
     if all(s is StageState.PENDING for s in states):
         return Outcome.PENDING
     return Outcome.RUNNING
+
+
+def version_rejected(stages: Mapping[Stage, StageRecord]) -> bool:
+    """Whether the approval rule turned the model's new version down (its approve stage
+    succeeded with the decision "rejected"): the model finished, and is not a failure."""
+    approve = stages.get(Stage.APPROVE)
+    return approve is not None and approve.data.get("decision") == REJECTED
+
+
+# The decision an approve stage records when the rule turned the version down.
+REJECTED = "rejected"
+APPROVED = "approved"

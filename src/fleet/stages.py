@@ -56,7 +56,6 @@ class StageState(StrEnum):
     SUBMITTED = "submitted"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
-    REJECTED = "rejected"  # an approval gate turned the new version down: not a failure
     FAILED = "failed"
     SKIPPED = "skipped"
     RETRYING = "retrying"
