@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -12,13 +13,16 @@ from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from fleet import store as store_module
-from fleet.errors import LeaseHeld, RunNotFound, StoreError
+from fleet.encoding import ENCODING
+from fleet.errors import LeaseHeld, NewerStateFile, RunNotFound, StoreError
 from fleet.models import Lifecycle, ModelSpec
 from fleet.records import Lease
+from fleet.schema import MIGRATIONS
 from fleet.stages import STAGE_ORDER, Stage, StageState
-from fleet.store import _MIGRATIONS, Store
+from fleet.store import Store
 
 MODEL_IDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 41)]
 
@@ -35,7 +39,7 @@ async def test_a_new_file_is_migrated_to_wal_mode(tmp_path: Path) -> None:
     async with Store.open(path):
         pass
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"runs", "run_models", "stages", "metrics", "transitions", "attempts", "lease"} <= tables
@@ -45,7 +49,7 @@ async def test_an_older_file_is_migrated_in_place(tmp_path: Path) -> None:
     """A file at schema 1 gains the later migrations and keeps its runs."""
     path = tmp_path / "fleet.db"
     conn = sqlite3.connect(path)
-    conn.executescript(f"{_MIGRATIONS[0]}; PRAGMA user_version = 1;")
+    conn.executescript(f"{MIGRATIONS[0]}; PRAGMA user_version = 1;")
     conn.execute(
         "INSERT INTO runs (id, created_at, updated_at, status, stages, settings)"
         " VALUES ('old', '2026-11-24T00:00:00+00:00', '2026-11-24T00:00:00+00:00', 'failed',"
@@ -66,7 +70,7 @@ async def test_models_of_a_file_from_before_projects_are_in_the_default_project(
     each model's project."""
     path = tmp_path / "fleet.db"
     conn = sqlite3.connect(path)
-    conn.executescript(f"{';'.join(_MIGRATIONS[:3])}; PRAGMA user_version = 3;")
+    conn.executescript(f"{';'.join(MIGRATIONS[:3])}; PRAGMA user_version = 3;")
     conn.execute(
         "INSERT INTO runs (id, created_at, updated_at, status, stages, settings)"
         " VALUES ('old', '2026-11-24T00:00:00+00:00', '2026-11-24T00:00:00+00:00', 'failed',"
@@ -166,15 +170,146 @@ async def test_unknown_run_and_unusable_file_are_clear_errors(tmp_path: Path) ->
             pass
 
 
-async def test_a_file_from_a_newer_fleet_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("readonly", [False, True], ids=["driven", "read"])
+async def test_a_file_from_a_newer_fleet_is_refused(tmp_path: Path, readonly: bool) -> None:
     """A schema newer than this fleet knows is never touched."""
     path = tmp_path / "fleet.db"
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
-    with pytest.raises(StoreError, match="newer fleet"):
-        async with Store.open(path):
+    before = path.read_bytes()
+    with pytest.raises(NewerStateFile, match="newer fleet"):
+        async with Store.open(path, readonly=readonly):
             pass
+    assert path.read_bytes() == before
+
+
+async def _with_settings(path: Path, change: dict[str, object], encoding: int = ENCODING) -> None:
+    """A run of two models whose stored settings hold `change`, with encoding `encoding`."""
+    async with Store.open(path) as store:
+        await store.create_run("r1", STAGE_ORDER, _specs(2), "{}")
+    conn = sqlite3.connect(path)
+    with conn:
+        for model_id, text in conn.execute("SELECT model_id, lifecycle FROM run_models"):
+            conn.execute(
+                "UPDATE run_models SET lifecycle = ?, encoding = ? WHERE model_id = ?",
+                (json.dumps({**json.loads(text), **change}), encoding, model_id),
+            )
+    conn.close()
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["driven", "read"])
+async def test_settings_in_a_newer_encoding_are_refused(tmp_path: Path, readonly: bool) -> None:
+    """A model stored in an encoding this fleet does not know: the file is left as it is."""
+    path = tmp_path / "fleet.db"
+    await _with_settings(path, {}, encoding=ENCODING + 1)
+    before = path.read_bytes()
+    with pytest.raises(NewerStateFile, match=f"settings encoding {ENCODING + 1}"):
+        async with Store.open(path, readonly=readonly):
+            pass
+    assert path.read_bytes() == before
+
+
+async def test_settings_a_newer_fleet_writes_while_the_file_is_open_are_refused(
+    tmp_path: Path,
+) -> None:
+    """A model a newer fleet stored after this one opened the file is not misread either."""
+    path = tmp_path / "fleet.db"
+    await _with_settings(path, {})
+    async with Store.open(path) as store:
+        await store.models("r1")
+        conn = sqlite3.connect(path)
+        with conn:
+            conn.execute("UPDATE run_models SET encoding = ?", (ENCODING + 1,))
+        conn.close()
+        with pytest.raises(NewerStateFile):
+            await store.models("r1")
+
+
+async def test_an_unknown_setting_is_logged_once_per_setting_and_file(tmp_path: Path) -> None:
+    """Two models with two dropped settings, read twice: one warning event per setting."""
+    path = tmp_path / "fleet.db"
+    await _with_settings(path, {"gpu_pool": "a100", "spot": True})
+    with capture_logs() as logs:
+        async with Store.open(path) as store:
+            await store.models("r1")
+            models = await store.models("r1")
+    assert models[0].spec.lifecycle == Lifecycle()
+    assert [(e["event"], e["setting"], e["db"], e["log_level"]) for e in logs] == [
+        ("fleet.store.setting_ignored", "gpu_pool", str(path), "warning"),
+        ("fleet.store.setting_ignored", "spot", str(path), "warning"),
+    ]
+    assert len(store.warnings) == 2
+
+
+async def test_a_reader_keeps_its_warnings_for_its_caller_and_logs_none(tmp_path: Path) -> None:
+    """Read-only (status, report: their stdout is a document), warnings are data only."""
+    path = tmp_path / "fleet.db"
+    await _with_settings(path, {"gpu_pool": "a100"})
+    with capture_logs() as logs:
+        async with Store.open(path, readonly=True) as store:
+            await store.models("r1")
+    assert logs == []
+    assert len(store.warnings) == 1
+    assert "setting 'gpu_pool' is not one this fleet knows" in store.warnings[0]
+
+
+async def test_a_value_no_longer_valid_is_shown_at_its_default_but_not_driven(
+    tmp_path: Path,
+) -> None:
+    """A reader shows the model with the setting's default and a warning; a run refuses to
+    drive it with a value it was not started with."""
+    path = tmp_path / "fleet.db"
+    await _with_settings(path, {"approval_rule": "Accuracy >>= 0.9"})
+    async with Store.open(path, readonly=True) as store:
+        models = await store.models("r1")
+    assert models[0].spec.lifecycle.approval_rule is None
+    assert [w.split(": ", 1)[1][:33] for w in store.warnings] == [
+        "setting 'approval_rule' of model "
+    ]
+    async with Store.open(path) as store:
+        with pytest.raises(StoreError, match="'approval_rule' this fleet does not accept"):
+            await store.models("r1")
+
+
+async def test_settings_that_are_not_json_are_a_store_error(tmp_path: Path) -> None:
+    """A model row whose settings are not a JSON object names the model and the file."""
+    path = tmp_path / "fleet.db"
+    await _with_settings(path, {})
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE run_models SET lifecycle = '[1, 2]'")
+    conn.close()
+    async with Store.open(path, readonly=True) as store:
+        with pytest.raises(StoreError, match=f"{path}: the settings of model store-0000"):
+            await store.models("r1")
+
+
+async def test_an_older_file_is_read_without_being_changed(tmp_path: Path) -> None:
+    """A reader opens a file at schema 3 through a migrated copy; the file stays at 3."""
+    path = tmp_path / "fleet.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(f"{';'.join(MIGRATIONS[:3])}; PRAGMA user_version = 3;")
+    conn.execute(
+        "INSERT INTO runs (id, created_at, updated_at, status, stages, settings)"
+        " VALUES ('old', '2026-11-24T00:00:00+00:00', '2026-11-24T00:00:00+00:00', 'failed',"
+        " 'train', '{}')"
+    )
+    conn.execute(
+        "INSERT INTO run_models (run_id, model_id, position, name, lifecycle)"
+        f" VALUES ('old', '{MODEL_IDS[0]}', 0, 'store-0000', '{{}}')"
+    )
+    conn.commit()
+    conn.close()
+    before = _files(tmp_path)
+    async with Store.open(path, readonly=True) as store:
+        (model,) = await store.models("old")
+    assert model.spec.project == "default"
+    assert _files(tmp_path) == before
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in directory.iterdir()}
 
 
 def _lease(holder: str, *, pid: int | None = None, host: str | None = None) -> Lease:

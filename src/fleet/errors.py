@@ -13,11 +13,12 @@
     │   ├── AuthError             401 / 403: the token was rejected (the run stops, exit 3)
     │   └── ProtocolError         a response fleet cannot understand (not JSON, missing fields)
     ├── StoreError                the SQLite state file cannot be opened, migrated or written
+    │   └── NewerStateFile        written by a newer fleet (schema or settings encoding) (exit 2)
     ├── RunNotFound               a run id that is not in the state file
     └── InvalidTransition         a lifecycle state change that the transition table forbids
 
-`client.py` is the only module that catches httpx exceptions; `store.py` the only one that
-catches sqlite3 exceptions. Above them, code speaks this tree only.
+`client.py` is the only module that catches httpx exceptions; `store.py` and `schema.py` the
+only ones that catch sqlite3 exceptions. Above them, code speaks this tree only.
 """
 
 from __future__ import annotations
@@ -98,6 +99,16 @@ class ProtocolError(ApiError):
 
 class StoreError(FleetError):
     """The state database cannot be opened, migrated or written."""
+
+
+class NewerStateFile(StoreError):
+    """The state file was written by a newer fleet: this one would misread it, so leaves it be."""
+
+    def __init__(self, path: str, what: str, found: int, known: int) -> None:
+        super().__init__(
+            f"{path} was written by a newer fleet ({what} {found}, this fleet reads up to "
+            f"{known}); upgrade fleet to read it"
+        )
 
 
 class RunNotFound(FleetError):

@@ -1,4 +1,4 @@
-"""Run state in SQLite: one owned aiosqlite connection, numbered migrations, batched commits.
+"""Run state in SQLite: one owned aiosqlite connection, batched commits, a watched file.
 
 Every lifecycle step is one logical write (the stage row and its transition log entry, plus
 any metrics) that becomes durable before the step's caller goes on. Writes from many models
@@ -9,11 +9,14 @@ The file is watched while it is driven (`guard.py`): each commit counts itself i
 in a sidecar `<db>-commits`, and is followed by a look at the path; a state file deleted,
 replaced or truncated under a running fleet stops the run before anything more is submitted,
 and a file found behind its sidecar at start (empty, or its WAL lost after a kill) is refused.
+
+The tables and their migrations are `schema.py`'s, which also refuses files from newer fleets
+and reads older ones; the rows are `rows.py`'s; how models' settings survive upgrades is
+`encoding.py`'s.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -29,155 +32,21 @@ import aiosqlite
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from fleet import encoding, rows, schema
 from fleet.errors import FleetError, LeaseHeld, RunNotFound, StoreError, ungrouped
-from fleet.guard import Guard, Seal, private_copy, repair_modes
-from fleet.models import Lifecycle, ModelSpec
+from fleet.guard import Guard, Seal, repair_modes
+from fleet.models import ModelSpec
 from fleet.records import Lease, ModelRecord, RunRecord, StageRecord, utc_now
+from fleet.rows import Statement
 from fleet.secrets import redactor
-from fleet.stages import STAGE_ORDER, Stage, StageState
+from fleet.stages import Stage, StageState
 
-_MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE runs (
-        id          TEXT PRIMARY KEY,
-        created_at  TEXT NOT NULL,
-        updated_at  TEXT NOT NULL,
-        finished_at TEXT,
-        status      TEXT NOT NULL,
-        stages      TEXT NOT NULL,
-        settings    TEXT NOT NULL
-    );
-    CREATE TABLE run_models (
-        run_id    TEXT NOT NULL REFERENCES runs(id),
-        model_id  TEXT NOT NULL,
-        position  INTEGER NOT NULL,
-        name      TEXT NOT NULL,
-        lifecycle TEXT NOT NULL,
-        PRIMARY KEY (run_id, model_id)
-    );
-    CREATE TABLE stages (
-        run_id           TEXT NOT NULL,
-        model_id         TEXT NOT NULL,
-        stage            TEXT NOT NULL,
-        state            TEXT NOT NULL,
-        attempt          INTEGER NOT NULL DEFAULT 0,
-        job_id           TEXT,
-        trained_model_id TEXT,
-        deployment_id    TEXT,
-        error            TEXT,
-        data             TEXT NOT NULL DEFAULT '{}',
-        submitted_at     TEXT,
-        finished_at      TEXT,
-        updated_at       TEXT NOT NULL,
-        PRIMARY KEY (run_id, model_id, stage),
-        FOREIGN KEY (run_id, model_id) REFERENCES run_models(run_id, model_id)
-    );
-    CREATE TABLE metrics (
-        run_id           TEXT NOT NULL,
-        model_id         TEXT NOT NULL,
-        trained_model_id TEXT NOT NULL,
-        name             TEXT NOT NULL,
-        value            TEXT NOT NULL,
-        PRIMARY KEY (run_id, model_id, trained_model_id, name)
-    );
-    CREATE TABLE transitions (
-        id         INTEGER PRIMARY KEY,
-        run_id     TEXT NOT NULL,
-        model_id   TEXT NOT NULL,
-        stage      TEXT NOT NULL,
-        from_state TEXT NOT NULL,
-        to_state   TEXT NOT NULL,
-        at         TEXT NOT NULL,
-        detail     TEXT
-    );
-    CREATE INDEX transitions_by_model ON transitions (run_id, model_id);
-    """,
-    """
-    CREATE TABLE attempts (
-        run_id           TEXT NOT NULL,
-        model_id         TEXT NOT NULL,
-        stage            TEXT NOT NULL,
-        attempt          INTEGER NOT NULL,
-        job_id           TEXT,
-        trained_model_id TEXT,
-        outcome          TEXT NOT NULL,
-        error            TEXT,
-        submitted_at     TEXT,
-        finished_at      TEXT,
-        PRIMARY KEY (run_id, model_id, stage, attempt)
-    );
-    CREATE TABLE lease (
-        id         INTEGER PRIMARY KEY CHECK (id = 1),
-        holder     TEXT NOT NULL,
-        host       TEXT NOT NULL,
-        pid        INTEGER NOT NULL,
-        since      TEXT NOT NULL,
-        renewed_at TEXT NOT NULL
-    );
-    ALTER TABLE runs ADD COLUMN reason TEXT;
-    """,
-    """
-    ALTER TABLE runs ADD COLUMN from_stage TEXT;
-    """,
-    # The ModelOps project of each model (config.DEFAULT_PROJECT: [api]'s, as all were before).
-    """
-    ALTER TABLE run_models ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
-    """,
-    # How many commits this file has had, and which file it is (see guard.py).
-    """
-    CREATE TABLE seal (
-        id      INTEGER PRIMARY KEY CHECK (id = 1),
-        file_id TEXT NOT NULL,
-        commits INTEGER NOT NULL
-    );
-    INSERT INTO seal (id, file_id, commits) VALUES (1, lower(hex(randomblob(16))), 0);
-    """,
-)
-_SEALED_SINCE = 5  # the schema version that added the seal
 _COUNT_COMMIT = "UPDATE seal SET commits = commits + 1 WHERE id = 1 RETURNING commits"
-
-_INSERT_RUN = (
-    "INSERT INTO runs (id, created_at, updated_at, status, stages, settings, from_stage)"
-    " VALUES (?, ?, ?, 'running', ?, ?, ?)"
-)
-_INSERT_MODEL = (
-    "INSERT INTO run_models (run_id, model_id, position, name, lifecycle, project)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-)
-_INSERT_STAGE = (
-    "INSERT INTO stages (run_id, model_id, stage, state, updated_at) VALUES (?, ?, ?, 'pending', ?)"
-)
-# How long each model's stages ran (`ran_s`, seconds) in the latest few other runs, oldest
-# run first so that the latest wins.
-_DURATIONS = (
-    "SELECT s.model_id, s.stage, json_extract(s.data, '$.ran_s') AS ran FROM stages AS s"
-    " JOIN (SELECT id, created_at FROM runs WHERE id != ? ORDER BY created_at DESC LIMIT ?)"
-    " AS r ON s.run_id = r.id WHERE s.state = 'succeeded' AND ran IS NOT NULL"
-    " ORDER BY r.created_at"
-)
-_UPDATE_RUN = "UPDATE runs SET status = ?, updated_at = ?, finished_at = ?, reason = ? WHERE id = ?"
-_UPDATE_STAGE = (
-    "UPDATE stages SET (state, attempt, job_id, trained_model_id, deployment_id, error, data,"
-    " submitted_at, finished_at, updated_at) = (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " WHERE run_id = ? AND model_id = ? AND stage = ?"
-)
-_INSERT_TRANSITION = (
-    "INSERT INTO transitions (run_id, model_id, stage, from_state, to_state, at, detail)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_UPSERT_ATTEMPT = (
-    "INSERT OR REPLACE INTO attempts (run_id, model_id, stage, attempt, job_id, trained_model_id,"
-    " outcome, error, submitted_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_UPSERT_METRIC = (
-    "INSERT OR REPLACE INTO metrics (run_id, model_id, trained_model_id, name, value)"
-    " VALUES (?, ?, ?, ?, ?)"
-)
 
 
 @dataclass(slots=True)
 class _Write:
-    statements: Sequence[tuple[str, Sequence[Any]]]
+    statements: Sequence[Statement]
     # A read-decide-write step that must run alone in its own transaction (the lease).
     step: Callable[[aiosqlite.Connection], Awaitable[Any]] | None = None
     result: Any = None
@@ -189,7 +58,12 @@ class Store:
     """The state file. Open with `async with Store.open(path) as store:`."""
 
     def __init__(
-        self, conn: aiosqlite.Connection, now: Callable[[], datetime], path: str = ""
+        self,
+        conn: aiosqlite.Connection,
+        now: Callable[[], datetime],
+        path: str = "",
+        *,
+        readonly: bool = False,
     ) -> None:
         self._conn = conn
         self._path = path
@@ -203,19 +77,19 @@ class Store:
         self._guard: Guard | None = None
         # Set when the file was deleted, replaced or truncated: every later write fails with it.
         self._broken: StoreError | None = None
+        self._settings = encoding.SettingsReader(path, driven=not readonly)
 
     @classmethod
     @asynccontextmanager
     async def open(
         cls, path: Path | str, *, now: Callable[[], datetime] = utc_now, readonly: bool = False
     ) -> AsyncIterator[Self]:
-        """The state file; `readonly` (for `fleet plan`, `status`, `report`) neither creates,
-        migrates nor changes it, nor leaves files beside it."""
+        """The state file; `readonly` (for `fleet plan`, `status`, `report`) neither creates
+        nor changes it, nor leaves files beside it (an older one is migrated in memory)."""
         if readonly:
-            async with _read_only(Path(path)) as conn:
-                store = cls(conn, now, str(path))
+            async with schema.read_only(Path(path)) as conn:
+                store = cls(conn, now, str(path), readonly=True)
                 try:
-                    await store._check_schema(path)
                     async with store._serving():
                         yield store
                 finally:
@@ -224,14 +98,10 @@ class Store:
         seal = Seal(Path(path))
         seal.check_present()
         repair_modes(Path(path))
-        try:
-            _create_private(Path(path))
-            conn = await aiosqlite.connect(str(path), isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open state file {path}: {exc}") from exc
+        conn = await schema.open_driven(Path(path))
         store = cls(conn, now, str(path))
         try:
-            await store._prepare(path, seal)
+            await schema.prepare(conn, Path(path), seal)
             store._guard = await store._sealed(seal)
             async with store._serving():
                 yield store
@@ -273,60 +143,11 @@ class Store:
         self._sequence = commits
         return Guard(Path(self._path), seal, file_id)
 
-    async def _check_schema(self, path: Path | str) -> None:
-        try:
-            async with self._conn.execute("PRAGMA user_version") as cursor:
-                row = await cursor.fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot use state file {path}: {exc}") from exc
-        version = int(row[0]) if row else 0
-        if version == 0:
-            raise StoreError(
-                f"state file {path} holds no fleet state (it is empty, or no `fleet run` has "
-                "written to it); pass the state file of a run"
-            )
-        if version > len(_MIGRATIONS):
-            raise StoreError(
-                f"state file {path} was written by a newer fleet (schema {version}, this fleet "
-                f"knows {len(_MIGRATIONS)}); use that fleet version or newer"
-            )
-        if version < len(_MIGRATIONS):
-            raise StoreError(
-                f"state file {path} is from an older fleet version; run `fleet run` to upgrade it"
-            )
-
-    async def _prepare(self, path: Path | str, seal: Seal) -> None:
-        try:
-            await self._conn.execute("PRAGMA journal_mode=WAL")
-            await self._conn.execute("PRAGMA synchronous=NORMAL")
-            await self._conn.execute("PRAGMA foreign_keys=ON")
-            await self._conn.execute("PRAGMA busy_timeout=5000")
-            # Checkpoints are taken by the writer, each after the file was found intact: an
-            # automatic one could write pages back into a file truncated under fleet, hiding it.
-            await self._conn.execute("PRAGMA wal_autocheckpoint=0")
-            async with self._conn.execute("PRAGMA user_version") as cursor:
-                row = await cursor.fetchone()
-            version = int(row[0]) if row else 0
-            if version > len(_MIGRATIONS):
-                raise StoreError(
-                    f"state file {path} is from a newer fleet (schema {version}); upgrade fleet"
-                )
-            seal.check_initialised(version >= _SEALED_SINCE)
-            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-                await self._conn.executescript(
-                    f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;"
-                )
-            if version < len(_MIGRATIONS):
-                # The schema in the file itself, not only in its WAL.
-                await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot use state file {path}: {exc}") from exc
-
     # -- writes ------------------------------------------------------------------------------
 
     async def _write(
         self,
-        statements: Sequence[tuple[str, Sequence[Any]]],
+        statements: Sequence[Statement],
         step: Callable[[aiosqlite.Connection], Awaitable[Any]] | None = None,
     ) -> Any:
         write = _Write(statements, step)
@@ -366,8 +187,8 @@ class Store:
             for write in batch:
                 for sql, params in write.statements:
                     grouped.setdefault(sql, []).append(params)
-            for sql, rows in grouped.items():
-                await self._conn.executemany(sql, rows)
+            for sql, params_list in grouped.items():
+                await self._conn.executemany(sql, params_list)
             async with self._conn.execute(_COUNT_COMMIT) as cursor:
                 counted = await cursor.fetchone()
             await self._conn.commit()
@@ -420,33 +241,11 @@ class Store:
     ) -> None:
         """A new run; with `from_stage`, the stages before it adopt what the server has."""
         now = self._iso()
-        statements: list[tuple[str, Sequence[Any]]] = [
-            (
-                _INSERT_RUN,
-                (run_id, now, now, ",".join(stages), redactor.scrub(settings), from_stage),
-            )
+        summary = redactor.scrub(settings)
+        statements: list[Statement] = [
+            (rows.INSERT_RUN, (run_id, now, now, ",".join(stages), summary, from_stage)),
+            *rows.model_rows(run_id, specs, stages, now),
         ]
-        for position, spec in enumerate(specs):
-            statements.append(
-                (
-                    _INSERT_MODEL,
-                    (
-                        run_id,
-                        spec.id,
-                        position,
-                        spec.name,
-                        spec.lifecycle.model_dump_json(),
-                        spec.project,
-                    ),
-                )
-            )
-            statements.extend(
-                (
-                    _INSERT_STAGE,
-                    (run_id, spec.id, stage.value, now),
-                )
-                for stage in stages
-            )
         await self._write(statements)
 
     async def set_run_status(
@@ -454,7 +253,9 @@ class Store:
     ) -> None:
         now = self._iso()
         reason = redactor.scrub_optional(reason)
-        await self._write([(_UPDATE_RUN, (status, now, now if finished else None, reason, run_id))])
+        await self._write(
+            [(rows.UPDATE_RUN, (status, now, now if finished else None, reason, run_id))]
+        )
 
     async def save_stage(
         self,
@@ -466,73 +267,12 @@ class Store:
         """Write a stage's new state with its transition log entry (and metrics) in one step.
 
         The record written, and returned, has every secret taken out of its text."""
-        now = self._now()
-        data, data_json = _scrubbed(record.data)
+        data, data_json = rows.scrubbed(record.data)
         record = replace(
-            record, updated_at=now, error=redactor.scrub_optional(record.error), data=data
+            record, updated_at=self._now(), error=redactor.scrub_optional(record.error), data=data
         )
         detail = redactor.scrub_optional(detail)
-        at = now.isoformat(timespec="milliseconds")
-        statements: list[tuple[str, Sequence[Any]]] = [
-            (
-                _UPDATE_STAGE,
-                (
-                    record.state.value,
-                    record.attempt,
-                    record.job_id,
-                    record.trained_model_id,
-                    record.deployment_id,
-                    record.error,
-                    data_json,
-                    _iso(record.submitted_at),
-                    _iso(record.finished_at),
-                    at,
-                    record.run_id,
-                    record.model_id,
-                    record.stage.value,
-                ),
-            ),
-            (
-                _INSERT_TRANSITION,
-                (
-                    record.run_id,
-                    record.model_id,
-                    record.stage.value,
-                    previous.value,
-                    record.state.value,
-                    at,
-                    detail,
-                ),
-            ),
-        ]
-        if record.attempt > 0:
-            # One row per attempt, kept as it was when the attempt closed.
-            outcome = StageState.FAILED if record.state is StageState.RETRYING else record.state
-            statements.append(
-                (
-                    _UPSERT_ATTEMPT,
-                    (
-                        record.run_id,
-                        record.model_id,
-                        record.stage.value,
-                        record.attempt,
-                        record.job_id,
-                        record.trained_model_id,
-                        outcome.value,
-                        record.error,
-                        _iso(record.submitted_at),
-                        _iso(record.finished_at),
-                    ),
-                )
-            )
-        for name, value in (metrics or {}).items():
-            statements.append(
-                (
-                    _UPSERT_METRIC,
-                    (record.run_id, record.model_id, record.trained_model_id, name, value),
-                )
-            )
-        await self._write(statements)
+        await self._write(rows.stage_rows(record, previous, detail, metrics or {}, data_json))
         return record
 
     async def acquire_lease(self, me: Lease, ttl_s: float) -> None:
@@ -549,7 +289,7 @@ class Store:
             await conn.execute(
                 "INSERT OR REPLACE INTO lease (id, holder, host, pid, since, renewed_at)"
                 " VALUES (1, ?, ?, ?, ?, ?)",
-                (me.holder, me.host, me.pid, _iso(me.since), _iso(me.renewed_at)),
+                (me.holder, me.host, me.pid, rows.iso(me.since), rows.iso(me.renewed_at)),
             )
 
         await self._write([], take)
@@ -575,60 +315,63 @@ class Store:
 
     async def previous_run(self, run_id: str) -> RunRecord | None:
         """The run started just before `run_id` in this file, if any."""
-        rows = await self._fetch(
+        found = await self._fetch(
             "SELECT * FROM runs WHERE (created_at, rowid) <"
             " (SELECT created_at, rowid FROM runs WHERE id = ?)"
             " ORDER BY created_at DESC, rowid DESC LIMIT 1",
             (run_id,),
         )
-        return _run(rows[0]) if rows else None
+        return rows.run_record(found[0]) if found else None
 
     async def latest_unfinished_run(self, finished: frozenset[str]) -> RunRecord | None:
         marks = ",".join("?" * len(finished))
-        rows = await self._fetch(
+        found = await self._fetch(
             f"SELECT * FROM runs WHERE status NOT IN ({marks})"  # noqa: S608 - placeholders only
             " ORDER BY created_at DESC, rowid DESC LIMIT 1",
             tuple(sorted(finished)),
         )
-        return _run(rows[0]) if rows else None
+        return rows.run_record(found[0]) if found else None
 
     async def durations(self, run_id: str, runs: int = 3) -> dict[tuple[str, Stage], float]:
         """Seconds each model's stages ran in the latest `runs` runs other than `run_id`."""
-        rows = await self._fetch(_DURATIONS, (run_id, runs))
-        return {(row[0], Stage(row[1])): float(row[2]) for row in rows}
+        found = await self._fetch(rows.DURATIONS, (run_id, runs))
+        return {(row[0], Stage(row[1])): float(row[2]) for row in found}
 
     async def attempts(self, run_id: str) -> list[dict[str, Any]]:
-        rows = await self._fetch(
+        found = await self._fetch(
             "SELECT * FROM attempts WHERE run_id = ? ORDER BY model_id, stage, attempt", (run_id,)
         )
-        return [_without_secrets(row) for row in rows]
+        return [rows.without_secrets(row) for row in found]
 
     async def run(self, run_id: str) -> RunRecord:
-        rows = await self._fetch("SELECT * FROM runs WHERE id = ?", (run_id,))
-        if not rows:
+        found = await self._fetch("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not found:
             raise RunNotFound(f"run {run_id!r} is not in the state file")
-        return _run(rows[0])
+        return rows.run_record(found[0])
 
     async def find_run(self, run_id: str) -> RunRecord | None:
-        rows = await self._fetch("SELECT * FROM runs WHERE id = ?", (run_id,))
-        return _run(rows[0]) if rows else None
+        found = await self._fetch("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return rows.run_record(found[0]) if found else None
 
     async def latest_run(self) -> RunRecord | None:
-        rows = await self._fetch("SELECT * FROM runs ORDER BY created_at DESC, rowid DESC LIMIT 1")
-        return _run(rows[0]) if rows else None
+        found = await self._fetch("SELECT * FROM runs ORDER BY created_at DESC, rowid DESC LIMIT 1")
+        return rows.run_record(found[0]) if found else None
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What reading models' settings left out or changed, one line each, for readers."""
+        return self._settings.warnings
 
     async def models(self, run_id: str) -> list[ModelRecord]:
         """Every model of a run in admission order, with its stages and latest metrics."""
-        stage_rows = await self._fetch("SELECT * FROM stages WHERE run_id = ?", (run_id,))
         by_model: dict[str, dict[Stage, StageRecord]] = {}
-        for row in stage_rows:
-            record = _stage(row)
+        for row in await self._fetch("SELECT * FROM stages WHERE run_id = ?", (run_id,)):
+            record = rows.stage_record(row)
             by_model.setdefault(record.model_id, {})[record.stage] = record
-        metric_rows = await self._fetch(
-            "SELECT model_id, name, value FROM metrics WHERE run_id = ?", (run_id,)
-        )
         metrics: dict[str, dict[str, str]] = {}
-        for row in metric_rows:
+        for row in await self._fetch(
+            "SELECT model_id, name, value FROM metrics WHERE run_id = ?", (run_id,)
+        ):
             metrics.setdefault(row["model_id"], {})[row["name"]] = row["value"]
         model_rows = await self._fetch(
             "SELECT * FROM run_models WHERE run_id = ? ORDER BY position", (run_id,)
@@ -638,23 +381,27 @@ class Store:
                 spec=ModelSpec(
                     id=row["model_id"],
                     name=row["name"],
-                    lifecycle=Lifecycle.model_validate_json(row["lifecycle"]),
+                    lifecycle=self._settings.read(
+                        row["lifecycle"],
+                        row["encoding"],
+                        f"model {row['name']} ({row['model_id']})",
+                    ),
                     project=row["project"],
                 ),
                 position=row["position"],
-                stages=dict(sorted(by_model.get(row["model_id"], {}).items(), key=_stage_key)),
+                stages=rows.in_stage_order(by_model.get(row["model_id"], {})),
                 metrics=metrics.get(row["model_id"], {}),
             )
             for row in model_rows
         ]
 
     async def transitions(self, run_id: str, model_id: str) -> list[dict[str, Any]]:
-        rows = await self._fetch(
+        found = await self._fetch(
             "SELECT stage, from_state, to_state, at, detail FROM transitions"
             " WHERE run_id = ? AND model_id = ? ORDER BY id",
             (run_id, model_id),
         )
-        return [_without_secrets(row) for row in rows]
+        return [rows.without_secrets(row) for row in found]
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:
@@ -668,89 +415,11 @@ class Store:
         return self._now().isoformat(timespec="milliseconds")
 
 
-@asynccontextmanager
-async def _read_only(path: Path) -> AsyncIterator[aiosqlite.Connection]:
-    """A connection that reads the state file and neither creates nor changes a file beside it.
-
-    A file no process has open has no -wal beside it and all its data in itself: it is read as
-    immutable. One with a -wal and its -shm is read through them (a live fleet may be writing).
-    One with a -wal but no -shm (a fleet killed, the -shm removed or never copied) would need
-    SQLite to create a -shm: it is copied, with its WAL, to a private temporary directory and
-    the copy is read instead.
-    """
-    try:
-        resolved = await anyio.Path(path).resolve()
-        wal = await anyio.Path(f"{resolved}-wal").exists()
-        shm = await anyio.Path(f"{resolved}-shm").exists()
-    except OSError as exc:
-        raise StoreError(f"cannot open state file {path}: {exc.strerror or exc}") from exc
-    if wal and not shm:
-        with private_copy(Path(resolved)) as copy:
-            conn = await _connect(str(copy), path)
-            try:
-                yield conn
-            finally:
-                await conn.close()
-        return
-    conn = await _connect(f"{resolved.as_uri()}?mode=ro{'' if wal else '&immutable=1'}", path)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-async def _connect(database: str, path: Path) -> aiosqlite.Connection:
-    try:
-        return await aiosqlite.connect(
-            database, uri=database.startswith("file:"), isolation_level=None
-        )
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open state file {path}: {exc}") from exc
-
-
-def _create_private(path: Path) -> None:
-    """A new state file is readable by its owner only (SQLite gives its -wal and -shm files
-    the same mode)."""
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise StoreError(f"cannot create state file {path}: {exc.strerror}") from exc
-    os.close(fd)
-
-
 async def _rollback(conn: aiosqlite.Connection) -> None:
     try:
         await conn.rollback()
     except sqlite3.Error:
         return
-
-
-def _without_secrets(row: sqlite3.Row) -> dict[str, Any]:
-    """A row read back, its texts scrubbed (a file written before redaction may hold secrets)."""
-    return {
-        key: redactor.scrub(value) if isinstance(value, str) else value
-        for key, value in dict(row).items()
-    }
-
-
-def _scrubbed(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
-    """`data` without secrets, and its JSON: serialised once, and the same object when there
-    were none (the common case)."""
-    text = json.dumps(dict(data), sort_keys=True)
-    if redactor.scrub(text) == text:
-        return data, text
-    clean = redactor.scrub_value(data)
-    return clean, json.dumps(clean, sort_keys=True)
-
-
-def _stage_key(item: tuple[Stage, StageRecord]) -> int:
-    return STAGE_ORDER.index(item[0])
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="milliseconds")
 
 
 def _parse(value: str) -> datetime:
@@ -778,38 +447,3 @@ def _stale(lease: Lease, now: datetime, ttl_s: float) -> bool:
         except PermissionError:
             return False
     return False
-
-
-def _dt(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-def _run(row: sqlite3.Row) -> RunRecord:
-    return RunRecord(
-        id=row["id"],
-        created_at=datetime.fromisoformat(row["created_at"]),
-        updated_at=datetime.fromisoformat(row["updated_at"]),
-        finished_at=_dt(row["finished_at"]),
-        status=row["status"],
-        stages=tuple(Stage(s) for s in row["stages"].split(",") if s),
-        reason=redactor.scrub_optional(row["reason"]),
-        from_stage=Stage(row["from_stage"]) if row["from_stage"] else None,
-    )
-
-
-def _stage(row: sqlite3.Row) -> StageRecord:
-    return StageRecord(
-        run_id=row["run_id"],
-        model_id=row["model_id"],
-        stage=Stage(row["stage"]),
-        state=StageState(row["state"]),
-        attempt=row["attempt"],
-        job_id=row["job_id"],
-        trained_model_id=row["trained_model_id"],
-        deployment_id=row["deployment_id"],
-        error=redactor.scrub_optional(row["error"]),  # a file written before redaction
-        data=json.loads(row["data"]),
-        submitted_at=_dt(row["submitted_at"]),
-        finished_at=_dt(row["finished_at"]),
-        updated_at=_dt(row["updated_at"]),
-    )
