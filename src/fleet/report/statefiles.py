@@ -155,7 +155,10 @@ class StateFiles:
             origin=origin,
             sources=sources,
             overlaps=overlaps,
-            warnings=tuple(_warnings(run_id, sources, found, overlaps, models)),
+            warnings=(
+                *_warnings(run_id, sources, found, overlaps, models),
+                *(warning for _, store, _ in found for warning in store.warnings),
+            ),
         )
 
 
