@@ -14,8 +14,14 @@
     │   └── ProtocolError         a response fleet cannot understand (not JSON, missing fields)
     ├── StoreError                the SQLite state file cannot be opened, migrated or written
     │   └── NewerStateFile        written by a newer fleet (schema or settings encoding) (exit 2)
-    ├── RunNotFound               a run id that is not in the state file
-    └── InvalidTransition         a lifecycle state change that the transition table forbids
+    ├── LeaseHeld                 another live fleet process drives the state file (exit 4)
+    ├── LeaseLost                 another process took the state file over mid-run (exit 4)
+    ├── RunNotFound               a run id that is not in the state file (exit 2)
+    └── InvalidTransition         a stage or run status change that its transition table forbids
+
+Outside the tree, `RunAborted` is the engine's own signal, never seen by a caller: a model's
+task raises it to stop its project (a rejected token), with the FleetError as its cause, and
+the scheduler hands that cause on.
 
 `client.py` is the only module that catches httpx exceptions; `store.py` and `schema.py` the
 only ones that catch sqlite3 exceptions. Above them, code speaks this tree only.
@@ -23,9 +29,7 @@ only ones that catch sqlite3 exceptions. Above them, code speaks this tree only.
 
 from __future__ import annotations
 
-from collections.abc import (
-    Iterator,
-)
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -111,6 +115,23 @@ class NewerStateFile(StoreError):
         )
 
 
+class LeaseHeld(FleetError):
+    """Another live process drives this state file."""
+
+    def __init__(self, lease: Lease, path: str) -> None:
+        super().__init__(
+            f"{path} is in use by fleet pid {lease.pid} on {lease.host} since "
+            f"{lease.since.isoformat(timespec='seconds')} (last renewed "
+            f"{lease.renewed_at.isoformat(timespec='seconds')}); wait for it to finish, or "
+            "stop it; a holder that stops renewing is taken over after lease_ttl seconds"
+        )
+        self.lease = lease
+
+
+class LeaseLost(FleetError):
+    """Another process took the state file over while this one was running."""
+
+
 class RunNotFound(FleetError):
     """The requested run id is not in the state database."""
 
@@ -134,23 +155,6 @@ def ungrouped() -> Iterator[None]:
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         raise first from first.__cause__
-
-
-class LeaseLost(FleetError):
-    """Another process took the state file over while this one was running."""
-
-
-class LeaseHeld(FleetError):
-    """Another live process drives this state file."""
-
-    def __init__(self, lease: Lease, path: str) -> None:
-        super().__init__(
-            f"{path} is in use by fleet pid {lease.pid} on {lease.host} since "
-            f"{lease.since.isoformat(timespec='seconds')} (last renewed "
-            f"{lease.renewed_at.isoformat(timespec='seconds')}); wait for it to finish, or "
-            "stop it; a holder that stops renewing is taken over after lease_ttl seconds"
-        )
-        self.lease = lease
 
 
 class RunAborted(Exception):
