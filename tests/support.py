@@ -6,9 +6,8 @@ instead of waiting, so a lifecycle of "ten minutes of training" runs in millisec
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -19,9 +18,12 @@ import anyio.lowlevel
 import httpx
 
 from fleet import scheduler, sim
-from fleet.client import ModelOpsClient, RetryPolicy
+from fleet.batch import plan_of
+from fleet.client import ModelOpsClient
 from fleet.config import load_settings
-from fleet.models import ModelEntry
+from fleet.models import ModelEntry, ModelSpec
+from fleet.progress import RunResult
+from fleet.retries import RetryPolicy
 from fleet.settings import Settings
 from fleet.sim.behaviour import Behaviour
 from fleet.sim.records import Job
@@ -32,19 +34,18 @@ BASE_URL = "http://localhost/modelops/core"
 
 
 async def night(
-    env: Emulated, settings: Settings, run_id: str = "night-1", **options: Any
-) -> scheduler.RunResult:
+    env: Emulated,
+    settings: Settings,
+    run_id: str = "night-1",
+    specs: Sequence[ModelSpec] | None = None,
+) -> RunResult:
     """One run of `settings` against `env` on its virtual time, in the settings' state file."""
     async with Store.open(settings.db) as store:
         return await scheduler.run(
-            settings,
+            plan_of(settings, run_id=run_id, specs=specs),
             env.api,
             store,
-            run_id=run_id,
-            sleep=env.time.sleep,
-            clock=env.time.monotonic,
-            rng=random.Random(7),
-            **options,
+            controls=scheduler.Controls(sleep=env.time.sleep, clock=env.time.monotonic),
         )
 
 
@@ -78,10 +79,13 @@ class InstantTime:
         await anyio.lowlevel.checkpoint()
 
     def pacing(self) -> dict[str, Any]:
-        """Keyword arguments for ModelOpsClient: a throttle and a breaker on this clock."""
+        """Keyword arguments for ModelOpsClient: a throttle, a breaker and the waits between a
+        call's sends, all on this clock."""
         return {
             "throttle": Throttle(clock=self.clock, sleep=self.sleep),
             "breaker": Breaker(clock=self.clock, sleep=self.sleep),
+            "clock": self.clock,
+            "sleep": self.sleep,
         }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fleet import scheduler
+from fleet.batch import plan_of
 from fleet.config import load_settings
 from fleet.errors import ConfigError
 from fleet.sim import draws
@@ -22,12 +23,10 @@ from support import Emulated, emulated, settings_for, tonight
 async def _run(env: Emulated, db: Path, run_id: str, **flags: object) -> scheduler.RunResult:
     async with Store.open(db) as store:
         return await scheduler.run(
-            settings_for(env, db, **flags),
+            plan_of(settings_for(env, db, **flags), run_id=run_id),
             env.api,
             store,
-            run_id=run_id,
-            sleep=env.time.sleep,
-            clock=env.time.monotonic,
+            controls=scheduler.Controls(sleep=env.time.sleep, clock=env.time.monotonic),
         )
 
 

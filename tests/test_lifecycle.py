@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import math
-import random
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from fleet import lifecycle, scheduler
-from fleet.client import Deployment, DeployRequest, Job, TrainRequest
+from fleet import lifecycle
+from fleet import project_run as project_run_module
+from fleet.batch import plan_of
 from fleet.errors import InvalidTransition, OutcomeUnknown
+from fleet.modelops import Deployment, DeployRequest, Job, TrainRequest
 from fleet.models import Lifecycle
+from fleet.progress import Progress
+from fleet.project_run import RunScope, project_run, transition
 from fleet.records import ModelRecord
-from fleet.stages import ALLOWED, STAGE_ORDER, Stage, StageState
+from fleet.stages import ALLOWED, STAGE_ORDER, Outcome, Stage, StageState
 from fleet.store import Store
 from support import Emulated, emulated, settings_for
 
@@ -36,26 +40,26 @@ class _Through:
         return getattr(self._env.api, name)
 
 
-def _context(env: Emulated, store: Store, run_id: str = "r1") -> lifecycle.Context:
-    progress = scheduler.Progress()
-    return lifecycle.Context(
-        run_id=run_id,
-        api=env.api,
+def _context(env: Emulated, store: Store, run_id: str = "r1", **plan: Any) -> RunScope:
+    """What a run shares, on `env`'s virtual time; `plan` changes the run's plan."""
+    settings = settings_for(env, Path("unused.db"))
+    return RunScope(
+        plan=replace(plan_of(settings, run_id=run_id), **plan),
         store=store,
-        limiters={stage: anyio.CapacityLimiter(5) for stage in Stage},
-        poll_interval=1.0,
-        progress=progress,
+        progress=Progress(),
+        expected={},
+        draining=anyio.Event(),
         sleep=env.time.sleep,
         clock=env.time.monotonic,
-        rng=random.Random(1),
     )
 
 
 async def _run_model(
-    ctx: lifecycle.Context, model: ModelRecord, stages: tuple[Stage, ...]
-) -> lifecycle.Outcome:
-    async with lifecycle.watching(ctx) as watched:
-        return await lifecycle.run_model(watched, model, stages)
+    ctx: RunScope, model: ModelRecord, stages: tuple[Stage, ...], api: Any
+) -> Outcome:
+    """`run_model` in the project run of `api` (the emulated client, or a test's own)."""
+    async with project_run(ctx, api) as run:
+        return await lifecycle.run_model(run, model, stages)
 
 
 async def _one_model(env: Emulated, store: Store, run_id: str = "r1") -> ModelRecord:
@@ -78,7 +82,7 @@ async def test_an_illegal_transition_is_refused_and_not_recorded(tmp_path: Path)
         model = await _one_model(env, store)
         ctx = _context(env, store)
         with pytest.raises(InvalidTransition):
-            await lifecycle.transition(ctx, model.stages[Stage.TRAIN], S.RUNNING)
+            await transition(ctx, model.stages[Stage.TRAIN], S.RUNNING)
         again = (await store.models("r1"))[0]
         assert again.stages[Stage.TRAIN].state is S.PENDING
         assert await store.transitions("r1", model.spec.id) == []
@@ -89,7 +93,7 @@ async def test_a_model_runs_every_stage_and_logs_each_step(tmp_path: Path) -> No
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
         with capture_logs() as logs:
-            outcome = await _run_model(_context(env, store), model, STAGE_ORDER)
+            outcome = await _run_model(_context(env, store), model, STAGE_ORDER, env.api)
         done = (await store.models("r1"))[0]
     assert outcome.value == "succeeded"
     assert {r.state for r in done.stages.values()} == {S.SUCCEEDED}
@@ -106,7 +110,7 @@ async def test_resume_adopts_a_job_submitted_before_the_crash(tmp_path: Path) ->
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
         ctx = _context(env, store)
-        record = await lifecycle.transition(
+        record = await transition(
             ctx,
             model.stages[Stage.TRAIN],
             S.SUBMITTING,
@@ -116,7 +120,7 @@ async def test_resume_adopts_a_job_submitted_before_the_crash(tmp_path: Path) ->
         # The POST reached the server, then the process died before recording the job id.
         job = await env.api.train(model.spec.id, _train_request(model.spec.lifecycle))
         resumed = replace(model, stages={**model.stages, Stage.TRAIN: record})
-        outcome = await _run_model(ctx, resumed, STAGE_ORDER)
+        outcome = await _run_model(ctx, resumed, STAGE_ORDER, env.api)
         done = (await store.models("r1"))[0]
         log = await store.transitions("r1", model.spec.id)
     assert outcome.value == "succeeded"
@@ -140,8 +144,7 @@ async def test_a_lost_post_response_is_reconciled_not_resent(tmp_path: Path) -> 
 
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
-        ctx = replace(_context(env, store), api=LosesFirstAnswer(env))
-        outcome = await _run_model(ctx, model, STAGE_ORDER)
+        outcome = await _run_model(_context(env, store), model, STAGE_ORDER, LosesFirstAnswer(env))
         stats = env.world.stats()
     assert outcome.value == "succeeded"
     assert stats["jobs_by_type"]["TRAINING"] == 1
@@ -161,8 +164,8 @@ async def test_a_lost_deploy_answer_adopts_the_deploy_job_not_its_scoring_job(
 
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
-        ctx = replace(_context(env, store), api=LosesDeployAnswer(env))
-        outcome = await _run_model(ctx, model, STAGE_ORDER)
+        ctx = _context(env, store)
+        outcome = await _run_model(ctx, model, STAGE_ORDER, LosesDeployAnswer(env))
         stats = env.world.stats()
         done = (await store.models("r1"))[0]
     assert outcome.value == "succeeded", done.stages[Stage.DEPLOY].error
@@ -186,7 +189,7 @@ async def test_a_submission_the_server_never_applied_fails_with_its_last_answer(
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
         api = Fails500(env)
-        outcome = await _run_model(replace(_context(env, store), api=api), model, STAGE_ORDER)
+        outcome = await _run_model(_context(env, store), model, STAGE_ORDER, api)
         error = (await store.models("r1"))[0].stages[Stage.TRAIN].error
     assert outcome.value == "failed"
     assert api.sends == 3
@@ -209,8 +212,8 @@ async def test_a_job_of_another_model_is_refused(tmp_path: Path, names_model: bo
 
     async with emulated(models=2) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
-        ctx = replace(_context(env, store), api=AnswersWithAnother(env))
-        outcome = await _run_model(ctx, model, STAGE_ORDER)
+        ctx = _context(env, store)
+        outcome = await _run_model(ctx, model, STAGE_ORDER, AnswersWithAnother(env))
         error = (await store.models("r1"))[0].stages[Stage.TRAIN].error
         stats = env.world.stats()
     assert outcome.value == "failed"
@@ -233,7 +236,7 @@ async def test_a_lost_post_that_created_nothing_is_sent_again(tmp_path: Path) ->
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
         api = FailsFirstSend(env)
-        outcome = await _run_model(replace(_context(env, store), api=api), model, STAGE_ORDER)
+        outcome = await _run_model(_context(env, store), model, STAGE_ORDER, api)
         stats = env.world.stats()
     assert outcome.value == "succeeded"
     assert api.sends == 2
@@ -252,7 +255,7 @@ async def test_a_lost_approval_answer_is_checked_not_repeated(tmp_path: Path) ->
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
         api = LosesApproval(env)
-        outcome = await _run_model(replace(_context(env, store), api=api), model, STAGE_ORDER)
+        outcome = await _run_model(_context(env, store), model, STAGE_ORDER, api)
     assert outcome.value == "succeeded"
     assert api.sends == 1
 
@@ -264,7 +267,7 @@ async def test_a_failed_stage_leaves_later_stages_pending(tmp_path: Path) -> Non
         Store.open(tmp_path / "f.db") as store,
     ):
         model = await _one_model(env, store)
-        outcome = await _run_model(_context(env, store), model, STAGE_ORDER)
+        outcome = await _run_model(_context(env, store), model, STAGE_ORDER, env.api)
         done = (await store.models("r1"))[0]
     assert outcome.value == "failed"
     train = done.stages[Stage.TRAIN]
@@ -279,16 +282,16 @@ async def test_resume_of_an_approval_in_flight_does_not_approve_twice(tmp_path: 
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
         ctx = _context(env, store)
-        await _run_model(ctx, model, STAGE_ORDER[:2])
+        await _run_model(ctx, model, STAGE_ORDER[:2], env.api)
         model = (await store.models("r1"))[0]
         trained_model_id = model.stages[Stage.TRAIN].trained_model_id
         assert trained_model_id is not None
-        record = await lifecycle.transition(
+        record = await transition(
             ctx, model.stages[Stage.APPROVE], S.SUBMITTING, attempt=1, submitted_at=ctx.now()
         )
         await env.api.approve(trained_model_id, "LGTM")
         resumed = replace(model, stages={**model.stages, Stage.APPROVE: record})
-        outcome = await _run_model(ctx, resumed, STAGE_ORDER[:3])
+        outcome = await _run_model(ctx, resumed, STAGE_ORDER[:3], env.api)
     assert outcome.value == "succeeded"
 
 
@@ -304,7 +307,7 @@ def _train_request(spec: Lifecycle) -> TrainRequest:
 
 def test_every_state_a_stage_can_enter_has_a_log_event() -> None:
     """Each reachable state has its fixed dotted event name."""
-    assert set(lifecycle._EVENTS) == {to for _, to in ALLOWED}
+    assert set(project_run_module._EVENTS) == {to for _, to in ALLOWED}
 
 
 # -- issue 13: what a failure keeps, which jobs are adopted, whose jobs are trusted ---------
@@ -321,9 +324,11 @@ async def test_a_stage_failing_after_its_job_ran_keeps_its_attempt_job_and_log(
         Store.open(tmp_path / "f.db") as store,
     ):
         model = await _one_model(env, store)
-        ctx = replace(_context(env, store), result_wait=5.0)
-        ctx.progress.start([model], STAGE_ORDER)
-        outcome = await _run_model(ctx, model, STAGE_ORDER)
+        ctx = _context(env, store, result_wait=5.0)
+        progress = ctx.progress
+        assert isinstance(progress, Progress)
+        progress.start([model], STAGE_ORDER)
+        outcome = await _run_model(ctx, model, STAGE_ORDER, env.api)
         done = (await store.models("r1"))[0]
         log = await store.transitions("r1", model.spec.id)
         attempts = await store.attempts("r1")
@@ -338,7 +343,7 @@ async def test_a_stage_failing_after_its_job_ran_keeps_its_attempt_job_and_log(
     assert moves[-1] in {("submitted", "failed"), ("running", "failed")}
     (attempt,) = [a for a in attempts if a["stage"] == "evaluate"]
     assert (attempt["outcome"], attempt["job_id"]) == ("failed", evaluate.job_id)
-    assert all(n >= 0 for counts in ctx.progress.counts.values() for n in counts.values())
+    assert all(n >= 0 for counts in progress.counts.values() for n in counts.values())
 
 
 class _LosesFirstTrain(_Through):
@@ -359,13 +364,12 @@ async def test_a_lost_submission_never_adopts_a_job_from_before_its_intent(
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store, "r1")
         ctx = _context(env, store, "r1")
-        assert (await _run_model(ctx, model, STAGE_ORDER[:1])).value == "succeeded"
+        assert (await _run_model(ctx, model, STAGE_ORDER[:1], env.api)).value == "succeeded"
         first = (await store.models("r1"))[0].stages[Stage.TRAIN].job_id
         await env.time.sleep(60.0)
         model = await _one_model(env, store, "r2")
         api = _LosesFirstTrain(env)
-        ctx = replace(_context(env, store, "r2"), api=api)
-        outcome = await _run_model(ctx, model, STAGE_ORDER[:1])
+        outcome = await _run_model(_context(env, store, "r2"), model, STAGE_ORDER[:1], api)
         train = (await store.models("r2"))[0].stages[Stage.TRAIN]
         stats = env.world.stats()
     assert outcome.value == "succeeded"
@@ -383,12 +387,12 @@ async def test_a_retried_failure_does_not_find_its_failed_job_again(tmp_path: Pa
     ):
         model = await _one_model(env, store)
         ctx = _context(env, store)
-        assert (await _run_model(ctx, model, STAGE_ORDER[:1])).value == "failed"
+        assert (await _run_model(ctx, model, STAGE_ORDER[:1], env.api)).value == "failed"
         failed = (await store.models("r1"))[0].stages[Stage.TRAIN]
-        reopened = await lifecycle.transition(ctx, failed, S.RETRYING, detail="--retry-failed")
+        reopened = await transition(ctx, failed, S.RETRYING, detail="--retry-failed")
         model = replace(model, stages={**model.stages, Stage.TRAIN: reopened})
         api = _LosesFirstTrain(env)
-        await _run_model(replace(ctx, api=api), model, STAGE_ORDER[:1])
+        await _run_model(ctx, model, STAGE_ORDER[:1], api)
         train = (await store.models("r1"))[0].stages[Stage.TRAIN]
     assert api.sends == 2
     assert train.job_id not in {None, failed.job_id}
@@ -406,8 +410,8 @@ async def test_a_deployment_of_another_version_is_refused(tmp_path: Path) -> Non
 
     async with emulated(models=1) as env, Store.open(tmp_path / "f.db") as store:
         model = await _one_model(env, store)
-        ctx = replace(_context(env, store), api=AnswersWithAnotherDeployment(env))
-        outcome = await _run_model(ctx, model, STAGE_ORDER)
+        ctx = _context(env, store)
+        outcome = await _run_model(ctx, model, STAGE_ORDER, AnswersWithAnotherDeployment(env))
         done = (await store.models("r1"))[0]
         stats = env.world.stats()
     assert outcome.value == "failed"

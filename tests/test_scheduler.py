@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +12,7 @@ import anyio
 import pytest
 
 from fleet import scheduler, sim
+from fleet.batch import plan_of
 from fleet.client import ModelOpsClient
 from fleet.config import load_settings
 from fleet.errors import AuthError, ConfigError, ServerUnavailable
@@ -26,13 +26,10 @@ async def _run(env: Emulated, db: Path, **flags: object) -> scheduler.RunResult:
     settings = settings_for(env, db, **flags)
     async with Store.open(db) as store:
         return await scheduler.run(
-            settings,
+            plan_of(settings, run_id="night-1"),
             env.api,
             store,
-            run_id="night-1",
-            sleep=env.time.sleep,
-            clock=env.time.monotonic,
-            rng=random.Random(7),
+            controls=scheduler.Controls(sleep=env.time.sleep, clock=env.time.monotonic),
         )
 
 
@@ -163,13 +160,12 @@ async def test_a_cancelled_run_resumes_without_submitting_twice(tmp_path: Path) 
 
                 progress = CancelAfterSubmissions()
                 await scheduler.run(
-                    settings,
+                    plan_of(settings, run_id="night-1"),
                     env.api,
                     store,
-                    run_id="night-1",
-                    progress=progress,
-                    sleep=env.time.sleep,
-                    clock=env.time.monotonic,
+                    controls=scheduler.Controls(
+                        sleep=env.time.sleep, clock=env.time.monotonic, progress=progress
+                    ),
                 )
             interrupted = await store.run("night-1")
         assert interrupted.status == "interrupted"
@@ -192,12 +188,10 @@ async def test_a_rejected_token_aborts_the_run(tmp_path: Path) -> None:
             Store.open(tmp_path / "fleet.db") as store,
         ):
             result = await scheduler.run(
-                settings,
+                plan_of(settings, run_id="r"),
                 bad,
                 store,
-                run_id="r",
-                sleep=env.time.sleep,
-                clock=env.time.monotonic,
+                controls=scheduler.Controls(sleep=env.time.sleep, clock=env.time.monotonic),
             )
         assert env.world.stats()["jobs_total"] == 0
     assert isinstance(result.aborted, AuthError)
@@ -212,12 +206,10 @@ async def test_a_token_revoked_mid_run_aborts_with_state_saved(tmp_path: Path) -
         settings = settings_for(env, db)
         async with Store.open(db) as store:
             result = await scheduler.run(
-                settings,
+                plan_of(settings, run_id="r"),
                 FailsAfter(env, 15, AuthError("token rejected by ModelOps (HTTP 401)", status=401)),
                 store,
-                run_id="r",
-                sleep=env.time.sleep,
-                clock=env.time.monotonic,
+                controls=scheduler.Controls(sleep=env.time.sleep, clock=env.time.monotonic),
             )
         assert isinstance(result.aborted, AuthError)
         resumed = await _run_named(env, db, "r")
@@ -228,12 +220,10 @@ async def test_a_token_revoked_mid_run_aborts_with_state_saved(tmp_path: Path) -
 async def _run_named(env: Emulated, db: Path, run_id: str) -> scheduler.RunResult:
     async with Store.open(db) as store:
         return await scheduler.run(
-            settings_for(env, db),
+            plan_of(settings_for(env, db), run_id=run_id),
             env.api,
             store,
-            run_id=run_id,
-            sleep=env.time.sleep,
-            clock=env.time.monotonic,
+            controls=scheduler.Controls(sleep=env.time.sleep, clock=env.time.monotonic),
         )
 
 
@@ -296,13 +286,10 @@ async def test_retry_failed_reruns_only_the_failed_models(tmp_path: Path) -> Non
         jobs_before = env.world.stats()["jobs_total"]
         async with Store.open(db) as store:
             again = await scheduler.run(
-                settings_for(env, db),
+                plan_of(settings_for(env, db), run_id="night-1", retry_failed=True),
                 env.api,
                 store,
-                run_id="night-1",
-                sleep=env.time.sleep,
-                clock=env.time.monotonic,
-                retry_failed=True,
+                controls=scheduler.Controls(sleep=env.time.sleep, clock=env.time.monotonic),
             )
         new_jobs = tonight(env.world)[jobs_before:]
     assert first.failed
@@ -340,14 +327,15 @@ async def test_a_drained_run_submits_nothing_more_and_resumes(tmp_path: Path) ->
 
         async with Store.open(db) as store:
             result = await scheduler.run(
-                settings_for(env, db),
+                plan_of(settings_for(env, db), run_id="night-1"),
                 env.api,
                 store,
-                run_id="night-1",
-                progress=StopAfterSubmissions(),
-                sleep=env.time.sleep,
-                clock=env.time.monotonic,
-                stop=stop,
+                controls=scheduler.Controls(
+                    sleep=env.time.sleep,
+                    clock=env.time.monotonic,
+                    progress=StopAfterSubmissions(),
+                    stop=stop,
+                ),
             )
         jobs_after = env.world.stats()["jobs_total"]
         resumed = await _run(env, db)
@@ -398,13 +386,10 @@ async def _run_projects(
 ) -> scheduler.RunResult:
     async with Store.open(settings.db) as store:
         return await scheduler.run(
-            settings,
+            plan_of(settings, run_id=run_id),
             clients,
             store,
-            run_id=run_id,
-            sleep=a.time.sleep,
-            clock=a.time.monotonic,
-            rng=random.Random(7),
+            controls=scheduler.Controls(sleep=a.time.sleep, clock=a.time.monotonic),
         )
 
 
@@ -479,13 +464,10 @@ async def test_a_projects_concurrency_bounds_its_models_and_holds_no_other_back(
         specs = sorted(settings.model_specs(), key=lambda spec: -spec.priority)
         async with Store.open(settings.db) as store:
             result = await scheduler.run(
-                settings,
+                plan_of(settings, run_id="night-1", specs=specs),
                 {"a": a.api, "b": b.api},
                 store,
-                run_id="night-1",
-                sleep=a.time.sleep,
-                clock=a.time.monotonic,
-                specs=specs,
+                controls=scheduler.Controls(sleep=a.time.sleep, clock=a.time.monotonic),
             )
         spans = {name: _model_spans(env) for name, env in (("a", a), ("b", b))}
     assert result.status == "succeeded"
@@ -576,5 +558,5 @@ async def test_an_empty_run_id_is_refused_not_made_up(tmp_path: Path) -> None:
         settings = settings_for(env, tmp_path / "f.db")
         async with Store.open(tmp_path / "f.db") as store:
             with pytest.raises(ConfigError, match="run_id: is empty"):
-                await scheduler.run(settings, env.api, store, run_id="")
+                await scheduler.run(plan_of(settings, run_id=""), env.api, store)
         assert env.world.stats()["jobs_by_type"]["TRAINING"] == 0

@@ -11,6 +11,7 @@ import pytest
 
 from cli_support import empty_config, emulator, fleet, run_env, sim_stats
 from fleet import scheduler
+from fleet.batch import plan_of
 from fleet.config import load_settings
 from fleet.models import Lifecycle, ModelSpec
 from fleet.selection import discovered, plan_new, plan_resume, select, specs_with
@@ -107,12 +108,10 @@ async def test_past_the_deadline_no_training_starts_and_models_are_left(tmp_path
     async with emulated(models=6) as env, Store.open(tmp_path / "f.db") as store:
         settings = settings_for(env, tmp_path / "f.db", max_duration="0.000001")
         result = await scheduler.run(
-            settings,
+            plan_of(settings, run_id="late"),
             env.api,
             store,
-            run_id="late",
-            sleep=env.time.sleep,
-            clock=env.time.monotonic,
+            controls=scheduler.Controls(sleep=env.time.sleep, clock=env.time.monotonic),
         )
         stats = env.world.stats()
     assert stats["jobs_by_type"]["TRAINING"] == 0

@@ -41,6 +41,7 @@ from typing import TypeVar
 from urllib.error import HTTPError
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import structlog
 from prometheus_client import CollectorRegistry, generate_latest, push_to_gateway
 from prometheus_client.exposition import basic_auth_handler, default_handler
 from prometheus_client.metrics_core import (
@@ -52,9 +53,9 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from fleet.client import ModelOpsClient
-from fleet.errors import ApiError, ConfigError
+from fleet.errors import ApiError, ConfigError, FleetError
 from fleet.progress import Progress, RunResult
-from fleet.records import model_outcome
+from fleet.records import ModelRecord, model_outcome
 from fleet.secrets import redactor
 from fleet.stages import Outcome, Stage, StageState
 from fleet.store import Store
@@ -64,7 +65,10 @@ STAGE_BUCKETS_S: tuple[float, ...] = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3
 HTTP_ERROR_CLASSES: tuple[str, ...] = ("4xx", "5xx", "429", "timeout", "connection")
 # Enough of a Pushgateway's error body to say why it refused a push (it explains in one line).
 _ERROR_BODY_BYTES = 300
+# Seconds one push to a Pushgateway may take.
+PUSH_TIMEOUT_S = 10.0
 _V = TypeVar("_V")
+log = structlog.get_logger("fleet.metrics")
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +169,12 @@ def write_registry(registry: CollectorRegistry, path: Path) -> None:
 
 
 def push(
-    figures: RunFigures, gateway: str, *, project: str, job: str = "fleet", timeout: float = 10.0
+    figures: RunFigures,
+    gateway: str,
+    *,
+    project: str,
+    job: str = "fleet",
+    timeout: float = PUSH_TIMEOUT_S,
 ) -> None:
     """Replace the group `{job, project}` on a Pushgateway with this run's metrics (HTTP PUT).
 
@@ -383,21 +392,31 @@ async def figures_of(
     store: Store,
     result: RunResult,
     progress: Progress,
-    client: ModelOpsClient,
+    clients: Mapping[str, ModelOpsClient],
     *,
     started_at: float,
-    project: str | None = None,
+) -> dict[str, RunFigures]:
+    """Each project's figures of a finished run, by project id: from its models' state, the
+    run's progress counts and the project's client (all of them for a run of one project)."""
+    models = await store.models(result.run_id)
+    several = len(clients) > 1
+    figures: dict[str, RunFigures] = {}
+    for name, client in clients.items():
+        mine = [model for model in models if not several or model.spec.project == name]
+        submissions = progress.submissions
+        if several:
+            submissions = progress.project_submissions.get(name, Counter())
+        figures[client.project_id] = _figures(result, mine, submissions, client, started_at)
+    return figures
+
+
+def _figures(
+    result: RunResult,
+    models: Sequence[ModelRecord],
+    submissions: Mapping[Stage, int],
+    client: ModelOpsClient,
+    started_at: float,
 ) -> RunFigures:
-    """Gather a finished run's figures from its state, its progress counts and its client;
-    with `project`, of that project's models only (the client is the project's)."""
-    models = [
-        model
-        for model in await store.models(result.run_id)
-        if project is None or model.spec.project == project
-    ]
-    submissions = progress.submissions
-    if project is not None:
-        submissions = progress.project_submissions.get(project, Counter())
     durations: dict[str, list[float]] = {}
     for model in models:
         for stage, record in model.stages.items():
@@ -420,3 +439,35 @@ async def figures_of(
         throttle_wait_seconds=client.throttle.waited_s,
         breaker_opened=client.breaker.opened,
     )
+
+
+def publish(
+    figures: Mapping[str, RunFigures],
+    *,
+    textfile: Path | None = None,
+    gateway: str | None = None,
+    timeout: float = PUSH_TIMEOUT_S,
+) -> None:
+    """Each project's figures to a textfile and/or a Pushgateway (each project its own group).
+
+    The run is over by then: a file that cannot be written or a push refused is logged, and
+    the run's result stands."""
+    if textfile is not None:
+        try:
+            write_registry(registry_of(figures), textfile)
+        except FleetError as exc:
+            log.warning("fleet.metrics.write_failed", path=str(textfile), error=str(exc))
+    if gateway is not None:
+        for project, of_project in figures.items():
+            try:
+                push(of_project, gateway, project=project, timeout=timeout)
+            except FleetError as exc:
+                log.warning("fleet.metrics.push_failed", project=project, error=str(exc))
+
+
+def push_timeout(remaining_s: float | None) -> float:
+    """A push's timeout: half of what is left of the grace period after a signal (the rest is
+    for closing down), else the usual."""
+    if remaining_s is None:
+        return PUSH_TIMEOUT_S
+    return max(0.1, min(remaining_s / 2, PUSH_TIMEOUT_S))

@@ -2,8 +2,8 @@
 
 Models come from the config (inline and `models_file`) and, with `[discover]`, from the
 project's model list on the server; `--shard K/N` keeps one shard of them (see `shards.py`),
-then `--models` globs, `--tag` and `--only-failed` narrow them; `priority` orders admission
-(higher first, config order among equals).
+then a `Selection` (`--models` globs, `--tag`, `--only-failed`) narrows them; `priority` orders
+admission (higher first, config order among equals).
 """
 
 from __future__ import annotations
@@ -12,15 +12,19 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
+from pathlib import Path
 
+import anyio
 import structlog
 
-from fleet.client import ModelOps
+from fleet.errors import ConfigError
+from fleet.modelops import ModelOps
 from fleet.models import DEFAULT_PROJECT, ModelEntry, ModelSpec
-from fleet.records import ModelRecord
+from fleet.records import ModelRecord, model_outcome
 from fleet.settings import Settings
 from fleet.shards import Shard
-from fleet.stages import DONE, STAGE_ORDER, Stage, StageState
+from fleet.stages import DONE, STAGE_ORDER, Outcome, Stage, StageState
+from fleet.store import Store
 
 log = structlog.get_logger("fleet.selection")
 
@@ -49,6 +53,58 @@ async def discovered(
         for m in matching
         if not m.archived
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which models of the configured and discovered ones a new run takes: those whose id or
+    name matches one of `globs`, with one of `tags`, among the failed of run `only_failed`
+    (each filter, when given)."""
+
+    globs: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    only_failed: str | None = None
+
+
+async def chosen_models(
+    settings: Settings, selection: Selection, clients: Mapping[str, ModelOps]
+) -> list[ModelSpec]:
+    """The models of a new run: config + discovery, the shard, then the selection.
+
+    `clients` are those of the projects to discover models in."""
+    settings.require_datasets()  # before discovery's requests: a config error costs none
+    found = {name: await discovered(api, settings, name) for name, api in clients.items()}
+    only = None
+    if selection.only_failed is not None:
+        only = await _failed_in(settings.db, selection.only_failed)
+    every = settings.model_specs(found)
+    specs = select(
+        every, globs=selection.globs, tags=selection.tags, only=only, shard=settings.shard
+    )
+    if settings.shard is not None:
+        log.info(
+            "fleet.shard.selected",
+            shard=str(settings.shard),
+            models=len(specs),
+            of_models=len(every),
+            db=str(settings.db),
+        )
+    if not specs:
+        where = f" in shard {settings.shard}" if settings.shard is not None else ""
+        raise ConfigError(
+            f"models: none selected{where}; add [[models]], a models_file or [discover] names, "
+            "or loosen --models/--tag/--only-failed"
+        )
+    return specs
+
+
+async def _failed_in(db: Path, run_id: str) -> frozenset[str]:
+    """The ids of the models that failed in run `run_id` of the state file `db`."""
+    if not await anyio.Path(db).is_file():
+        raise ConfigError(f"--only-failed: {db} does not exist; no run to take from")
+    async with Store.open(db, readonly=True) as store:
+        models = await store.models((await store.run(run_id)).id)
+    return frozenset(m.spec.id for m in models if model_outcome(m) is Outcome.FAILED)
 
 
 def specs_with(settings: Settings, extra: Iterable[ModelEntry]) -> list[ModelSpec]:
