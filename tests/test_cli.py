@@ -33,10 +33,10 @@ from cli_support import (
     sim_stats,
     start,
 )
-from fleet.cli import _push_timeout, _Shutdown, _watch_signals, grace_deadlines
 from fleet.models import Lifecycle, ModelSpec
 from fleet.records import StageRecord
 from fleet.report import FORMATS
+from fleet.shutdown import Shutdown, grace_deadlines, watch_signals
 from fleet.sim import SimSettings, build, draws
 from fleet.stages import Stage, StageState
 from fleet.store import Store
@@ -507,11 +507,11 @@ def test_the_cancellation_leaves_room_for_the_shutdown_within_the_grace_period(
 
 async def test_the_first_signal_sets_the_deadline_and_a_second_cancels_at_once() -> None:
     """A signal starts the grace period when it arrives; a second one cancels without waiting."""
-    shutdown = _Shutdown(grace_s=600.0)
+    shutdown = Shutdown(grace_s=600.0)
     stop = anyio.Event()
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_signals, tg.cancel_scope, stop, shutdown)
+            tg.start_soon(watch_signals, tg.cancel_scope, stop, shutdown)
             await anyio.wait_all_tasks_blocked()  # the receiver is installed
             before = anyio.current_time()
             os.kill(os.getpid(), signal.SIGTERM)
@@ -525,10 +525,3 @@ async def test_the_first_signal_sets_the_deadline_and_a_second_cancels_at_once()
     remaining = shutdown.remaining()
     assert remaining is not None
     assert 599.0 < remaining <= 600.0
-
-
-def test_metrics_pushed_after_a_signal_take_at_most_half_the_time_left() -> None:
-    """A push after a signal is bounded by what is left of the grace period."""
-    assert _push_timeout(None) == 10.0
-    assert _push_timeout(3.0) == 1.5
-    assert _push_timeout(0.0) == 0.1

@@ -19,6 +19,7 @@ from fleet.errors import ApiError, ConfigError
 from fleet.metrics import (
     RunFigures,
     push,
+    push_timeout,
     registry_for,
     registry_of,
     write_registry,
@@ -393,3 +394,10 @@ def test_several_projects_share_one_textfile_each_family_once(tmp_path: Path) ->
         other: 1,
     }
     assert text.count("# TYPE fleet_models gauge") == 1
+
+
+def test_metrics_pushed_after_a_signal_take_at_most_half_the_time_left() -> None:
+    """A push after a signal is bounded by what is left of the grace period."""
+    assert push_timeout(None) == 10.0
+    assert push_timeout(3.0) == 1.5
+    assert push_timeout(0.0) == 0.1
