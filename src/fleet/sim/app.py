@@ -29,10 +29,8 @@ other plausible answers:
 from __future__ import annotations
 
 import email.utils
-import json
 import random
 import re
-import uuid
 from typing import TYPE_CHECKING
 
 import anyio
@@ -42,11 +40,17 @@ from starlette.middleware import Middleware
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fleet.sim import views
+from fleet.sim import binding, views
+from fleet.sim.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    ServerError,
+    SimError,
+    missing_field,
+)
 from fleet.sim.faults import DroppedResponse, Fault, FaultInjector, TrickledResponse
 from fleet.sim.oauth import TOKEN_PATH, TokenEndpoint, Tokens
 from fleet.sim.paging import PageRequest, hal_page, page_request
-from fleet.sim.world import InvalidRequestError, NotFoundError, ServerError, SimError, missing_field
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -64,14 +68,11 @@ PREFIX = "/modelops/core"
 _HAL = "application/hal+json"
 _PROJECT_HEADERS = ("aoa-project-id", "vmo-project-id")
 _EXPIRED_CHALLENGE = 'Bearer error="invalid_token", error_description="The access token expired"'
-_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 # A repository's search resource: SDR answers an unknown method there with an empty 404.
 _SEARCH = re.compile(re.escape(PREFIX) + r"/api/[A-Za-z]+/search/[^/]+/?")
 # `updatedAt` is parsed as a sort so that `Behaviour.job_sort` decides what it does.
 _JOB_SORTS = frozenset({"createdAt", "updatedAt"})
 _MODEL_SORTS = frozenset({"createdAt", "updatedAt", "name"})
-_TRUE = frozenset({"true", "on", "yes", "1"})
-_FALSE = frozenset({"false", "off", "no", "0"})
 
 
 def create_app(
@@ -218,7 +219,7 @@ class _Api:
 
     async def _handle(self, request: Request, handler: Handler) -> Response:
         now = self._world.advance()
-        self._world.note_request(await _named_ids(request), now)
+        self._world.note_request(await binding.named_ids(request), now)
         try:
             return await handler(request)
         except NotFoundError as exc:
@@ -284,7 +285,7 @@ class _Api:
     # -- routes -----------------------------------------------------------------------------
 
     async def get_project(self, request: Request) -> Response:
-        project_id = _path_id(request, "project_id")
+        project_id = binding.path_id(request, "project_id")
         if project_id != self._project_id:
             raise NotFoundError(f"Project {project_id} not found")
         return _hal(views.project(self._world.project))
@@ -293,25 +294,17 @@ class _Api:
         return self._models_page(request, self._world.listed_models())
 
     async def find_models_by_archived(self, request: Request) -> Response:
-        value = request.query_params.get("archived")
-        if value is None:
-            raise InvalidRequestError(_missing_parameter("archived", "Boolean"))
-        if value.strip().lower() not in _TRUE | _FALSE:
-            raise InvalidRequestError(
-                "Failed to convert value of type 'java.lang.String' to required type "
-                f"'java.lang.Boolean'; Invalid boolean value [{value}]"
-            )
-        archived = value.strip().lower() in _TRUE
+        archived = binding.boolean_parameter(request, "archived")
         models = self._world.archived_models() if archived else self._world.models()
         return self._models_page(request, models)
 
     async def get_model(self, request: Request) -> Response:
-        model = self._world.model(_path_id(request, "model_id"))
+        model = self._world.model(binding.path_id(request, "model_id"))
         return _hal(views.model(model, self._project_id))
 
     async def train(self, request: Request) -> Response:
-        model_id = _path_id(request, "model_id")
-        job = self._world.train(model_id, await _body(request))
+        model_id = binding.path_id(request, "model_id")
+        job = self._world.train(model_id, await binding.json_body(request))
         return self._job(job, expand=False)
 
     async def list_jobs(self, request: Request) -> Response:
@@ -324,20 +317,12 @@ class _Api:
         return _hal(hal_page("jobs", items, paging, len(jobs)))
 
     async def find_jobs_by_status(self, request: Request) -> Response:
-        # Spring binds a List<String> from "A,B" and from repeated parameters alike.
-        statuses = frozenset(
-            status.strip()
-            for value in request.query_params.getlist("status")
-            for status in value.split(",")
-            if status.strip()
-        )
-        if not statuses:
-            raise InvalidRequestError(_missing_parameter("status", "List"))
+        statuses = binding.list_parameter(request, "status")
         paging, order = self._job_paging(request)
         return self._jobs_page(request, paging, statuses, order)
 
     async def find_jobs_by_deployment(self, request: Request) -> Response:
-        deployment_id = _query_id(request, "deploymentId")
+        deployment_id = binding.query_id(request, "deploymentId")
         paging, order = self._job_paging(request)
         jobs = self._world.jobs_of_deployment(deployment_id)
         now = self._world.now()
@@ -347,18 +332,18 @@ class _Api:
         return _hal(hal_page("jobs", items, paging, len(jobs)))
 
     async def get_job(self, request: Request) -> Response:
-        job = self._world.job(_path_id(request, "job_id"))
+        job = self._world.job(binding.path_id(request, "job_id"))
         return _hal(self._job_body(job, self._world.now(), request))
 
     async def get_trained_model(self, request: Request) -> Response:
-        tm = self._world.trained_model(_path_id(request, "trained_model_id"))
+        tm = self._world.trained_model(binding.path_id(request, "trained_model_id"))
         return _hal(views.trained_model(tm, self._project_id, with_status=True))
 
     async def find_versions(self, request: Request) -> Response:
-        model_id = _query_id(request, "modelId")
+        model_id = binding.query_id(request, "modelId")
         status = request.query_params.get("status")
         if request.url.path.endswith("AndStatus") and not status:
-            raise InvalidRequestError(_missing_parameter("status", "String"))
+            raise InvalidRequestError(binding.missing_parameter("status", "String"))
         paging = page_request(request.query_params)
         versions = self._world.trained_models_of(model_id, status)
         items = [
@@ -369,7 +354,7 @@ class _Api:
 
     async def list_events(self, request: Request) -> Response:
         listing = self._behaviour.events_listing
-        tm_id = _path_id(request, "trained_model_id")
+        tm_id = binding.path_id(request, "trained_model_id")
         if listing == "absent":
             raise NotFoundError(f"No events resource for trained model {tm_id}")
         tm = self._world.trained_model(tm_id)
@@ -380,50 +365,54 @@ class _Api:
         return _hal(views.association(path, "trainedModelEvents", items))
 
     async def find_events(self, request: Request) -> Response:
-        trained_model_id = _query_id(request, "trainedModelId")
+        trained_model_id = binding.query_id(request, "trainedModelId")
         paging = page_request(request.query_params)
         events = self._world.events_of(trained_model_id)
         items = [views.event(e, self._project_id) for e in paging.window(events)]
         return _hal(hal_page("trainedModelEvents", items, paging, len(events)))
 
     async def evaluate(self, request: Request) -> Response:
-        trained_model_id = _path_id(request, "trained_model_id")
-        job = self._world.evaluate(trained_model_id, await _body(request))
+        trained_model_id = binding.path_id(request, "trained_model_id")
+        job = self._world.evaluate(trained_model_id, await binding.json_body(request))
         return self._job(job, expand=False)
 
     async def approve(self, request: Request) -> Response:
-        trained_model_id = _path_id(request, "trained_model_id")
-        event = self._world.approve(trained_model_id, _comments(await _body(request)))
+        trained_model_id = binding.path_id(request, "trained_model_id")
+        event = self._world.approve(
+            trained_model_id, binding.comments(await binding.json_body(request))
+        )
         return _hal(views.event(event, self._project_id))
 
     async def reject(self, request: Request) -> Response:
-        trained_model_id = _path_id(request, "trained_model_id")
-        event = self._world.reject(trained_model_id, _comments(await _body(request)))
+        trained_model_id = binding.path_id(request, "trained_model_id")
+        event = self._world.reject(
+            trained_model_id, binding.comments(await binding.json_body(request))
+        )
         return _hal(views.event(event, self._project_id))
 
     async def deploy(self, request: Request) -> Response:
-        trained_model_id = _path_id(request, "trained_model_id")
-        job = self._world.deploy(trained_model_id, await _body(request))
+        trained_model_id = binding.path_id(request, "trained_model_id")
+        job = self._world.deploy(trained_model_id, await binding.json_body(request))
         return self._job(job, expand=False)
 
     async def retire(self, request: Request) -> Response:
-        trained_model_id = _path_id(request, "trained_model_id")
-        body = await _body(request)
+        trained_model_id = binding.path_id(request, "trained_model_id")
+        body = await binding.json_body(request)
         deployment_id = body.get("deploymentId")
         if not isinstance(deployment_id, str):
             raise missing_field("deploymentId", "retirementRequest")
-        job = self._world.retire(trained_model_id, _uuid(deployment_id))
+        job = self._world.retire(trained_model_id, binding.uuid_of(deployment_id))
         return self._job(job, expand=False)
 
     async def find_deployment_by_job(self, request: Request) -> Response:
-        deployment = self._world.deployment_by_job(_query_id(request, "jobId"))
+        deployment = self._world.deployment_by_job(binding.query_id(request, "jobId"))
         return _hal(views.deployment(deployment, self._project_id))
 
     async def find_deployments(self, request: Request) -> Response:
-        trained_model_id = _query_id(request, "trainedModelId")
+        trained_model_id = binding.query_id(request, "trainedModelId")
         status = request.query_params.get("status")
         if not status:
-            raise InvalidRequestError(_missing_parameter("status", "String"))
+            raise InvalidRequestError(binding.missing_parameter("status", "String"))
         paging = page_request(request.query_params)
         deployments = self._world.deployments_of(trained_model_id, status)
         items = [views.deployment(d, self._project_id) for d in paging.window(deployments)]
@@ -482,59 +471,3 @@ class _Api:
     def _job(self, job: Job, *, expand: bool) -> Response:
         now = self._world.now()
         return _hal(views.job(job, self._project_id, now, expand=expand, shape=self._shape))
-
-
-async def _named_ids(request: Request) -> list[str]:
-    """The ids a request names in its path, its query or its body (for `note_request`)."""
-    text = request.scope["path"] + "?" + request.scope["query_string"].decode("latin-1")
-    if request.method == "POST":  # read once here; Starlette keeps it for the route
-        text += (await request.body()).decode("latin-1")
-    return [found.lower() for found in _UUID.findall(text)]
-
-
-def _uuid(value: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise InvalidRequestError(
-            "Failed to convert value of type 'java.lang.String' to required type "
-            f"'java.util.UUID'; Invalid UUID string: {value}"
-        ) from None
-
-
-def _path_id(request: Request, name: str) -> str:
-    return _uuid(str(request.path_params[name]))
-
-
-def _missing_parameter(name: str, java_type: str) -> str:
-    return (
-        f"Required request parameter '{name}' for method parameter type {java_type} is not present"
-    )
-
-
-def _query_id(request: Request, name: str) -> str:
-    value = request.query_params.get(name)
-    if value is None:
-        raise InvalidRequestError(_missing_parameter(name, "UUID"))
-    return _uuid(value)
-
-
-async def _body(request: Request) -> JsonObject:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidRequestError(f"JSON parse error: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequestError("JSON parse error: the request body must be a JSON object")
-    return body
-
-
-def _comments(body: JsonObject) -> str:
-    # Stored as given: plain text (the official client) or base64 (the Airflow tutorial).
-    comments = body.get("comments", "")
-    if not isinstance(comments, str):
-        raise InvalidRequestError("comments must be a string")
-    return comments

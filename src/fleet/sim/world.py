@@ -29,6 +29,15 @@ history jobs nor the scoring jobs deployments start (counted in `scoring_jobs`).
 
 The world also records, for the benchmark and at no cost to the answers, when each job's end
 was first noticed: the first request about its model after it ended (`note_request`).
+
+Why this module is long: the world is one state machine. Its maps, its schedule of due
+changes and the job index change together in every call, after `advance()` has applied what
+is due, and both tonight's lifecycle calls and the project as it is found (last night's
+versions, jobs and deployments) go through the same private steps (`_new_version`,
+`_start_job`, `_transition`, `_open_deployment`) that keep them consistent. Splitting reads
+from writes, or last night from tonight, would hand those steps to another module to call;
+what stands alone is in modules of its own (errors, request binding, records, views, the job
+index, the seeded draws).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from fleet.sim import draws
+from fleet.sim.errors import InvalidRequestError, NotFoundError, missing_field
 from fleet.sim.index import JobIndex, Order
 from fleet.sim.records import (
     QUEUE_PHASES,
@@ -62,16 +72,7 @@ if TYPE_CHECKING:
 
     from fleet.sim.clock import Clock
 
-__all__ = [
-    "RATE_FIELDS",
-    "InvalidRequestError",
-    "NotFoundError",
-    "ServerError",
-    "SimError",
-    "SimSettings",
-    "World",
-    "missing_field",
-]
+__all__ = ["RATE_FIELDS", "SimSettings", "World"]
 
 _DAY = 86_400.0
 # Phase numbers in the schedule of status changes, besides `Job.phase()`'s queue phases.
@@ -89,36 +90,6 @@ _FAULT_KINDS = (
 )
 # A version can be approved only from EVALUATED; evaluating again never demotes a decision.
 _EVALUATED_FROM = frozenset({"TRAINED", "EVALUATED"})
-
-
-class SimError(Exception):
-    """A request the emulated service refuses; `status` is the HTTP status it answers."""
-
-    status = 400
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class NotFoundError(SimError):
-    status = 404
-
-
-class InvalidRequestError(SimError):
-    status = 400
-
-
-class ServerError(SimError):
-    status = 500
-
-
-def missing_field(name: str, request: str) -> InvalidRequestError:
-    """A request body without a field the service requires, as Spring's validation words it."""
-    return InvalidRequestError(
-        f"Validation failed for object='{request}'. Error count: 1. "
-        f"Field '{name}': must not be null"
-    )
 
 
 class World:
