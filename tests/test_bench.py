@@ -201,13 +201,13 @@ def test_bench_runs_fleet_two_nights_and_the_baseline(tmp_path: Path) -> None:
 
 
 @functools.cache
-def load_torture() -> ModuleType:
-    """bench/torture.py as a module; it imports bench/run.py as `run`, as when run as a script."""
+def load_script(name: str) -> ModuleType:
+    """bench/<name>.py as a module; it imports bench/run.py as `run`, as when run as a script."""
     bench = str(ROOT / "bench")
     sys.path.insert(0, bench)
     try:
         spec = importlib.util.spec_from_file_location(
-            "bench_torture", ROOT / "bench" / "torture.py"
+            f"bench_{name}", ROOT / "bench" / f"{name}.py"
         )
         assert spec is not None
         assert spec.loader is not None
@@ -217,6 +217,10 @@ def load_torture() -> ModuleType:
     finally:
         sys.path.remove(bench)
     return module
+
+
+def load_torture() -> ModuleType:
+    return load_script("torture")
 
 
 def test_torture_kill_plan_mixes_restart_early_and_spread_kills() -> None:
@@ -323,3 +327,38 @@ def test_torture_smoke_three_kills_into_a_faulty_night(tmp_path: Path) -> None:
     retries = sum(row["retries_by_stage"].values())
     assert sum(row["jobs_by_type"].values()) == row["stages_submitted"] + retries
     assert "| 7 | 3 (1/1/1) |" in done.stdout
+
+
+def test_world_bench_measures_both_profiles_on_a_checked_world(tmp_path: Path) -> None:
+    """bench/world.py times each phase per server profile and writes them with the machine."""
+    world = load_script("world")
+    out = tmp_path / "world.json"
+    assert world.main(["--models", "100", "--rounds", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    default, optimistic = result["rows"]
+    assert (default["profile"], optimistic["profile"]) == ("default", "optimistic")
+    assert (default["job_index"], optimistic["job_index"]) == (False, True)
+    for row in result["rows"]:
+        assert row["models"] == 100
+        assert row["jobs"] == 200
+        assert row["history_jobs"] >= 100
+        assert row["jobs_read"] > 0
+        phases = (row["build_s"], row["train_s"], row["read_s"])
+        assert min(phases) >= 0
+        assert row["total_s"] == pytest.approx(sum(phases), abs=0.01)
+    assert optimistic["jobs_read"] > default["jobs_read"]  # the index's pages are read too
+    assert result["machine"]["nproc"] >= 1
+    assert result["date"]
+
+
+def test_world_bench_refuses_to_report_on_a_wrong_world() -> None:
+    """A world whose counts are not the ones asked for is an error, not a figure."""
+    world = load_script("world")
+    built = world.World(world.SimSettings(models=3), world.ManualClock())
+    stats = {"jobs_total": 5, "running_jobs": 1, "max_jobs_per_model_and_type": 2}
+    with pytest.raises(world.WrongWorld) as caught:
+        world.check(built, stats, models=3, rounds=2)
+    assert str(caught.value) == (
+        "5 jobs submitted, not 6; 1 jobs still running; "
+        "the last model has 0 trained versions, not 2"
+    )
