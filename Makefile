@@ -18,9 +18,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fleet demo --models 200
 
-## Everything CI checks: lint, types, and the whole test suite.
+## Everything CI checks: lint, types, and the whole test suite (on every core) with its coverage.
 test: $(STAMP) lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest --cov
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
@@ -32,4 +32,4 @@ typecheck: $(STAMP)
 check: test
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache fleet-demo.db*
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* fleet-demo.db*
