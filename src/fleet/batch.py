@@ -34,6 +34,7 @@ from fleet.polling import PollMode
 from fleet.progress import Progress, RunResult
 from fleet.records import utc_now
 from fleet.retries import RetryPolicy
+from fleet.secrets import redactor
 from fleet.sections import ProjectLimits, api_section
 from fleet.selection import Selection, chosen_models
 from fleet.settings import Settings
@@ -79,6 +80,7 @@ async def run_batch(
     """
     request = request or RunRequest()
     progress = progress or Progress()
+    redact_secrets(settings)
     settings.require_api()
     settings.require_paths()
     for warning in settings.warnings:
@@ -107,6 +109,17 @@ async def run_batch(
                     timeout=push_timeout(time_left() if time_left is not None else None),
                 )
     return result
+
+
+def redact_secrets(settings: Settings) -> None:
+    """Teach the process's redactor the secrets the settings hold (tokens, client secrets,
+    passwords in URLs): no log line, error, state file or report shows them from now on."""
+    for project in settings.every_project().values():
+        redactor.add(*project.api.secrets())
+        redactor.add_url(project.api.url)
+        redactor.add_url(project.api.token_url)
+    redactor.add(*settings.api.secrets())
+    redactor.add_url(settings.pushgateway)  # its password
 
 
 def plan_of(

@@ -36,7 +36,7 @@ try:
 
     from fleet import logging as fleet_logging
     from fleet import sim
-    from fleet.batch import RunRequest, project_clients, run_batch
+    from fleet.batch import RunRequest, project_clients, redact_secrets, run_batch
     from fleet.command_line import (
         build_parser,
         joined_shard,
@@ -447,12 +447,7 @@ def _configure_logging(settings: Settings, *, explicit: bool) -> None:
     if sys.stdout.isatty() and not explicit and level == "info":
         level = "warning"  # the live display shows progress; per-stage lines would drown it
     fleet_logging.configure(level=level)
-    for project in settings.every_project().values():
-        fleet_logging.redactor.add(*project.api.secrets())
-        fleet_logging.redactor.add_url(project.api.url)
-        fleet_logging.redactor.add_url(project.api.token_url)
-    fleet_logging.redactor.add(*settings.api.secrets())
-    fleet_logging.redactor.add_url(settings.pushgateway)  # its password
+    redact_secrets(settings)
 
 
 def _summary_stream() -> TextIO:

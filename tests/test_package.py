@@ -1,0 +1,123 @@
+"""The package as a library: what `import fleet` offers, and a night run from Python with it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import fleet
+from fleet import batch, config, errors, progress, settings, sim, stages, version
+from fleet.sim.clock import ManualClock
+
+# What the package promises besides the error tree (every FleetError of errors.py).
+PROMISED = {
+    "Outcome",
+    "RunRequest",
+    "RunResult",
+    "RunStatus",
+    "Settings",
+    "__version__",
+    "load_settings",
+    "run_batch",
+}
+HOMES = {
+    "Outcome": stages,
+    "RunRequest": batch,
+    "RunResult": progress,
+    "RunStatus": stages,
+    "Settings": settings,
+    "__version__": version,
+    "load_settings": config,
+    "run_batch": batch,
+}
+
+
+def _error_tree() -> set[str]:
+    """FleetError and every subclass of it that errors.py defines."""
+    return {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type)
+        and issubclass(value, errors.FleetError)
+        and value.__module__ == errors.__name__
+    }
+
+
+def test_the_exports_are_the_promised_names_sorted() -> None:
+    """`fleet.__all__` is run_batch, the settings, the result's vocabulary and the error
+    tree, each once, in sorted order."""
+    assert fleet.__all__ == sorted(set(fleet.__all__))
+    assert set(fleet.__all__) == PROMISED | _error_tree()
+    assert "RunAborted" not in fleet.__all__  # the engine's own signal, not a caller's error
+
+
+def test_every_export_is_the_object_of_its_home_module() -> None:
+    """Each exported name is there without a further import, and is the object its own
+    module defines (not a copy or a stand-in)."""
+    for name in fleet.__all__:
+        home = HOMES.get(name, errors)
+        assert getattr(fleet, name) is getattr(home, name), name
+
+
+class _Ticking(ManualClock):
+    """The emulator's time, moved on by each look at it: jobs end after enough requests,
+    however fast or slow the machine is."""
+
+    __slots__ = ("_step",)
+
+    def __init__(self, step_s: float) -> None:
+        super().__init__()
+        self._step = step_s
+
+    def now(self) -> float:
+        self.advance(self._step)
+        return super().now()
+
+
+@asynccontextmanager
+async def _served(models: int) -> AsyncIterator[tuple[sim.World, str]]:
+    """An emulator of `models` models, served in-process over loopback HTTP."""
+    world, app = sim.build(sim.SimSettings(models=models), _Ticking(step_s=30.0))
+    async with sim.serve(app) as url:
+        yield world, url
+
+
+def _settings(world: sim.World, url: str, db: Path) -> fleet.Settings:
+    """Settings as an operator writes them: the server, the token, every model discovered."""
+    return fleet.load_settings(
+        None,
+        {
+            "api.url": url,
+            "api.project_id": world.settings.project_id,
+            "api.token": world.settings.token,
+            "discover.names": "*",
+            "defaults.train_dataset_id": world.train_dataset_id,
+            "defaults.evaluate_dataset_id": world.eval_dataset_id,
+            "db": str(db),
+            "poll_interval": 0.05,
+            "poll_floor": 0.01,
+        },
+        env={},
+        use_default_file=False,
+    )
+
+
+async def test_run_batch_runs_a_night_and_the_same_run_id_resumes_it(tmp_path: Path) -> None:
+    """`await fleet.run_batch(settings)` takes five models through every stage; called again
+    with the run's id it resumes the finished run and submits nothing."""
+    async with _served(models=5) as (world, url):
+        night = _settings(world, url, tmp_path / "fleet.db")
+        result = await fleet.run_batch(night)
+        jobs = world.stats()["jobs_total"]
+        again = await fleet.run_batch(night, request=fleet.RunRequest(run_id=result.run_id))
+        stats = world.stats()
+    assert isinstance(result, fleet.RunResult)
+    assert result.status is fleet.RunStatus.SUCCEEDED
+    assert (result.models_total, result.succeeded, result.failed) == (5, 5, ())
+    assert not result.resumed
+    assert stats["max_jobs_per_model_and_type"] == 1
+    assert (again.run_id, again.status, again.succeeded) == (result.run_id, "succeeded", 5)
+    assert again.resumed
+    assert stats["jobs_total"] == jobs
+    assert world.settings.token.encode() not in (tmp_path / "fleet.db").read_bytes()
