@@ -23,7 +23,8 @@ or run would multiply. The families:
 
 The counters hold one run's totals and start from zero with the next run, as a batch job's do.
 A run over several ModelOps projects has figures per project: one textfile holds each
-project's series (`registry_of`), and each project is pushed to its own group.
+project's series (`registry_of`), and each project is pushed to its own group. `figures_of`
+gathers a finished run's figures; `publish` writes and pushes them (batch.py calls both).
 """
 
 from __future__ import annotations

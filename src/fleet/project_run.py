@@ -116,11 +116,13 @@ async def project_run(
         clock=scope.clock,
         sleep=scope.sleep,
     )
+    if limiters is None:
+        limiters = {stage: anyio.CapacityLimiter(plan.limits[stage]) for stage in Stage}
     shared = {f.name: getattr(scope, f.name) for f in dataclasses.fields(RunScope)}
     run = ProjectRun(
-        **{**shared, "progress": progress or scope.progress},
+        **{**shared, "progress": scope.progress if progress is None else progress},
         api=api,
-        limiters=limiters or {stage: anyio.CapacityLimiter(plan.limits[stage]) for stage in Stage},
+        limiters=limiters,
         jobs=watch,
         production=Production(api, clock=scope.clock, ttl_s=_PRODUCTION_TTL_S),
     )
