@@ -195,10 +195,7 @@ def test_a_wrong_token_exits_3(tmp_path: Path) -> None:
 
 def test_status_of_an_unknown_run_is_exit_2(tmp_path: Path) -> None:
     """`fleet status` of a run id the state file does not hold says so in one line."""
-    done = fleet(
-        "demo", "--models", "3", "--time-scale", "5000", *FAST, "--db", "f.db", cwd=tmp_path
-    )
-    assert done.returncode == 0, done.stderr
+    anyio.run(_night, tmp_path / "f.db", MODEL_IDS[:3])
     status = fleet("status", "no-such-run", "--db", "f.db", cwd=tmp_path)
     assert status.returncode == 2
     assert status.stderr.strip() == "fleet: run 'no-such-run' is not in the state file"
