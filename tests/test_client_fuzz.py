@@ -21,21 +21,7 @@ import respx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet.client import (
-    Deployment,
-    Event,
-    Job,
-    ModelOpsClient,
-    TrainRequest,
-    _excerpt,
-    _object,
-    _parse_deployment,
-    _parse_event,
-    _parse_job,
-    _read,
-    _retry_after,
-    latest_metrics,
-)
+from fleet.client import ModelOpsClient, _object
 from fleet.errors import (
     ApiError,
     AuthError,
@@ -47,6 +33,18 @@ from fleet.errors import (
     ProtocolError,
     TransientApiError,
 )
+from fleet.modelops import (
+    Deployment,
+    Event,
+    Job,
+    TrainRequest,
+    excerpt,
+    latest_metrics,
+    parse_deployment,
+    parse_event,
+    parse_job,
+)
+from fleet.session import _read, _retry_after
 from support import InstantTime
 
 BASE_URL = "https://mo.example/modelops/core/"
@@ -57,7 +55,7 @@ JOB_ID = str(uuid.UUID(int=1))
 MODEL_ID = str(uuid.UUID(int=2))
 PATH = f"/api/jobs/{JOB_ID}"
 MAX_MESSAGE = 1000
-# The conftest's autouse stamina switch is function-scoped but the same for every example.
+# The conftest's autouse fixtures are function-scoped but the same for every example.
 FIXTURE_OK = [HealthCheck.function_scoped_fixture]
 
 # -- strategies ---------------------------------------------------------------------------------
@@ -340,9 +338,9 @@ def _check_deployment(deployment: Deployment) -> None:
 
 
 PARSERS = {
-    "job": (_parse_job, job_shaped, _check_job),
-    "event": (_parse_event, event_shaped, _check_event),
-    "deployment": (_parse_deployment, deployment_shaped, _check_deployment),
+    "job": (parse_job, job_shaped, _check_job),
+    "event": (parse_event, event_shaped, _check_event),
+    "deployment": (parse_deployment, deployment_shaped, _check_deployment),
 }
 
 
@@ -350,7 +348,7 @@ PARSERS = {
 @settings(max_examples=150, suppress_health_check=FIXTURE_OK)
 @given(data=st.data())
 def test_parsers_return_a_value_or_raise_protocol_error(kind, data):
-    """_parse_job/_event/_deployment turn any JSON object into a value or a ProtocolError."""
+    """parse_job/_event/_deployment turn any JSON object into a value or a ProtocolError."""
     parse, shaped, check = PARSERS[kind]
     body = data.draw(json_objects | shaped, label="body")
     try:
@@ -383,7 +381,7 @@ def test_parse_job_keeps_ids_status_and_type(fields, in_metadata, extra):
     if in_metadata:  # a train response names the new version only in metadata.trainedModel
         body["metadata"] = {"trainedModel": {"id": body.pop("trainedModelId")}}
 
-    job = _parse_job(body)
+    job = parse_job(body)
 
     assert (job.id, job.status, job.type) == (fields["id"], fields["status"], fields["type"])
     assert (job.model_id, job.trained_model_id) == (fields["modelId"], fields["trainedModelId"])
@@ -418,7 +416,7 @@ def _key(event: Event) -> tuple[bool, datetime | int]:
 @given(bodies=st.lists(event_bodies, max_size=8))
 def test_latest_metrics_takes_the_newest_evaluation_as_strings(bodies):
     """latest_metrics is None without an EVALUATED event, else the newest one's metadata as str."""
-    events = [_parse_event(b) for b in bodies]
+    events = [parse_event(b) for b in bodies]
 
     metrics = latest_metrics(events)
 
@@ -455,8 +453,8 @@ def test_retry_after_reads_delta_seconds(seconds):
 @settings(max_examples=150)
 @given(body=json_values | st.text())
 def test_excerpt_is_one_short_line(body):
-    """_excerpt of any body is a single line of at most 200 characters and an ellipsis."""
-    text = _excerpt(body)
+    """excerpt of any body is a single line of at most 200 characters and an ellipsis."""
+    text = excerpt(body)
 
     assert len(text) <= 201
     assert "\n" not in text
@@ -560,7 +558,7 @@ def test_read_a_page_in_an_undecodable_charset_raises_a_fleet_error(status, char
 def test_latest_metrics_with_a_timestamp_without_offset_does_not_crash():
     """An EVALUATED event stamped '2025-07-04' next to one with an offset does not raise."""
     events = [
-        _parse_event({"id": "a", "trainedModelId": "t", "status": "EVALUATED", "createdAt": at})
+        parse_event({"id": "a", "trainedModelId": "t", "status": "EVALUATED", "createdAt": at})
         for at in ("2025-07-03T21:51:36.960+00:00", "2025-07-04")
     ]
 
@@ -569,7 +567,7 @@ def test_latest_metrics_with_a_timestamp_without_offset_does_not_crash():
 
 def test_parse_job_created_at_is_timezone_aware():
     """A job's createdAt without an offset is None or aware, never a naive datetime."""
-    job = _parse_job({"id": JOB_ID, "status": "RUNNING", "createdAt": "2025-07-03T21:51:36"})
+    job = parse_job({"id": JOB_ID, "status": "RUNNING", "createdAt": "2025-07-03T21:51:36"})
 
     assert job.created_at is None or job.created_at.tzinfo is not None
 

@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import respx
 
-from fleet.client import ModelOpsClient, RetryPolicy, TrainRequest
+from fleet.client import ModelOpsClient
+from fleet.modelops import TrainRequest
+from fleet.retries import RetryPolicy
 from support import InstantTime
 
 BASE_URL = "https://mo.example/modelops/core"

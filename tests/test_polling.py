@@ -15,9 +15,10 @@ import anyio.lowlevel
 import pytest
 from structlog.testing import capture_logs
 
-from fleet.client import UNFINISHED_JOB_STATUSES, Job
 from fleet.errors import AuthError, NotFound, PermanentApiError, TransientApiError
+from fleet.modelops import UNFINISHED_JOB_STATUSES, Job
 from fleet.polling import Finished, JobWatch, PollMode, judge_sort
+from fleet.retries import Account
 
 EPOCH = datetime(2026, 11, 25, tzinfo=UTC)
 
@@ -53,6 +54,8 @@ class FakeJobs:
         self.hung: set[str] = set()  # jobs whose reads never answer until `unhang` is set
         self.unhang = anyio.Event()
         self._reads = itertools.count(1)
+        self.reads_of: Counter[str] = Counter()
+        self.single_sends: Counter[str] = Counter()  # reads given a one-send account, by id
         for n in range(self.server.history):
             self.submit(f"old{n}", 1.0)
             self.now += 1.0
@@ -108,8 +111,12 @@ class FakeJobs:
         jobs = self._by_change()
         return jobs[::-1] if direction == "desc" else jobs
 
-    async def get_job(self, job_id: str) -> Job:
+    async def get_job(self, job_id: str, account: Account | None = None) -> Job:
         self.calls["get"] += 1
+        self.reads_of[job_id] += 1
+        if account is not None:
+            assert account.policy.attempts == 1  # the watcher gives only single sends
+            self.single_sends[job_id] += 1
         if self.fail_gets_with is not None:
             raise self.fail_gets_with
         if job_id in self.hung:
@@ -481,6 +488,19 @@ async def test_a_failed_read_of_a_finished_job_is_read_again_not_dropped(server:
     finished = results["a"]
     assert finished is not None
     assert finished.ran_s - 100.0 <= 5.0  # seen within a poll interval of its end
+
+
+async def test_a_job_whose_read_failed_is_read_again_one_send_at_a_time() -> None:
+    """retries.py: a read by id is one call of the client's (its whole retry budget); after it
+    failed, the watcher's re-reads of that job are single sends on its own schedule, until a
+    read succeeds and the next reads are calls again."""
+    jobs = FakeJobs()
+    watch = _watch(jobs, poll_interval=5.0)
+    jobs.failing_reads["a"] = 2
+    results = await _follow_all(jobs, watch, {"a": 300.0, "b": 300.0})
+    assert _all_completed(results)
+    assert jobs.single_sends == {"a": 2}  # the read after each of its two failures
+    assert jobs.reads_of["a"] > 3
 
 
 async def test_a_hung_read_holds_up_no_other_job() -> None:

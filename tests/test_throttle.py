@@ -13,8 +13,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from fleet.breaker import Breaker
 from fleet.errors import ServerUnavailable
-from fleet.throttle import Breaker, Throttle
+from fleet.throttle import Throttle
 
 # Scheduling rounds that let every task woken by one step of the clock run until it blocks.
 _ROUNDS = 20
@@ -626,6 +627,37 @@ async def test_past_budget_admit_raises_for_waiters_and_new_callers() -> None:
         with pytest.raises(ServerUnavailable, match=r"for 15 s \(budget 10 s\)"):
             await breaker.admit()
         tg.cancel_scope.cancel()
+
+
+async def test_the_budget_ends_an_outage_whatever_time_it_opened_at() -> None:
+    """Past budget_s a waiter gets ServerUnavailable at the very time it slept to: for about
+    a fifth of opening times `now - opened_at` there is an ulp short of the budget, and a
+    waiter used to spin at that instant for ever."""
+    now = 74.64457875235838  # 60 s after this, `now - opened_at` is 59.999999999999986
+    sleeps = 0
+
+    def clock() -> float:
+        return now
+
+    async def sleep(seconds: float) -> None:
+        nonlocal now, sleeps
+        sleeps += 1
+        assert sleeps < 100, "the waiter spins"
+        now += seconds
+        await anyio.lowlevel.checkpoint()
+
+    breaker = Breaker(
+        threshold=1,
+        budget_s=60.0,
+        probe_initial_s=100.0,
+        probe_max_s=100.0,
+        clock=clock,
+        sleep=sleep,
+    )
+    breaker.failure(None)
+    with pytest.raises(ServerUnavailable, match=r"budget 60 s"):
+        await breaker.admit()
+    assert sleeps == 1
 
 
 async def test_cancelled_probe_passes_its_turn_on() -> None:

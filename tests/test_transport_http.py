@@ -9,9 +9,12 @@ import pytest
 import respx
 
 from fleet import sim
-from fleet.client import ModelOpsClient, RetryPolicy, TrainRequest
+from fleet.breaker import Breaker
+from fleet.client import ModelOpsClient
 from fleet.errors import OutcomeUnknown, TransientApiError
-from fleet.throttle import Breaker, Throttle
+from fleet.modelops import TrainRequest
+from fleet.retries import RetryPolicy
+from fleet.throttle import Throttle
 from support import InstantTime
 
 BASE_URL = "https://mo.example/modelops/core"
@@ -93,7 +96,14 @@ async def test_one_resource_failing_for_ever_fails_only_its_own_reads() -> None:
         broken = mock.get(f"{API}/jobs/{BROKEN}").respond(500)
         mock.get(f"{API}/jobs/{HEALTHY}").respond(200, json=_job(HEALTHY))
         async with ModelOpsClient(
-            BASE_URL, PROJECT_ID, TOKEN, throttle=throttle, breaker=breaker
+            BASE_URL,
+            PROJECT_ID,
+            TOKEN,
+            retry=RetryPolicy(attempts=3),
+            throttle=throttle,
+            breaker=breaker,
+            clock=time.clock,
+            sleep=time.sleep,
         ) as api:
             for _ in range(4):  # 12 failures in a row of one job, more than the threshold
                 with pytest.raises(TransientApiError) as caught:

@@ -30,16 +30,23 @@ row demote the mode for the rest of the run, logged once. A look that fails is n
 that look reads its due jobs by id instead.
 
 A read by id that fails (after the client's own retries) is tried again later, never
-dropped: the job is then read by id until a read succeeds, since a listing whose watermark has
-passed it would not show it again. Reads go out on their own, so one slow or broken job holds
-up no other job and no look; a job that cannot be read for `_READ_BUDGET_INTERVALS` poll
-intervals (and at least `_READ_FAILURES` reads) fails its own stage with that reason.
+dropped: the job is then read by id, one send each time, until a read succeeds, since a
+listing whose watermark has passed it would not show it again. Reads go out on their own, so
+one slow or broken job holds up no other job and no look; a job that cannot be read for
+`READ_BUDGET_INTERVALS` poll intervals (and at least `READ_FAILURES` reads) fails its own
+stage with that reason (both numbers are in retries.py).
 
 Whatever the mode, nothing waits for ever: a job not read by id for max(2 x its expected
 duration, 12 x `poll_interval`) is read by id (the safety net), and a job still unfinished at
 its `job_timeout` is released as timed out, for its stage to fail with that reason. A job
 answer without `status` means "not finished yet", as the official client reads it (warned
 once per job); only the timeout ends such a job.
+
+Why this module is long: the watcher is one schedule over one set of followed jobs. Reads by
+id and batched looks both move each job's next look, and each checks the other: a look's
+findings are judged by the reads it sends, a failed read withdraws a look's cover, a
+contradiction demotes the mode for every job. Split in two, each half would reach into the
+other's state at every step.
 """
 
 from __future__ import annotations
@@ -57,7 +64,6 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from fleet.client import UNFINISHED_JOB_STATUSES, Job, ModelOps
 from fleet.errors import (
     ApiError,
     PermanentApiError,
@@ -65,6 +71,8 @@ from fleet.errors import (
     ServerUnavailable,
     TransientApiError,
 )
+from fleet.modelops import UNFINISHED_JOB_STATUSES, Job, ModelOps
+from fleet.retries import READ_BUDGET_INTERVALS, READ_FAILURES, one_send
 
 log = structlog.get_logger("fleet.polling")
 
@@ -83,10 +91,6 @@ _NET_EXPECTED = 2.0
 _NET_INTERVALS = 12.0
 # A batched look that fails this many times in a row is dropped for the run.
 _FAILED_LOOKS = 3
-# A job whose reads by id keep failing is given up after this many failed reads in a row,
-# spanning at least this many poll intervals: it fails its own stage, never the night.
-_READ_FAILURES = 5
-_READ_BUDGET_INTERVALS = 10.0
 # A probe of the sorted listing asks for this many jobs each way.
 _PROBE_SIZE = 2
 # An inconclusive probe (too few jobs on the server) is tried again this many intervals later.
@@ -400,7 +404,7 @@ class JobWatch:
     async def _read(self, followed: _Followed, now: float, findings: _Findings) -> None:
         """Read one followed job by id: release it if it ended, else look again later."""
         try:
-            job = await self._api.get_job(followed.job_id)
+            job = await self._get_job(followed)
         except TransientApiError as exc:
             if isinstance(exc, ServerUnavailable):
                 self._release(followed, error=exc)
@@ -436,6 +440,13 @@ class JobWatch:
         followed.covered = followed.covered or self._listing_ready
         self._reschedule([followed], now, miss=True)
 
+    async def _get_job(self, followed: _Followed) -> Job:
+        """A read by id: one call; after a failed one, a single send (this schedule is its
+        retry, and the failed read had the call's whole budget: retries.py)."""
+        if followed.failed_reads:
+            return await self._api.get_job(followed.job_id, one_send())
+        return await self._api.get_job(followed.job_id)
+
     def _read_failed(self, followed: _Followed, exc: TransientApiError) -> None:
         """A read by id failed: read it by id again soon (no listing vouches for it any more:
         its watermark may have passed the job's end), until its own budget is spent."""
@@ -444,8 +455,8 @@ class JobWatch:
         if followed.failing_since is None:
             followed.failing_since = now
         failing_s = now - followed.failing_since
-        budget_s = _READ_BUDGET_INTERVALS * self._max_gap
-        if (followed.failed_reads >= _READ_FAILURES and failing_s >= budget_s) or (
+        budget_s = READ_BUDGET_INTERVALS * self._max_gap
+        if (followed.failed_reads >= READ_FAILURES and failing_s >= budget_s) or (
             now >= followed.deadline
         ):
             self._release(

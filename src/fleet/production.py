@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import anyio
 
-from fleet.client import Deployment, ModelOps
+from fleet.modelops import Deployment, ModelOps
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
 
