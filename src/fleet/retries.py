@@ -8,7 +8,7 @@ one account, whichever layer makes it: the client's retry loop, or the engine se
 a submission whose answer was lost (`settle`). No layer above the client goes round a call
 again, so these two numbers are the worst case of a call, not a factor of it.
 
-What is sent again (`retryable`; the client sorts the failures, `client.py`):
+What is sent again (`retryable`; `session.py` sorts the failures):
 
 - a GET that timed out, lost its connection, or was answered 408, 429 or any 5xx;
 - a POST only when nothing can have been applied: refused with 429 or 503

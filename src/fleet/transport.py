@@ -4,7 +4,7 @@ httpx-aiohttp maps every `aiohttp.ClientConnectionError`, a server that hung up 
 the request included, to `httpx.ConnectTimeout`, which the client reads as "never sent" and
 may send again: a POST would then be applied twice. `Transport` sorts them as the client
 relies on: only a connection that was never made is a connect error; any other failure is a
-read error, whose outcome is unknown. It speaks httpx's exceptions only; `client.py` turns
+read error, whose outcome is unknown. It speaks httpx's exceptions only; `session.py` turns
 them into fleet's.
 
 aiohttp's pool costs 0.33 ms of CPU per request against httpcore's 1.1-1.35 ms (measured on
