@@ -11,12 +11,12 @@ import pytest
 
 from cli_support import clean_env
 from fleet import cli, sim
+from fleet.command_line import build_parser, sim_settings
 from fleet.errors import ConfigError
 
 
 def settings_of(*flags: str, command: str = "sim") -> sim.SimSettings:
-    args = cli._parser().parse_args([command, *flags])
-    return cli._sim_settings(args)
+    return sim_settings(build_parser().parse_args([command, *flags]))
 
 
 @pytest.mark.parametrize("command", ["sim", "demo"])
