@@ -140,7 +140,7 @@ def test_default_limits_scale_with_the_fleet() -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(180)  # ~20 s alone; the margin is for a machine busy with other tests
+@pytest.mark.timeout(180)  # ~10 s alone; the margin is for a machine busy with other tests
 def test_bench_runs_fleet_two_nights_and_the_baseline(tmp_path: Path) -> None:
     """A small benchmark run writes every figure for fleet, its first night and the baseline."""
     out = tmp_path / "bench.json"
@@ -151,9 +151,9 @@ def test_bench_runs_fleet_two_nights_and_the_baseline(tmp_path: Path) -> None:
             sys.executable,
             str(ROOT / "bench" / "run.py"),
             *("--models", str(MODELS), "--nights", "2", "--json", str(out)),
-            # Polls every 50 simulated seconds keep the two processes off a busy machine's
-            # cores; at 500x a night takes about 4 real seconds.
-            *("--time-scale", "500", "--poll-interval", "50", *limits),
+            # A poll every 200 simulated seconds is one every 0.1 real s, which keeps the two
+            # processes off a busy machine's cores; at 2000x a night takes about 2 real seconds.
+            *("--time-scale", "2000", "--poll-interval", "200", *limits),
             *("--workdir", str(tmp_path / "work")),
             # The default emulator, said out loud: the flag reaches it and is recorded.
             "--sim-arg=--profile=default",
@@ -303,8 +303,8 @@ def test_torture_smoke_three_kills_into_a_faulty_night(tmp_path: Path) -> None:
             sys.executable,
             str(ROOT / "bench" / "torture.py"),
             *("--models", "20", "--kills", "3", "--seeds", "7", "--json", str(out)),
-            # 500x with a poll every 50 simulated seconds: a night in a few real seconds.
-            *("--time-scale", "500", "--poll-interval", "50", "--limit", "20"),
+            # 1000x with a poll every 100 simulated seconds: a night in a few real seconds.
+            *("--time-scale", "1000", "--poll-interval", "100", "--limit", "20"),
             *("--job-error-rate", "0.05", "--timeout", "100"),
             # Faults on POSTs only: the answers whose loss could submit a job twice.
             "--sim-arg=--fault-methods=POST",

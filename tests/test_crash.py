@@ -2,7 +2,8 @@
 
 `fleet sim` runs in its own process on loopback and `fleet run` is killed and started again
 around it; the emulator's `max_jobs_per_model_and_type` says whether anything was submitted
-twice. Tests react to the lines fleet prints (its JSON events), never to the clock.
+twice. Tests react to the lines fleet prints (its JSON events), never to the clock. What only
+reads the state file afterwards (`fleet status`, a refused `--resume`) runs in-process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -28,6 +30,9 @@ from cli_support import (
     sim_stats,
     start,
 )
+
+if TYPE_CHECKING:
+    from conftest import FleetHere
 
 pytestmark = pytest.mark.e2e
 
@@ -74,12 +79,14 @@ def test_torture_random_sigkills_never_submit_twice(tmp_path: Path) -> None:
     assert _integrity(tmp_path / "fleet.db") == "ok"
 
 
-def test_sigkill_after_the_server_applied_a_post_before_its_answer(tmp_path: Path) -> None:
+def test_sigkill_after_the_server_applied_a_post_before_its_answer(
+    tmp_path: Path, fleet_here: FleetHere
+) -> None:
     """The POST is applied, fleet dies before the answer: the restart adopts, never resends."""
     with emulator(
         tmp_path,
         "--models", "3", "--time-scale", "5000",
-        "--delay-after-rate", "1", "--delay-after-s", "1.5", "--fault-methods", "POST",
+        "--delay-after-rate", "1", "--delay-after-s", "1", "--fault-methods", "POST",
     ) as url:  # fmt: skip
         proc = start(
             run_args(tmp_path, "n"),
@@ -90,11 +97,11 @@ def test_sigkill_after_the_server_applied_a_post_before_its_answer(tmp_path: Pat
         )
         assert events_until(proc, "fleet.stage.submitting", 1) == 1
         # The intent is committed; kill once the server has applied the POST (its answer is
-        # held back for 1.5 s, so fleet cannot have recorded the job id yet).
+        # held back for 1 s, so fleet cannot have recorded the job id yet).
         while sim_stats(url)["jobs_total"] == 0:
             assert proc.poll() is None
         kill(proc)
-        before = json.loads(fleet("status", "n", "--json", cwd=tmp_path).stdout)
+        before = json.loads(fleet_here("status", "n", "--json", cwd=tmp_path).out)
         states = {m["state"] for m in before["models"] if m["stage"] == "train"}
         assert "submitting" in states
         done = fleet(*run_args(tmp_path, "n"), cwd=tmp_path, env=run_env(url))
@@ -104,9 +111,11 @@ def test_sigkill_after_the_server_applied_a_post_before_its_answer(tmp_path: Pat
     assert stats["jobs_by_type"]["TRAINING"] == 3
 
 
-def test_sigterm_drains_within_the_grace_period_then_resumes(tmp_path: Path) -> None:
+def test_sigterm_drains_within_the_grace_period_then_resumes(
+    tmp_path: Path, fleet_here: FleetHere
+) -> None:
     """SIGTERM: nothing new is submitted, exit 143 well within the grace period; resume works."""
-    with emulator(tmp_path, "--models", "30", "--time-scale", "300") as url:
+    with emulator(tmp_path, "--models", "30", "--time-scale", "3000") as url:
         proc = start(
             [*run_args(tmp_path, "n"), "--grace-period", "20"],
             tmp_path,
@@ -126,7 +135,7 @@ def test_sigterm_drains_within_the_grace_period_then_resumes(tmp_path: Path) -> 
         assert isinstance(jobs_at_signal, int)
         assert isinstance(jobs_after, int)
         assert jobs_after - jobs_at_signal <= 30
-        status = json.loads(fleet("status", "n", "--json", cwd=tmp_path).stdout)
+        status = json.loads(fleet_here("status", "n", "--json", cwd=tmp_path).out)
         assert status["status"] == "interrupted"
         again = fleet(*run_args(tmp_path, "n"), cwd=tmp_path, env=run_env(url))
         stats = sim_stats(url)
@@ -149,7 +158,9 @@ def test_a_second_run_on_the_same_state_file_is_refused(tmp_path: Path) -> None:
     assert len(second.stderr.strip().splitlines()) == 1
 
 
-def test_fault_storm_finishes_every_model_that_can_finish(tmp_path: Path) -> None:
+def test_fault_storm_finishes_every_model_that_can_finish(
+    tmp_path: Path, fleet_here: FleetHere
+) -> None:
     """500s, 503s, 429s, dropped connections and ERROR jobs: no duplicates, exit 1, all ended."""
     args = [
         "--models", "60", "--time-scale", "3000", "--seed", "11",
@@ -159,7 +170,7 @@ def test_fault_storm_finishes_every_model_that_can_finish(tmp_path: Path) -> Non
     with emulator(tmp_path, *args) as url:
         done = fleet(*run_args(tmp_path, "storm"), cwd=tmp_path, env=run_env(url), timeout=300)
         stats = sim_stats(url)
-    status = json.loads(fleet("status", "storm", "--json", cwd=tmp_path).stdout)
+    status = json.loads(fleet_here("status", "storm", "--json", cwd=tmp_path).out)
     outcomes = [m["outcome"] for m in status["models"]]
     failed = [m for m in status["models"] if m["outcome"] == "failed"]
     assert done.returncode == 1, done.stderr
@@ -171,7 +182,9 @@ def test_fault_storm_finishes_every_model_that_can_finish(tmp_path: Path) -> Non
     assert min(faults["http_500"], faults["http_503"], faults["http_429"], faults["drop"]) > 0
 
 
-def test_an_outage_past_its_budget_stops_with_exit_3_and_resumes(tmp_path: Path) -> None:
+def test_an_outage_past_its_budget_stops_with_exit_3_and_resumes(
+    tmp_path: Path, fleet_here: FleetHere
+) -> None:
     """The server vanishes mid-run: fleet probes, gives up after outage_budget, state resumable."""
     with emulator(tmp_path, "--models", "10", "--time-scale", "100") as url:
         proc = start(
@@ -188,12 +201,14 @@ def test_an_outage_past_its_budget_stops_with_exit_3_and_resumes(tmp_path: Path)
     assert "budget" in err
     with pytest.raises(httpx.ConnectError):
         httpx.get(url)
-    status = json.loads(fleet("status", "n", "--json", cwd=tmp_path).stdout)
+    status = json.loads(fleet_here("status", "n", "--json", cwd=tmp_path).out)
     assert status["status"] == "aborted"
     assert TOKEN not in err
 
 
-def test_retry_failed_resume_and_the_failure_policy_from_the_command_line(tmp_path: Path) -> None:
+def test_retry_failed_resume_and_the_failure_policy_from_the_command_line(
+    tmp_path: Path, fleet_here: FleetHere
+) -> None:
     """--max-failures halts with exit 1; --retry-failed reruns failures; --resume needs one."""
     with emulator(
         tmp_path, "--models", "40", "--time-scale", "5000", "--job-error-rate", "0.2", "--seed", "9"
@@ -206,13 +221,13 @@ def test_retry_failed_resume_and_the_failure_policy_from_the_command_line(tmp_pa
         assert "stopped admitting models: 1 models failed" in halted.stderr
         first = fleet(*run_args(tmp_path, "n"), cwd=tmp_path, env=run_env(url))
         assert first.returncode == 1, first.stderr
-        failed_before = json.loads(fleet("status", "n", "--json", cwd=tmp_path).stdout)
+        failed_before = json.loads(fleet_here("status", "n", "--json", cwd=tmp_path).out)
         retried = fleet(
             "run", "--retry-failed", "n", "--config", str(tmp_path / "fleet.toml"),
             "--poll-interval", "0.05", cwd=tmp_path, env=run_env(url),
         )  # fmt: skip
-        after = json.loads(fleet("status", "n", "--json", cwd=tmp_path).stdout)
-        nothing = fleet(
+        after = json.loads(fleet_here("status", "n", "--json", cwd=tmp_path).out)
+        nothing = fleet_here(
             "run", "--resume", "--config", str(tmp_path / "fleet.toml"),
             cwd=tmp_path, env=run_env(url),
         )  # fmt: skip
@@ -221,6 +236,6 @@ def test_retry_failed_resume_and_the_failure_policy_from_the_command_line(tmp_pa
     assert retried.returncode in {0, 1}, retried.stderr
     assert count(after) < count(failed_before)
     assert any(len(m["attempts"]) > 1 for m in after["models"])
-    assert nothing.returncode == 2
-    assert "no unfinished run" in nothing.stderr
+    assert nothing.code == 2
+    assert "no unfinished run" in nothing.err
     assert stats["max_jobs_per_model_and_type"] <= 2  # a retried stage is a second attempt

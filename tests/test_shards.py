@@ -11,15 +11,19 @@ import subprocess
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cli_support import TOKEN, empty_config, emulator, fleet, run_args, sim_stats, start
+from cli_support import TOKEN, empty_config, emulator, run_args, sim_stats, start
 from fleet.models import Lifecycle, ModelSpec
 from fleet.selection import select
 from fleet.shards import Shard, shard_of
+
+if TYPE_CHECKING:
+    from conftest import FleetHere
 
 model_ids = st.sets(st.uuids().map(str), max_size=60)
 shard_counts = st.integers(min_value=1, max_value=40)
@@ -113,22 +117,25 @@ def test_each_shard_has_its_own_state_file_beside_the_configured_one(
 # -- end to end ------------------------------------------------------------------------------
 
 
-@pytest.mark.e2e
 @pytest.mark.parametrize("value", ["3/3", "x/2", "0/0", "-1/4"])
-def test_a_bad_shard_flag_is_one_line_and_exit_2(tmp_path: Path, value: str) -> None:
+def test_a_bad_shard_flag_is_one_line_and_exit_2(
+    tmp_path: Path, value: str, fleet_here: FleetHere
+) -> None:
     """`fleet run --shard` with a shard that cannot be: one line naming the flag, exit 2."""
-    done = fleet(
+    done = fleet_here(
         "run", "--config", str(empty_config(tmp_path)), "--shard", value,
         cwd=tmp_path, env={"FLEET_API__TOKEN": TOKEN},
     )  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    [line] = done.stderr.strip().splitlines()
+    assert done.code == 2, done.err
+    [line] = done.err.strip().splitlines()
     assert line.startswith("fleet: configuration error: shard (from flag --shard): ")
     assert not list(tmp_path.glob("*.db*"))
 
 
 @pytest.mark.e2e
-def test_two_shards_run_every_model_once_each_in_its_own_state_file(tmp_path: Path) -> None:
+def test_two_shards_run_every_model_once_each_in_its_own_state_file(
+    tmp_path: Path, fleet_here: FleetHere
+) -> None:
     """Two shards at once: each runs its own models in its own file, together all, none twice."""
     with emulator(tmp_path, "--models", "16", "--time-scale", "5000") as url:
         procs = [
@@ -148,23 +155,24 @@ def test_two_shards_run_every_model_once_each_in_its_own_state_file(tmp_path: Pa
     held = {}
     for k in (0, 1):
         db = tmp_path / f"fleet.shard-{k}-of-2.db"
-        status = fleet("status", "night", "--db", str(db), "--json", cwd=tmp_path)
-        assert status.returncode == 0, status.stderr
-        held[k] = {m["model_id"] for m in json.loads(status.stdout)["models"]}
+        status = fleet_here("status", "night", "--db", str(db), "--json", cwd=tmp_path)
+        assert status.code == 0, status.err
+        held[k] = {m["model_id"] for m in json.loads(status.out)["models"]}
         assert held[k] == {i for i in every if shard_of(i, 2) == k}
         assert held[k]
     assert held[0] | held[1] == every
     assert not held[0] & held[1]
-    merged = json.loads(fleet("status", "--db", "fleet.shard-*.db", "--json", cwd=tmp_path).stdout)
+    both = fleet_here("status", "--db", "fleet.shard-*.db", "--json", cwd=tmp_path)
+    merged = json.loads(both.out)
     assert {m["model_id"] for m in merged["models"]} == every
     assert merged["stages"]["retire"] == {"succeeded": 16}
     assert merged["warnings"] == []
-    plan = fleet(
+    plan = fleet_here(
         "plan", "--run-id", "night", "--shard", "1/2", "--models-file", "models.csv",
         "--config", str(empty_config(tmp_path)), "--json", cwd=tmp_path,
     )  # fmt: skip
-    assert plan.returncode == 0, plan.stderr
-    document = json.loads(plan.stdout)
+    assert plan.code == 0, plan.err
+    document = json.loads(plan.out)
     assert (document["shard"], document["db"]) == ("1/2", "fleet.shard-1-of-2.db")
     assert document["totals"] == {"skip": len(held[1])}
     assert "in shard 1/2" in document["run"]
