@@ -19,6 +19,7 @@ import httpx
 
 from fleet import scheduler, sim
 from fleet.batch import plan_of
+from fleet.breaker import Breaker
 from fleet.client import ModelOpsClient
 from fleet.config import load_settings
 from fleet.models import ModelEntry, ModelSpec
@@ -28,7 +29,7 @@ from fleet.settings import Settings
 from fleet.sim.behaviour import Behaviour
 from fleet.sim.records import Job
 from fleet.store import Store
-from fleet.throttle import Breaker, Throttle
+from fleet.throttle import Throttle
 
 BASE_URL = "http://localhost/modelops/core"
 

@@ -25,7 +25,7 @@ from fleet.cli import main
 from fleet.config import load_settings
 from fleet.errors import ConfigError
 from fleet.inputs import RUN_ID, check_run_id
-from fleet.scheduler import new_run_id
+from fleet.plan import new_run_id
 
 PROJECT = "5f1a3c9e-8d2b-4e7a-9c61-0f2d4b8a7e13"
 MODEL = "088d1992-06bc-46cc-9f92-c2a1c2b03ca9"

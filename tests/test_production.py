@@ -9,8 +9,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from fleet.client import Deployment
 from fleet.errors import TransientApiError
+from fleet.modelops import Deployment
 from fleet.production import Production
 
 EPOCH = datetime(2026, 11, 25, tzinfo=UTC)

@@ -8,7 +8,6 @@ Pushgateway URL with a password in the settings: neither reaches the state file,
 from __future__ import annotations
 
 import json
-import random
 import stat
 import time
 from pathlib import Path
@@ -18,12 +17,14 @@ import httpx
 import pytest
 
 from fleet import scheduler, sim
-from fleet.client import ModelOpsClient, RetryPolicy
+from fleet.batch import plan_of
+from fleet.client import ModelOpsClient
 from fleet.metrics import RunFigures, write_textfile
 from fleet.report import render
 from fleet.report.model import FORMATS, build_report
 from fleet.report.statefiles import StateFiles
 from fleet.report.status import status_document
+from fleet.retries import RetryPolicy
 from fleet.secrets import REDACTED, Redactor
 from fleet.sim.behaviour import Behaviour
 from fleet.store import Store
@@ -93,13 +94,10 @@ async def test_an_echoed_token_and_a_url_password_reach_no_file_status_or_report
         settings = settings_for(env, db, pushgateway=PUSHGATEWAY)
         async with Store.open(db) as store:
             result = await scheduler.run(
-                settings,
+                plan_of(settings, run_id="night"),
                 env.api,
                 store,
-                run_id="night",
-                sleep=env.time.sleep,
-                clock=env.time.monotonic,
-                rng=random.Random(7),
+                controls=scheduler.Controls(sleep=env.time.sleep, clock=env.time.monotonic),
             )
             while_open = _files(db.parent)  # the WAL holds the night's commits now
     assert "fleet.db-wal" in while_open

@@ -7,7 +7,6 @@ leaves on disk (every commit is in the file or its WAL, nothing is checkpointed 
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import sqlite3
 import stat
@@ -19,6 +18,7 @@ import anyio
 import pytest
 
 from fleet import guard, scheduler
+from fleet.batch import plan_of
 from fleet.errors import StoreError
 from fleet.models import Lifecycle, ModelSpec
 from fleet.records import StageRecord
@@ -265,13 +265,10 @@ async def test_a_night_whose_file_is_deleted_submits_nothing_more(tmp_path: Path
         with pytest.raises(StoreError, match=r"fleet\.db was deleted while fleet ran"):
             async with Store.open(db) as store:
                 await scheduler.run(
-                    settings,
+                    plan_of(settings, run_id="night"),
                     env.api,
                     store,
-                    run_id="night",
-                    sleep=sleep,
-                    clock=env.time.monotonic,
-                    rng=random.Random(7),
+                    controls=scheduler.Controls(sleep=sleep, clock=env.time.monotonic),
                 )
         assert at_deletion
         # At most the two models in flight had an intent committed before the look.

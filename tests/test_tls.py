@@ -7,8 +7,9 @@ import pytest
 import trustme
 
 from fleet import sim
-from fleet.client import ModelOpsClient, RetryPolicy
+from fleet.client import ModelOpsClient
 from fleet.errors import ApiError, TransientApiError
+from fleet.retries import RetryPolicy
 from support import InstantTime
 
 if TYPE_CHECKING:

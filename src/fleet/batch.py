@@ -25,6 +25,7 @@ import anyio
 import structlog
 
 from fleet import scheduler
+from fleet.breaker import Breaker
 from fleet.client import ModelOpsClient
 from fleet.errors import ConfigError
 from fleet.metrics import figures_of, publish, push_timeout
@@ -40,7 +41,7 @@ from fleet.selection import Selection, chosen_models
 from fleet.settings import Settings
 from fleet.stages import FINISHED_RUNS, STAGE_ORDER, Stage
 from fleet.store import Store
-from fleet.throttle import Breaker, Throttle
+from fleet.throttle import Throttle
 
 log = structlog.get_logger("fleet.batch")
 

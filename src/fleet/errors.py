@@ -23,7 +23,8 @@ Outside the tree, `RunAborted` is the engine's own signal, never seen by a calle
 task raises it to stop its project (a rejected token), with the FleetError as its cause, and
 the scheduler hands that cause on.
 
-`client.py` is the only module that catches httpx exceptions; `store.py` and `schema.py` the
+`session.py` is the only module that turns httpx exceptions into fleet's (`transport.py` sorts
+httpx's own, `auth.py` maps its token request's); `store.py` and `schema.py` the
 only ones that catch sqlite3 exceptions. Above them, code speaks this tree only.
 """
 
