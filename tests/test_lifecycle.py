@@ -21,6 +21,7 @@ from fleet.models import Lifecycle
 from fleet.progress import Progress
 from fleet.project_run import RunScope, project_run, transition
 from fleet.records import ModelRecord
+from fleet.retries import Account, RetryPolicy
 from fleet.stages import ALLOWED, STAGE_ORDER, Outcome, Stage, StageState
 from fleet.store import Store
 from support import Emulated, emulated, settings_for
@@ -135,7 +136,9 @@ async def test_a_lost_post_response_is_reconciled_not_resent(tmp_path: Path) -> 
     class LosesFirstAnswer(_Through):
         lost = False
 
-        async def train(self, model_id: str, request: TrainRequest) -> Job:
+        async def train(
+            self, model_id: str, request: TrainRequest, account: Account | None = None
+        ) -> Job:
             await self._env.api.train(model_id, request)
             if not self.lost:
                 self.lost = True
@@ -157,7 +160,9 @@ async def test_a_lost_deploy_answer_adopts_the_deploy_job_not_its_scoring_job(
     same model and version: the job adopted is the deployment job, which names a deployment."""
 
     class LosesDeployAnswer(_Through):
-        async def deploy(self, trained_model_id: str, request: DeployRequest) -> Job:
+        async def deploy(
+            self, trained_model_id: str, request: DeployRequest, account: Account | None = None
+        ) -> Job:
             await self._env.api.deploy(trained_model_id, request)
             self._env.time.clock.advance(120.0)  # the deployment opens, its scoring job starts
             raise OutcomeUnknown("POST /deploy: no response (ReadTimeout)", method="POST")
@@ -177,10 +182,13 @@ async def test_a_lost_deploy_answer_adopts_the_deploy_job_not_its_scoring_job(
 async def test_a_submission_the_server_never_applied_fails_with_its_last_answer(
     tmp_path: Path,
 ) -> None:
-    """Three 500s and no job on the server: the stage fails, keeping the server's words."""
+    """500s and no job on the server: sent `api.retry_attempts` times in all, the stage fails,
+    keeping the server's words."""
 
     class Fails500(_Through):
-        async def train(self, model_id: str, request: TrainRequest) -> Job:
+        async def train(
+            self, model_id: str, request: TrainRequest, account: Account | None = None
+        ) -> Job:
             self.sends += 1
             raise OutcomeUnknown(
                 "POST /train: HTTP 500: dataset connection refused", method="POST", status=500
@@ -192,7 +200,7 @@ async def test_a_submission_the_server_never_applied_fails_with_its_last_answer(
         outcome = await _run_model(_context(env, store), model, STAGE_ORDER, api)
         error = (await store.models("r1"))[0].stages[Stage.TRAIN].error
     assert outcome.value == "failed"
-    assert api.sends == 3
+    assert api.sends == RetryPolicy().attempts  # one account for every send of the submission
     assert error is not None
     assert "has no record of it" in error
     assert "HTTP 500: dataset connection refused" in error
@@ -205,7 +213,9 @@ async def test_a_job_of_another_model_is_refused(tmp_path: Path, names_model: bo
     #5); nothing is evaluated, deployed or retired on its word."""
 
     class AnswersWithAnother(_Through):
-        async def train(self, model_id: str, request: TrainRequest) -> Job:
+        async def train(
+            self, model_id: str, request: TrainRequest, account: Account | None = None
+        ) -> Job:
             others = [m.id for m in self._env.world.models() if m.id != model_id]
             job = await self._env.api.train(others[0], request)
             return replace(job, model_id=others[0] if names_model else None)
@@ -227,7 +237,9 @@ async def test_a_lost_post_that_created_nothing_is_sent_again(tmp_path: Path) ->
     """When the server has no job after a lost answer, fleet submits once more, and only once."""
 
     class FailsFirstSend(_Through):
-        async def train(self, model_id: str, request: TrainRequest) -> Job:
+        async def train(
+            self, model_id: str, request: TrainRequest, account: Account | None = None
+        ) -> Job:
             self.sends += 1
             if self.sends == 1:
                 raise OutcomeUnknown("POST /train: HTTP 502", method="POST", status=502)
@@ -247,7 +259,9 @@ async def test_a_lost_approval_answer_is_checked_not_repeated(tmp_path: Path) ->
     """An approve whose answer is lost but which the server applied is not sent again."""
 
     class LosesApproval(_Through):
-        async def approve(self, trained_model_id: str, comments: str) -> object:
+        async def approve(
+            self, trained_model_id: str, comments: str, account: Account | None = None
+        ) -> object:
             self.sends += 1
             await self._env.api.approve(trained_model_id, comments)
             raise OutcomeUnknown("POST /approve: no response", method="POST")
@@ -349,7 +363,9 @@ async def test_a_stage_failing_after_its_job_ran_keeps_its_attempt_job_and_log(
 class _LosesFirstTrain(_Through):
     """The first train request is lost on its way: the server never applies it."""
 
-    async def train(self, model_id: str, request: TrainRequest) -> Job:
+    async def train(
+        self, model_id: str, request: TrainRequest, account: Account | None = None
+    ) -> Job:
         self.sends += 1
         if self.sends == 1:
             raise OutcomeUnknown("POST /train: no response", method="POST")

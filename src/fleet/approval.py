@@ -17,11 +17,10 @@ from fleet.errors import OutcomeUnknown
 from fleet.jobs import (
     FOUND_AFTER_LOSS,
     FOUND_AFTER_RESTART,
-    UNKNOWN_OUTCOME_TRIES,
     open_attempt,
     unknown_outcome,
 )
-from fleet.modelops import latest_metrics
+from fleet.modelops import Event, latest_metrics
 from fleet.project_run import (
     ProjectRun,
     StageFailed,
@@ -31,6 +30,7 @@ from fleet.project_run import (
     transition,
 )
 from fleet.records import APPROVED, REJECTED, ModelRecord, StageRecord
+from fleet.retries import settle
 from fleet.stages import STARTABLE, Stage, StageState
 
 log = structlog.get_logger("fleet.lifecycle")
@@ -54,23 +54,23 @@ async def approve(
         call = ctx.api.reject if verdict == "REJECTED" else ctx.api.approve
         comment = str(record.data.get("comment") or model.spec.lifecycle.approval_comments)
 
-        async def done() -> bool:
-            events = await api_call(ctx, lambda: ctx.api.events(trained_model_id))
-            return any(e.status == verdict for e in events)
+        async def applied() -> Event | None:
+            events = await api_call(lambda: ctx.api.events(trained_model_id))
+            return next((e for e in events if e.status == verdict), None)
 
-        if resumed and await done():
+        if resumed and await applied() is not None:
             return await transition(ctx, record, S.SUCCEEDED, detail=FOUND_AFTER_RESTART)
-        lost: OutcomeUnknown | None = None
-        for _ in range(UNKNOWN_OUTCOME_TRIES):
-            try:
-                await api_call(ctx, lambda: call(trained_model_id, comment))
-            except OutcomeUnknown as exc:
-                lost = exc
-                if await done():
-                    return await transition(ctx, record, S.SUCCEEDED, detail=FOUND_AFTER_LOSS)
-                continue
-            return await transition(ctx, record, S.SUCCEEDED, detail=comment)
-        raise StageFailed(unknown_outcome(lost))
+        try:
+            _, found = await settle(
+                lambda account: api_call(lambda: call(trained_model_id, comment, account)),
+                applied,
+                ctx.api.retry_account(),
+            )
+        except OutcomeUnknown as lost:
+            raise StageFailed(unknown_outcome(lost)) from lost
+        return await transition(
+            ctx, record, S.SUCCEEDED, detail=FOUND_AFTER_LOSS if found else comment
+        )
 
 
 async def _decide(
@@ -111,7 +111,7 @@ async def _metrics_of(
     evaluated = records.get(Stage.EVALUATE)
     if evaluated is not None and evaluated.data.get("metrics"):
         return dict(evaluated.data["metrics"])
-    events = await api_call(ctx, lambda: ctx.api.events(trained_model_id))
+    events = await api_call(lambda: ctx.api.events(trained_model_id))
     return latest_metrics(events) or {}
 
 
@@ -125,7 +125,7 @@ async def _champion(
         return None, None
     champion_id = others[-1].trained_model_id
     assert champion_id is not None
-    events = await api_call(ctx, lambda: ctx.api.events(champion_id))
+    events = await api_call(lambda: ctx.api.events(champion_id))
     return champion_id, latest_metrics(events) or {}
 
 

@@ -30,15 +30,13 @@ from fleet.project_run import (
 )
 from fleet.reconcile import SERVER_SINCE, find_submitted
 from fleet.records import ModelRecord, StageRecord
+from fleet.retries import Account, settle
 from fleet.stages import JOB_NOUNS, STARTABLE, Stage, StageState
 
 S = StageState
 _R = TypeVar("_R")
 # Re-reads of a finished job's result start this far apart, doubling up to `poll_interval`.
 _RESULT_FIRST_GAP_S = 1.0
-# A submission whose answer is lost is looked for on the server and, if absent, sent again,
-# this many times in all.
-UNKNOWN_OUTCOME_TRIES = 3
 _UNKNOWN_OUTCOME_FAILURE = "the server did not answer the submission and has no record of it"
 FOUND_AFTER_RESTART = "found on the server after restart"
 FOUND_AFTER_LOSS = "found on the server after a lost response"
@@ -56,7 +54,7 @@ class RemoteJob:
     and job id needs no job any more.
     """
 
-    submit: Callable[[], Awaitable[Job]]
+    submit: Callable[[Account], Awaitable[Job]]
     trained_model_id: str | None
     deployment_id: str | None = None
     before: Callable[[], Awaitable[dict[str, Any]]] | None = None
@@ -151,24 +149,27 @@ async def _submit(
     ctx: ProjectRun,
     model: ModelRecord,
     record: StageRecord,
-    submit: Callable[[], Awaitable[Job]],
+    submit: Callable[[Account], Awaitable[Job]],
     trained_model_id: str | None,
 ) -> tuple[StageRecord, datetime | None]:
-    """Send the stage's job; the record with its job id, and when the server created it."""
-    lost: OutcomeUnknown | None = None
-    for _ in range(UNKNOWN_OUTCOME_TRIES):
-        try:
-            job = await api_call(ctx, submit)
-        except OutcomeUnknown as exc:
-            # The server may have created the job: look before sending it again.
-            lost = exc
-            found = await find_submitted(ctx, model, record, trained_model_id)
-            if found is not None:
-                return await _submitted(ctx, record, found, FOUND_AFTER_LOSS), None
-            continue
-        _check_owner(record, job, model.spec.id, trained_model_id)
-        return await _submitted(ctx, record, job, None), job.created_at
-    raise StageFailed(unknown_outcome(lost))
+    """Send the stage's job; the record with its job id, and when the server created it.
+
+    A lost answer is looked for on the server before the request goes again, and it goes
+    again only from the same call's account (`retries.settle`)."""
+
+    async def find() -> Job | None:
+        return await find_submitted(ctx, model, record, trained_model_id)
+
+    try:
+        job, found = await settle(
+            lambda account: api_call(lambda: submit(account)), find, ctx.api.retry_account()
+        )
+    except OutcomeUnknown as lost:
+        raise StageFailed(unknown_outcome(lost)) from lost
+    if found:
+        return await _submitted(ctx, record, job, FOUND_AFTER_LOSS), None
+    _check_owner(record, job, model.spec.id, trained_model_id)
+    return await _submitted(ctx, record, job, None), job.created_at
 
 
 def unknown_outcome(lost: OutcomeUnknown | None) -> str:
@@ -236,7 +237,7 @@ async def _follow(ctx: ProjectRun, record: StageRecord, created_at: datetime | N
             job_id, created_at, record.stage.value, expected, age_s=age, timeout_s=timeout
         )
 
-    done = await api_call(ctx, finished)
+    done = await api_call(finished)
     if done is None:
         # Draining: the job goes on without us; the next start follows it again.
         raise Paused
@@ -278,7 +279,7 @@ async def job_result(ctx: ProjectRun, read: Callable[[], Awaitable[_R | None]], 
     started = ctx.clock()
     gap = _RESULT_FIRST_GAP_S
     while True:
-        found = await api_call(ctx, read)
+        found = await api_call(read)
         if found is not None:
             return found
         if ctx.clock() - started >= ctx.plan.result_wait:

@@ -43,6 +43,7 @@ from fleet.project_run import (
     transition,
 )
 from fleet.records import ModelRecord, StageRecord, version_rejected
+from fleet.retries import Account
 from fleet.stages import DONE, FINISHED, STAGE_ORDER, Outcome, Stage, StageState
 
 log = structlog.get_logger("fleet.lifecycle")
@@ -120,8 +121,8 @@ async def _train(
         docker_image=spec.docker_image,
     )
 
-    async def submit() -> Job:
-        return await ctx.api.train(model.spec.id, request)
+    async def submit(account: Account) -> Job:
+        return await ctx.api.train(model.spec.id, request, account)
 
     return await job_stage(ctx, model, record, RemoteJob(submit, trained_model_id=None))
 
@@ -138,8 +139,8 @@ async def _evaluate(
         docker_image=spec.docker_image,
     )
 
-    async def submit() -> Job:
-        return await ctx.api.evaluate(trained_model_id, request)
+    async def submit(account: Account) -> Job:
+        return await ctx.api.evaluate(trained_model_id, request, account)
 
     async def finish(done: StageRecord) -> StageRecord:
         job_id = done.job_id
@@ -175,7 +176,7 @@ async def _adopt(
         version = active[-1].trained_model_id if active else None
         how = "deployed"
     else:
-        versions = await api_call(ctx, lambda: ctx.api.versions(model.spec.id))
+        versions = await api_call(lambda: ctx.api.versions(model.spec.id))
         version = _latest_usable(versions)
         how = "latest"
     if version is None:
@@ -218,8 +219,8 @@ async def _deploy(
         publish_only=spec.publish_only,
     )
 
-    async def submit() -> Job:
-        return await ctx.api.deploy(trained_model_id, request)
+    async def submit(account: Account) -> Job:
+        return await ctx.api.deploy(trained_model_id, request, account)
 
     async def before() -> dict[str, Any]:
         # What is in production now is what `retire_mode = "previous"` retires afterwards.
@@ -266,7 +267,7 @@ async def _deploy(
 async def _scoring(ctx: ProjectRun, deployment_id: str) -> dict[str, Any]:
     """The scoring job a `cron = "@once"` deployment started, if the server shows one."""
     try:
-        jobs = await api_call(ctx, lambda: ctx.api.scoring_jobs(deployment_id))
+        jobs = await api_call(lambda: ctx.api.scoring_jobs(deployment_id))
     except StageFailed as failed:
         # A server without the finder (older than the 7.1.2 client), or one that refuses it:
         # the deployment stands; the scoring job is only not followed.
@@ -290,11 +291,11 @@ async def _retire(
         scored = await _scored(ctx, records[Stage.DEPLOY], dep_id)
         record = replace(record, data={**record.data, **scored})
 
-    async def submit() -> Job:
-        return await ctx.api.retire(tm_id, dep_id)
+    async def submit(account: Account) -> Job:
+        return await ctx.api.retire(tm_id, dep_id, account)
 
     async def retired() -> bool:
-        active = await api_call(ctx, lambda: ctx.api.deployments_of_version(tm_id))
+        active = await api_call(lambda: ctx.api.deployments_of_version(tm_id))
         return all(d.id != dep_id for d in active)
 
     async def finish(done: StageRecord) -> StageRecord:
@@ -349,7 +350,7 @@ async def _scored(ctx: ProjectRun, deployed: StageRecord, deployment_id: str) ->
         return {}
     timeout = ctx.plan.job_timeouts.get("score", math.inf)
     done = await api_call(
-        ctx, lambda: ctx.jobs.finished(str(job_id), None, "score", None, timeout_s=timeout)
+        lambda: ctx.jobs.finished(str(job_id), None, "score", None, timeout_s=timeout)
     )
     if done is None:
         raise Paused

@@ -61,8 +61,6 @@ _EVENTS: dict[StageState, str] = {
 }
 # What is in production is read for all models at most this often (seconds of `clock`).
 _PRODUCTION_TTL_S = 5.0
-# Rounds of a call that keeps failing transiently (each after the client's own retries).
-_TRANSIENT_ROUNDS = 5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,7 +192,7 @@ def stop_if_draining(ctx: ProjectRun) -> None:
 
 async def in_production(ctx: ProjectRun, model: ModelRecord) -> list[Deployment]:
     """The model's deployments in production, oldest first (shared reads; see production.py)."""
-    return await api_call(ctx, lambda: ctx.production.of_model(model.spec.id))
+    return await api_call(lambda: ctx.production.of_model(model.spec.id))
 
 
 def trained_model(records: Mapping[Stage, StageRecord]) -> str:
@@ -227,29 +225,25 @@ def duration(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-async def api_call(ctx: ProjectRun, call: Callable[[], Awaitable[_T]]) -> _T:
+async def api_call(call: Callable[[], Awaitable[_T]]) -> _T:
     """Make an API call for one model, sorting its failures by whom they concern.
 
-    A rejected token, or a server down past the outage budget, stops the run. A refusal or an
-    unreadable answer fails this model. A transient failure that outlived the client's own
-    retries while the rest of the server works is tried again a few rounds, a poll interval
-    apart, before it fails the model. Unknown POST outcomes go back to the caller to reconcile.
-    A 409 was already tried again by the client (nothing was applied): it fails the model.
+    A rejected token, or a server down past the outage budget, stops the run. A refusal, an
+    unreadable answer, or a transient failure that outlived its call's retry budget (the
+    client sent it as often as `retries.py` allows; the engine never sends it again) fails
+    this model, for `--retry-failed` to reopen. Unknown POST outcomes go back to the caller
+    to settle (`retries.settle`). A 409 was already tried again by the client (nothing was
+    applied): it fails the model.
     """
-    for _ in range(_TRANSIENT_ROUNDS):
-        try:
-            return await call()
-        except AuthError as exc:
-            raise RunAborted(str(exc)) from exc
-        except (OutcomeUnknown, ServerUnavailable):
-            raise
-        except Conflict as exc:
-            raise StageFailed(f"the server kept refusing it as a conflict: {exc}") from exc
-        except TransientApiError as exc:
-            last = exc
-            log.warning("fleet.call.transient", error=str(exc))
-            await ctx.sleep(ctx.plan.poll_interval)
-            stop_if_draining(ctx)
-        except (PermanentApiError, ProtocolError) as exc:
-            raise StageFailed(str(exc)) from exc
-    raise StageFailed(f"the server kept failing: {last}")
+    try:
+        return await call()
+    except AuthError as exc:
+        raise RunAborted(str(exc)) from exc
+    except (OutcomeUnknown, ServerUnavailable):
+        raise
+    except Conflict as exc:
+        raise StageFailed(f"the server kept refusing it as a conflict: {exc}") from exc
+    except TransientApiError as exc:
+        raise StageFailed(f"the server kept failing: {exc}") from exc
+    except (PermanentApiError, ProtocolError) as exc:
+        raise StageFailed(str(exc)) from exc

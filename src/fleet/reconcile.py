@@ -81,7 +81,7 @@ async def _find_training(ctx: ProjectRun, model: ModelRecord, window: _Window) -
     model created since it (a version is written when its training ends, so its own date
     says little about when the job was sent)."""
     since = window.since
-    versions = await api_call(ctx, lambda: ctx.api.versions(model.spec.id))
+    versions = await api_call(lambda: ctx.api.versions(model.spec.id))
     made = sorted(
         (
             v
@@ -95,7 +95,7 @@ async def _find_training(ctx: ProjectRun, model: ModelRecord, window: _Window) -
         reverse=True,
     )
     for version in made[:_TRAINING_CANDIDATES]:
-        job = await api_call(ctx, partial(ctx.api.get_job, str(version.job_id)))
+        job = await api_call(partial(ctx.api.get_job, str(version.job_id)))
         if (
             job.id == version.job_id
             and job.model_id in {None, model.spec.id}
