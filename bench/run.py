@@ -26,7 +26,6 @@ import os
 import platform
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,7 @@ STATUS_ROUTES = (
 )
 AIRFLOW_PARALLELISM = 32
 START_TIMEOUT_S = 60.0
+_ANNOUNCED = "ModelOps emulator on "
 
 
 class BenchError(Exception):
@@ -76,12 +76,6 @@ class Usage:
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
     return env | {"FLEET_API__TOKEN": TOKEN}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_measured(proc: subprocess.Popen[bytes], timeout_s: float) -> Usage:
@@ -132,34 +126,34 @@ class Emulator:
         self.root = ""
 
     def __enter__(self) -> Self:
-        for _ in range(3):  # another process may take the free port before the emulator does
-            port = free_port()
-            with self._log.open("ab") as log:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "fleet", "sim", "--port", str(port), *self._command],
-                    cwd=self.workdir,
-                    env=child_env(),
-                    stdout=log,
-                    stderr=log,
-                )
-            self.root = f"http://127.0.0.1:{port}"
-            if self._answers():
-                return self
-        raise BenchError(f"the emulator did not start; see {self._log}")
+        # Port 0: the emulator binds a free port itself and prints its URL, so two benchmarks
+        # at once (tests under xdist) can never race for one port or reach each other's.
+        with self._log.open("ab") as log:
+            start = log.tell()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fleet", "sim", "--port", "0", *self._command],
+                cwd=self.workdir,
+                env=child_env(),
+                stdout=log,
+                stderr=log,
+            )
+        self.root = self._announced_root(start)
+        return self
 
-    def _answers(self) -> bool:
+    def _announced_root(self, start: int) -> str:
+        """`http://127.0.0.1:PORT` from the emulator's "ModelOps emulator on URL" line."""
         assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.root}/_sim/stats", timeout=5).status_code == 200:  # noqa: PLR2004
-                    return True
-            time.sleep(0.1)
-        self.proc.kill()
-        self.proc.wait()
-        return False
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with self._log.open("rb") as log:
+                log.seek(start)
+                for line in log.read().decode(errors="replace").splitlines():
+                    if _ANNOUNCED in line:
+                        url = line.split(_ANNOUNCED, 1)[1].split()[0]
+                        return url.removesuffix("/modelops/core")
+            time.sleep(0.05)
+        self.__exit__()
+        raise BenchError(f"the emulator did not start; see {self._log}")
 
     @property
     def url(self) -> str:
