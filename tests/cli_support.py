@@ -1,7 +1,15 @@
-"""Helpers for end-to-end tests: `fleet` subprocesses and `fleet sim` on loopback."""
+"""Helpers for the CLI's tests: the emulator served in this process, and, for the few
+end-to-end tests, `fleet` subprocesses and `fleet sim` on loopback.
+
+A test of what a command does runs `fleet.cli.main` in this process (conftest's `fleet_here`)
+against `emulator_here`: the emulator on loopback HTTP from a thread of its own, since `main`
+runs its own event loop in this one. `afresh` runs each such command as if in a process of
+its own: its loggers as its flags configure them, its redactor knowing only its own secrets.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -9,9 +17,21 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import structlog
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from fleet import sim
+from fleet.secrets import redactor
+from fleet.sim import build
+from fleet.sim.clock import ManualClock
+
+if TYPE_CHECKING:
+    from conftest import FleetHere, Ran
 
 TOKEN = "e2e-secret-token-3f9a"
 FAST = ["--poll-interval", "0.05", "--progress-interval", "0.5"]
@@ -137,3 +157,114 @@ def kill(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=10)
     if proc.stdout is not None:
         proc.stdout.close()
+
+
+# -- the emulator in this process ------------------------------------------------------------
+
+
+class Ticking(ManualClock):
+    """The emulator's time, moved on by each look at it: jobs end after enough requests,
+    however fast or slow the machine is."""
+
+    __slots__ = ("_step",)
+
+    def __init__(self, step_s: float = 30.0) -> None:
+        super().__init__()
+        self._step = step_s
+
+    def now(self) -> float:
+        self.advance(self._step)
+        return super().now()
+
+
+def ticking_build(
+    settings: sim.SimSettings, clock: sim.Clock | None = None
+) -> tuple[sim.World, Any]:
+    """`fleet.sim.build` on a `Ticking` clock: patched in for `fleet demo`, whose emulator
+    would otherwise run on the wall clock sped up."""
+    return build(settings, clock if clock is not None else Ticking())
+
+
+@dataclass(frozen=True)
+class Served:
+    """An emulator serving on `url` from its own thread; `stats()` reads it there."""
+
+    url: str
+    world: sim.World
+    portal: BlockingPortal
+
+    def stats(self) -> dict[str, Any]:
+        return self.portal.call(self.world.stats)
+
+
+@contextmanager
+def emulator_here(
+    tmp_path: Path, settings: sim.SimSettings, *, models_csv: str | None = "models.csv"
+) -> Iterator[Served]:
+    """The emulator of `settings` on a free loopback port, served over HTTP by an event loop
+    in a thread of this process, on a `Ticking` clock; its models written to `models_csv`
+    (as `fleet sim --models-csv` does) unless None."""
+    world, app = build(settings, Ticking())
+    if models_csv is not None:
+        write_models_csv(tmp_path / models_csv, world)
+    with (
+        start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(sim.serve(app)) as url,
+    ):
+        yield Served(url, world, portal)
+
+
+def write_models_csv(path: Path, world: sim.World) -> None:
+    """The world's models, each with its datasets: what `--models-file` reads."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "name", "train_dataset_id", "evaluate_dataset_id"])
+        datasets = (world.train_dataset_id, world.eval_dataset_id)
+        writer.writerows((model.id, model.name, *datasets) for model in world.models())
+
+
+@contextmanager
+def loggers_reassembled() -> Iterator[None]:
+    """fleet's module loggers assembled afresh from the configuration of the moment, before
+    and after the block, and structlog's defaults back after it.
+
+    fleet configures structlog with `cache_logger_on_first_use`: a module's logger keeps the
+    configuration of its first use for the life of the process. An in-process `fleet run
+    --log-level warning` would leave every later run of the process without its info lines,
+    and a later `capture_logs` without the events of those loggers.
+    """
+    _uncache_loggers()
+    try:
+        yield
+    finally:
+        _uncache_loggers()
+        structlog.reset_defaults()
+
+
+def afresh(fleet_here: FleetHere) -> FleetHere:
+    """conftest's `fleet_here`, each command as in a process of its own: it logs as its own
+    flags say (`loggers_reassembled`), and the process-wide redactor knows only the secrets
+    it learns, so an earlier command's cannot hide one this command fails to redact."""
+
+    def run(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> Ran:
+        redactor.forget()
+        try:
+            with loggers_reassembled():
+                return fleet_here(*argv, cwd=cwd, env=env)
+        finally:
+            redactor.forget()
+
+    return run
+
+
+_LAZY_LOGGER = type(structlog.get_logger())
+
+
+def _uncache_loggers() -> None:
+    for name, module in list(sys.modules.items()):
+        if name.partition(".")[0] != "fleet" or module is None:
+            continue
+        for value in vars(module).values():
+            if isinstance(value, _LAZY_LOGGER):
+                # The cache is the `bind` the proxy set on itself at first use.
+                vars(value).pop("bind", None)

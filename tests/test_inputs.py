@@ -315,6 +315,7 @@ def test_an_empty_state_file_to_read_is_named_as_empty(
 
 # -- Ctrl-C during start-up ------------------------------------------------------------------
 
+# A process of its own: what is tested is a fresh interpreter's imports, interrupted.
 # Sends SIGINT to itself when `module` is first imported: in the middle of fleet's imports,
 # where no signal handler of fleet's is installed yet. Deterministic: no sleeping, no race.
 _INTERRUPT_AT_IMPORT = textwrap.dedent(
@@ -342,6 +343,7 @@ _ENTRIES = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("module", ["rich.live", "fleet.scheduler", "anyio"])
 @pytest.mark.parametrize("entry", list(_ENTRIES))
 def test_ctrl_c_while_fleet_starts_is_one_line_and_130(

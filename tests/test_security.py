@@ -1,46 +1,58 @@
-"""Secrets stay secret, end to end: a run with client credentials, short-lived tokens, failures
-and retries at debug level, then every log line and the state file are searched for them."""
+"""Secrets stay secret through the `fleet` command: a run with client credentials, short-lived
+tokens, failures and retries at debug level against the emulator on loopback HTTP, then every
+log line, the summary and the state file are searched for them."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from cli_support import empty_config, emulator, fleet, sim_stats
+from cli_support import TOKEN, afresh, empty_config, emulator_here
+from fleet.sim import SimSettings
 from fleet.sim.oauth import TOKEN_PREFIX
 
-pytestmark = pytest.mark.e2e
+if TYPE_CHECKING:
+    from conftest import FleetHere
 
 STATIC_TOKEN = "static-e2e-token-9d2f"
 CLIENT_SECRET = "client-secret-e2e-41ac"
 
 
-def test_no_secret_reaches_logs_errors_or_the_state_file(tmp_path: Path) -> None:
+@pytest.fixture
+def fleet_here(fleet_here: FleetHere) -> FleetHere:
+    """conftest's in-process `fleet`, each command logging as its own flags say."""
+    return afresh(fleet_here)
+
+
+def test_no_secret_reaches_logs_errors_or_the_state_file(
+    tmp_path: Path, fleet_here: FleetHere
+) -> None:
     """Tokens expire mid-run and are renewed; none of them, nor the secret, is written down."""
-    with emulator(
-        tmp_path,
-        "--models", "25", "--time-scale", "3000", "--seed", "3",
-        "--client-id", "fleet-nightly", "--client-secret", CLIENT_SECRET,
-        "--token-lifetime", "900",  # sim seconds: a few real seconds at this time scale
-        "--job-error-rate", "0.1", "--http-500-rate", "0.03", "--http-503-rate", "0.02",
-        "--drop-rate", "0.02",
-    ) as url:  # fmt: skip
-        root = url.removesuffix("/modelops/core")
-        done = fleet(
+    emulated = SimSettings(
+        models=25, seed=3, token=TOKEN, client_id="fleet-nightly",
+        client_secret=CLIENT_SECRET,
+        token_lifetime_s=12_000,  # emulator seconds: some 80 requests on its Ticking clock
+        job_error_rate=0.1, http_500_rate=0.03, http_503_rate=0.02, drop_rate=0.02,
+        retry_after_s=0,  # a 503 asks for no wait: fleet waits in real time in-process
+    )  # fmt: skip
+    with emulator_here(tmp_path, emulated) as served:
+        root = served.url.removesuffix("/modelops/core")
+        done = fleet_here(
             "run", "--run-id", "secure", "--models-file", "models.csv",
             "--config", str(empty_config(tmp_path)), "--poll-interval", "0.05",
             "--log-level", "debug", "--api.auth", "client_credentials",
             "--api.token-url", f"{root}/oauth2/token", "--api.client-id", "fleet-nightly",
             "--attempts.train", "2",
             cwd=tmp_path,
-            env={"FLEET_API__URL": url, "FLEET_API__CLIENT_SECRET": CLIENT_SECRET},
+            env={"FLEET_API__URL": served.url, "FLEET_API__CLIENT_SECRET": CLIENT_SECRET},
         )  # fmt: skip
-        stats = sim_stats(url)
-    assert done.returncode == 1, done.stderr  # the injected job errors fail some models
+        stats = served.stats()
+    assert done.code == 1, done.err  # the injected job errors fail some models
     assert isinstance(stats["tokens_issued"], int)
     assert stats["tokens_issued"] >= 2, "tokens must have expired and been renewed mid-run"
-    output = done.stdout + done.stderr
+    output = done.out + done.err
     assert '"fleet.stage.succeeded"' in output  # the debug run really logged
     files = [p for p in tmp_path.iterdir() if p.name.startswith("fleet.db")]
     assert files
@@ -50,22 +62,24 @@ def test_no_secret_reaches_logs_errors_or_the_state_file(tmp_path: Path) -> None
             assert secret.encode() not in path.read_bytes(), path.name
 
 
-def test_a_static_token_never_reaches_the_output(tmp_path: Path) -> None:
+def test_a_static_token_never_reaches_the_output(tmp_path: Path, fleet_here: FleetHere) -> None:
     """With a bearer token from the environment and a wrong one rejected, neither is printed."""
-    with emulator(tmp_path, "--models", "3") as url:
-        done = fleet(
+    with emulator_here(tmp_path, SimSettings(models=3, token=TOKEN)) as served:
+        done = fleet_here(
             "run", "--models-file", "models.csv", "--config", str(empty_config(tmp_path)),
             "--log-level", "debug", cwd=tmp_path,
-            env={"FLEET_API__URL": url, "FLEET_API__TOKEN": STATIC_TOKEN},
+            env={"FLEET_API__URL": served.url, "FLEET_API__TOKEN": STATIC_TOKEN},
         )  # fmt: skip
-    assert done.returncode == 3
-    assert "token rejected" in done.stderr
-    assert STATIC_TOKEN not in done.stdout + done.stderr
+    assert done.code == 3
+    assert "token rejected" in done.err
+    assert STATIC_TOKEN not in done.out + done.err
 
 
-def test_secret_flags_are_refused_before_anything_runs(tmp_path: Path) -> None:
+def test_secret_flags_are_refused_before_anything_runs(
+    tmp_path: Path, fleet_here: FleetHere
+) -> None:
     """--api.token on the command line is refused with exit 2, pointing at the variable."""
-    done = fleet("run", "--api.token", STATIC_TOKEN, cwd=tmp_path)
-    assert done.returncode == 2
-    assert "FLEET_API__TOKEN" in done.stderr
-    assert STATIC_TOKEN not in done.stderr
+    done = fleet_here("run", "--api.token", STATIC_TOKEN, cwd=tmp_path)
+    assert done.code == 2
+    assert "FLEET_API__TOKEN" in done.err
+    assert STATIC_TOKEN not in done.err

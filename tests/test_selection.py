@@ -6,19 +6,30 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from cli_support import empty_config, emulator, fleet, run_env, sim_stats
+from cli_support import TOKEN, afresh, empty_config, emulator_here, run_env
 from fleet import scheduler
 from fleet.batch import plan_of
 from fleet.config import load_settings
 from fleet.models import Lifecycle, ModelSpec
 from fleet.selection import discovered, plan_new, plan_resume, select, specs_with
 from fleet.shards import Shard, shard_of
+from fleet.sim import SimSettings
 from fleet.stages import Stage, StageState
 from fleet.store import Store
 from support import emulated, settings_for
+
+if TYPE_CHECKING:
+    from conftest import FleetHere
+
+
+@pytest.fixture
+def fleet_here(fleet_here: FleetHere) -> FleetHere:
+    """conftest's in-process `fleet`, each command logging as its own flags say."""
+    return afresh(fleet_here)
 
 
 def _spec(i: int, *, tags: tuple[str, ...] = (), priority: int = 0) -> ModelSpec:
@@ -131,54 +142,56 @@ def test_a_deadline_is_the_next_such_time_in_its_zone() -> None:
     assert at.astimezone(UTC) == datetime(2026, 11, 25, 4, 30, tzinfo=UTC)
 
 
-@pytest.mark.e2e
-def test_plan_changes_nothing_and_run_takes_only_the_selection(tmp_path: Path) -> None:
+def test_plan_changes_nothing_and_run_takes_only_the_selection(
+    tmp_path: Path, fleet_here: FleetHere
+) -> None:
     """`fleet plan` sends nothing and writes nothing; `fleet run --models` runs those only."""
-    with emulator(tmp_path, "--models", "12", "--time-scale", "5000") as url:
+    with emulator_here(tmp_path, SimSettings(models=12, token=TOKEN)) as served:
         config = str(empty_config(tmp_path))
-        plan = fleet(
+        env = run_env(served.url)
+        plan = fleet_here(
             "plan", "--models-file", "models.csv", "--models", "store-000*", "--json",
-            "--config", config, cwd=tmp_path, env=run_env(url),
+            "--config", config, cwd=tmp_path, env=env,
         )  # fmt: skip
-        assert plan.returncode == 0, plan.stderr
-        document = json.loads(plan.stdout)
+        assert plan.code == 0, plan.err
+        document = json.loads(plan.out)
         assert document["totals"] == {"submit": 9}
-        assert sim_stats(url)["requests_total"] == 0
+        assert served.stats()["requests_total"] == 0
         assert not (tmp_path / "fleet.db").exists()
-        done = fleet(
+        done = fleet_here(
             "run", "--run-id", "n", "--models-file", "models.csv", "--models", "store-000*",
-            "--config", config, "--poll-interval", "0.05", cwd=tmp_path, env=run_env(url),
+            "--config", config, "--poll-interval", "0.05", cwd=tmp_path, env=env,
         )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        assert sim_stats(url)["jobs_by_type"]["TRAINING"] == 9
-        resumed_plan = fleet(
+        assert done.code == 0, done.err
+        assert served.stats()["jobs_by_type"]["TRAINING"] == 9
+        resumed_plan = fleet_here(
             "plan", "--run-id", "n", "--models-file", "models.csv", "--config", config,
-            cwd=tmp_path, env=run_env(url),
+            cwd=tmp_path, env=env,
         )  # fmt: skip
-    assert "skip 9" in resumed_plan.stdout
+    assert "skip 9" in resumed_plan.out
 
 
-@pytest.mark.e2e
-def test_only_failed_runs_the_failures_of_an_earlier_run(tmp_path: Path) -> None:
+def test_only_failed_runs_the_failures_of_an_earlier_run(
+    tmp_path: Path, fleet_here: FleetHere
+) -> None:
     """--only-failed RUN_ID starts a new run of just the models that failed in that one."""
-    with emulator(
-        tmp_path, "--models", "20", "--time-scale", "5000", "--job-error-rate", "0.2", "--seed", "9"
-    ) as url:
+    emulated = SimSettings(models=20, job_error_rate=0.2, seed=9, token=TOKEN)
+    with emulator_here(tmp_path, emulated) as served:
         config = str(empty_config(tmp_path))
-        first = fleet(
+        first = fleet_here(
             "run", "--run-id", "a", "--models-file", "models.csv", "--config", config,
-            "--poll-interval", "0.05", cwd=tmp_path, env=run_env(url),
+            "--poll-interval", "0.05", cwd=tmp_path, env=run_env(served.url),
         )  # fmt: skip
-        assert first.returncode == 1, first.stderr
+        assert first.code == 1, first.err
         failed = {
             m["name"]
-            for m in json.loads(fleet("status", "a", "--json", cwd=tmp_path).stdout)["models"]
+            for m in json.loads(fleet_here("status", "a", "--json", cwd=tmp_path).out)["models"]
             if m["outcome"] == "failed"
         }
-        again = fleet(
+        again = fleet_here(
             "run", "--run-id", "b", "--models-file", "models.csv", "--only-failed", "a",
-            "--config", config, "--poll-interval", "0.05", cwd=tmp_path, env=run_env(url),
+            "--config", config, "--poll-interval", "0.05", cwd=tmp_path, env=run_env(served.url),
         )  # fmt: skip
-    assert again.returncode in {0, 1}, again.stderr
-    second = json.loads(fleet("status", "b", "--json", cwd=tmp_path).stdout)
+    assert again.code in {0, 1}, again.err
+    second = json.loads(fleet_here("status", "b", "--json", cwd=tmp_path).out)
     assert {m["name"] for m in second["models"]} == failed
