@@ -11,6 +11,7 @@ import functools
 import math
 import random
 import uuid
+from collections.abc import Callable
 
 # The lifecycle jobs clients submit; a deployment made with cron "@once" also starts a
 # SCORING job of its own.
@@ -85,19 +86,24 @@ def _bounds(job_type: str) -> tuple[float, float]:
 
 def job_fails(seed: int, model: str, job_type: str, nth: int, error_rate: float) -> bool:
     """Whether that job ends in ERROR; independent of its duration draw."""
-    return _job_draw(seed, model, job_type, nth, what="fail", rate=error_rate)
+    return _below(error_rate, lambda: _rng(seed, model, _job_type(job_type), nth, "fail"))
 
 
 def job_sticks(seed: int, model: str, job_type: str, nth: int, stuck_rate: float) -> bool:
     """Whether that job never ends (RUNNING for ever); independent of the other draws."""
-    return _job_draw(seed, model, job_type, nth, what="stuck", rate=stuck_rate)
+    return _below(stuck_rate, lambda: _rng(seed, model, _job_type(job_type), nth, "stuck"))
 
 
-def _job_draw(seed: int, model: str, job_type: str, nth: int, *, what: str, rate: float) -> bool:
+def _job_type(job_type: str) -> str:
     if job_type not in JOB_TYPES:
         raise ValueError(f"unknown job type {job_type!r}; expected one of {JOB_TYPES}")
-    # At rate 0 no draw is needed: random() < 0 never holds.
-    return rate > 0 and _rng(seed, model, job_type, nth, what).random() < rate
+    return job_type
+
+
+def _below(rate: float, rng: Callable[[], random.Random]) -> bool:
+    """A draw that comes out under `rate`. At rate 0 no draw is made (random() < 0 never
+    holds), and the generator is not even built: most worlds draw no failure at all."""
+    return rate > 0 and rng().random() < rate
 
 
 def metrics(seed: int, model: str, version: int) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import anyio
 import uvicorn
@@ -128,19 +128,23 @@ async def _serving(server: _Server, scheme: str, host: str, port: int) -> AsyncI
         )
 
 
+class TlsFiles(TypedDict, total=False):
+    """The emulator's certificate and key, as `serve` takes them (absent: plain HTTP)."""
+
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+
+
 async def serve_forever(
     app: ASGIApp,
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
     on_ready: Callable[[str], object] | None = None,
-    ssl_certfile: str | None = None,
-    ssl_keyfile: str | None = None,
+    **tls: Unpack[TlsFiles],
 ) -> None:
     """Serve until cancelled; `on_ready` receives the base URL once it listens."""
-    async with serve(
-        app, host, port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile
-    ) as base_url:
+    async with serve(app, host, port, **tls) as base_url:
         if on_ready is not None:
             on_ready(base_url)
         await anyio.sleep_forever()

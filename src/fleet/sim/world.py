@@ -49,7 +49,7 @@ import math
 import random
 from array import array
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from fleet.sim import draws
 from fleet.sim.errors import InvalidRequestError, NotFoundError, missing_field
@@ -90,6 +90,14 @@ _FAULT_KINDS = (
 )
 # A version can be approved only from EVALUATED; evaluating again never demotes a decision.
 _EVALUATED_FROM = frozenset({"TRAINED", "EVALUATED"})
+
+
+class _EventOf(TypedDict, total=False):
+    """What an event may name besides its version, status and time."""
+
+    job_id: str | None
+    dataset_id: str | None
+    metadata: JsonObject | None
 
 
 class World:
@@ -622,12 +630,10 @@ class World:
         at: float,
         *,
         set_status: bool,
-        job_id: str | None = None,
-        dataset_id: str | None = None,
-        metadata: JsonObject | None = None,
+        **of: Unpack[_EventOf],
     ) -> Event:
         """The one place a version gains an event and, with it, possibly a new status."""
-        event = Event(draws.uuid_from(self._ids), tm.id, at, status, job_id, dataset_id, metadata)
+        event = Event(draws.uuid_from(self._ids), tm.id, at, status, **of)
         tm.events.append(event)
         if set_status:
             tm.status = status
