@@ -6,6 +6,7 @@ instead of waiting, so a lifecycle of "ten minutes of training" runs in millisec
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -21,15 +22,18 @@ from fleet import scheduler, sim
 from fleet.batch import plan_of
 from fleet.breaker import Breaker
 from fleet.client import ModelOpsClient
+from fleet.clock import Clock
 from fleet.config import load_settings
 from fleet.models import ModelEntry, ModelSpec
 from fleet.progress import RunResult
 from fleet.retries import RetryPolicy
+from fleet.session import Pacing
 from fleet.settings import Settings
 from fleet.sim.behaviour import Behaviour
 from fleet.sim.records import Job
 from fleet.store import Store
 from fleet.throttle import Throttle
+from fleet.transport import HttpOptions
 
 BASE_URL = "http://localhost/modelops/core"
 
@@ -65,29 +69,31 @@ class VirtualTime:
 
 
 class InstantTime:
-    """A clock for a client's throttle and breaker that jumps over every pause at once."""
+    """Time for a client (its calls' retries, its throttle and breaker) that jumps over every
+    pause at once: `clock` reads `now` and moves it on by what it sleeps."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
         self.now = 0.0
         self.slept = 0.0
+        self.clock = Clock(now=self._read, sleep=self._sleep, rng=random.Random(seed))
 
-    def clock(self) -> float:
+    def _read(self) -> float:
         return self.now
 
-    async def sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float) -> None:
         self.now += max(seconds, 0.0)
         self.slept += max(seconds, 0.0)
         await anyio.lowlevel.checkpoint()
 
-    def pacing(self) -> dict[str, Any]:
-        """Keyword arguments for ModelOpsClient: a throttle, a breaker and the waits between a
-        call's sends, all on this clock."""
-        return {
-            "throttle": Throttle(clock=self.clock, sleep=self.sleep),
-            "breaker": Breaker(clock=self.clock, sleep=self.sleep),
-            "clock": self.clock,
-            "sleep": self.sleep,
-        }
+    def pacing(self, retry: RetryPolicy | None = None, breaker: Breaker | None = None) -> Pacing:
+        """A client's pacing with everything on this clock: its throttle, its breaker (give
+        one built on `self.clock` to tune it) and the waits between a call's sends."""
+        return Pacing(
+            throttle=Throttle(clock=self.clock),
+            breaker=breaker or Breaker(clock=self.clock),
+            retry=retry or RetryPolicy(),
+            clock=self.clock,
+        )
 
 
 @dataclass
@@ -133,9 +139,8 @@ async def emulated(
         BASE_URL,
         settings.project_id,
         settings.token,
-        transport=transport,
-        retry=RetryPolicy(initial_s=0.0, max_s=0.0, jitter_s=0.0),
-        **InstantTime().pacing(),
+        http=HttpOptions(transport=transport),
+        pacing=InstantTime().pacing(retry=RetryPolicy(initial_s=0.0, max_s=0.0, jitter_s=0.0)),
     ) as api:
         yield Emulated(world=world, api=api, time=VirtualTime(clock), settings=settings)
 

@@ -16,6 +16,7 @@ import pytest
 
 from fleet.client import ModelOpsClient
 from fleet.modelops import DeployRequest, EvaluateRequest, TrainRequest
+from fleet.transport import HttpOptions
 from support import emulated, night, settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,7 +176,7 @@ def test_every_request_of_fleets_client_is_in_the_doc():
 
     async def every_call() -> None:
         transport = httpx.MockTransport(record)
-        async with ModelOpsClient(BASE, ID, "token", transport=transport) as api:
+        async with ModelOpsClient(BASE, ID, "token", http=HttpOptions(transport=transport)) as api:
             for call in _CALLS.values():
                 await call(api)
 

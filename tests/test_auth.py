@@ -27,7 +27,7 @@ def _job() -> httpx.Response:
 
 
 def _client(token: object) -> ModelOpsClient:
-    return ModelOpsClient(BASE, PROJECT, token, **InstantTime().pacing())  # type: ignore[arg-type]
+    return ModelOpsClient(BASE, PROJECT, token, pacing=InstantTime().pacing())  # type: ignore[arg-type]
 
 
 async def test_a_static_token_rejected_stops_with_a_clear_error() -> None:
@@ -88,7 +88,7 @@ async def test_client_credentials_fetch_cache_and_renew_before_expiry() -> None:
         mock.get(f"{BASE}/api/jobs/{JOB}").mock(
             side_effect=lambda r: (seen.append(r.headers["Authorization"]), _job())[1]
         )
-        source = ClientCredentials(TOKEN_URL, "fleet", SECRET, clock=time.clock)
+        source = ClientCredentials(TOKEN_URL, "fleet", SECRET, clock=time.clock.now)
         async with _client(source) as api:
             for _ in range(3):
                 await api.get_job(JOB)

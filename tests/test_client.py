@@ -36,7 +36,6 @@ from fleet.modelops import (
 )
 from fleet.retries import RetryPolicy
 from fleet.session import MAX_BODY_BYTES
-from fleet.throttle import Throttle
 from support import InstantTime
 
 if TYPE_CHECKING:
@@ -147,7 +146,7 @@ def retry_attempts() -> int:
 
 @pytest.fixture
 async def api() -> AsyncIterator[ModelOpsClient]:
-    async with ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN, **InstantTime().pacing()) as client:
+    async with ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN, pacing=InstantTime().pacing()) as client:
         yield client
 
 
@@ -156,11 +155,8 @@ async def lone_api(retry_attempts: int) -> AsyncIterator[ModelOpsClient]:
     """A client whose breaker takes more failures to open than one call makes: a failed
     connection is the server's failure, and five in a row would open the default one."""
     time = InstantTime()
-    pacing = {
-        **time.pacing(),
-        "breaker": Breaker(threshold=retry_attempts + 1, clock=time.clock, sleep=time.sleep),
-    }
-    async with ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN, **pacing) as client:
+    pacing = time.pacing(breaker=Breaker(threshold=retry_attempts + 1, clock=time.clock))
+    async with ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN, pacing=pacing) as client:
         yield client
 
 
@@ -951,7 +947,7 @@ async def test_a_429_delays_its_own_request_not_the_others(mock):
             httpx.Response(200, json=_job_json()),
         ]
     )
-    async with ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN, **time.pacing()) as api:
+    async with ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN, pacing=time.pacing()) as api:
         await api.get_job(JOB_ID)
         assert api.throttle.overloads == 1
         assert api.throttle.pauses == 0
@@ -965,7 +961,7 @@ async def test_an_outage_past_its_budget_raises_server_unavailable(mock):
     gives up. One resource failing alone fails only its own request, on its own retries."""
     time = InstantTime()
     route = mock.get(url__regex=rf"{API}/jobs/.*").respond(503)
-    breaker = Breaker(threshold=2, budget_s=60, clock=time.clock, sleep=time.sleep)
+    breaker = Breaker(threshold=2, budget_s=60, clock=time.clock)
     async with _client_with(breaker, time) as api:
         with pytest.raises(TransientApiError) as alone:
             await api.get_job(JOB_ID)
@@ -982,7 +978,7 @@ async def test_a_request_waits_out_an_outage_that_ends(mock):
     time = InstantTime()
     answers = [httpx.ConnectError("refused")] * 8 + [httpx.Response(200, json=_job_json())]
     mock.get(f"{API}/jobs/{JOB_ID}").mock(side_effect=answers)
-    breaker = Breaker(threshold=2, budget_s=600, clock=time.clock, sleep=time.sleep)
+    breaker = Breaker(threshold=2, budget_s=600, clock=time.clock)
     async with _client_with(breaker, time) as api:
         job = await api.get_job(JOB_ID)
     assert job.id == JOB_ID
@@ -990,16 +986,7 @@ async def test_a_request_waits_out_an_outage_that_ends(mock):
 
 
 def _client_with(breaker: Breaker, time: InstantTime) -> ModelOpsClient:
-    throttle = Throttle(clock=time.clock, sleep=time.sleep)
-    return ModelOpsClient(
-        BASE_URL,
-        PROJECT_ID,
-        TOKEN,
-        throttle=throttle,
-        breaker=breaker,
-        clock=time.clock,
-        sleep=time.sleep,
-    )
+    return ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN, pacing=time.pacing(breaker=breaker))
 
 
 def _job_json() -> dict[str, str]:

@@ -482,7 +482,9 @@ async def _call(
         mock.route(method=method, url__startswith=API).respond(
             status, content=body, headers=headers
         )
-        async with ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN, **InstantTime().pacing()) as api:
+        async with ModelOpsClient(
+            BASE_URL, PROJECT_ID, TOKEN, pacing=InstantTime().pacing()
+        ) as api:
             try:
                 if method == "GET":
                     return await api.get_job(JOB_ID)

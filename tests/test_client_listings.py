@@ -11,6 +11,7 @@ import respx
 from fleet.client import ModelOpsClient
 from fleet.modelops import TrainRequest
 from fleet.retries import RetryPolicy
+from fleet.transport import HttpOptions
 from support import InstantTime
 
 BASE_URL = "https://mo.example/modelops/core"
@@ -41,9 +42,8 @@ def _client() -> ModelOpsClient:
         BASE_URL,
         PROJECT_ID,
         "token",
-        retry=RetryPolicy(initial_s=0.0, max_s=0.0, jitter_s=0.0),
-        transport=httpx.AsyncHTTPTransport(),
-        **InstantTime().pacing(),
+        http=HttpOptions(transport=httpx.AsyncHTTPTransport()),
+        pacing=InstantTime().pacing(retry=RetryPolicy(initial_s=0.0, max_s=0.0, jitter_s=0.0)),
     )
 
 

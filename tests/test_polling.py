@@ -15,9 +15,10 @@ import anyio.lowlevel
 import pytest
 from structlog.testing import capture_logs
 
+from fleet.clock import Clock
 from fleet.errors import AuthError, NotFound, PermanentApiError, TransientApiError
 from fleet.modelops import UNFINISHED_JOB_STATUSES, Job
-from fleet.polling import Finished, JobWatch, PollMode, judge_sort
+from fleet.polling import Finished, InFlight, JobWatch, PollMode, judge_sort
 from fleet.retries import Account
 
 EPOCH = datetime(2026, 11, 25, tzinfo=UTC)
@@ -68,8 +69,10 @@ class FakeJobs:
             self.now = min(self.now + 1.0, end)
             await anyio.lowlevel.checkpoint()
 
-    def clock(self) -> float:
-        return self.now
+    @property
+    def clock(self) -> Clock:
+        """The watcher's clock: this server's virtual time."""
+        return Clock(now=lambda: self.now, sleep=self.sleep)
 
     def submit(self, job_id: str, runs_s: float) -> datetime:
         self.created[job_id] = self.now
@@ -164,10 +167,10 @@ class FakeJobs:
 
 def _watch(jobs: FakeJobs, **overrides: object) -> JobWatch:
     options: dict[str, object] = {"poll_interval": 30.0, "poll_floor": 0.5, **overrides}
-    return JobWatch(jobs, clock=jobs.clock, sleep=jobs.sleep, **options)  # type: ignore[arg-type]
+    return JobWatch(jobs, clock=jobs.clock, **options)  # type: ignore[arg-type]
 
 
-async def _follow_all(
+async def _follow_all(  # noqa: PLR0913 - a test's knobs, each keyword-only with a default
     jobs: FakeJobs,
     watch: JobWatch,
     runs: dict[str, float],
@@ -186,9 +189,10 @@ async def _follow_all(
         while jobs.now < start:
             await anyio.lowlevel.checkpoint()
         created = jobs.submit(job_id, runs_s)
-        results[job_id] = await watch.finished(
-            job_id, created, "train", expected(job_id), timeout_s=timeout_s
+        handed = InFlight(
+            job_id, "train", created_at=created, expected_s=expected(job_id), timeout_s=timeout_s
         )
+        results[job_id] = await watch.finished(handed)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch.run, stop)
@@ -249,7 +253,7 @@ async def test_a_job_without_history_is_not_read_late_for_another_models_duratio
 
     async def follow(job_id: str, runs_s: float) -> None:
         created = jobs.submit(job_id, runs_s)
-        results[job_id] = await watch.finished(job_id, created, "train", None)
+        results[job_id] = await watch.finished(InFlight(job_id, "train", created_at=created))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch.run, stop)
@@ -344,7 +348,7 @@ async def test_failing_looks_fall_back_to_reads_and_are_dropped_after_three() ->
 
     async def one(job_id: str) -> None:
         created = jobs.submit(job_id, runs[job_id])
-        results[job_id] = await watch.finished(job_id, created, "train", None)
+        results[job_id] = await watch.finished(InFlight(job_id, "train", created_at=created))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch.run, stop)
@@ -414,7 +418,7 @@ async def test_a_resumed_job_times_out_from_when_it_was_submitted() -> None:
 
     async def one() -> None:
         results.append(
-            await watch.finished("old-stuck", None, "train", None, age_s=3000.0, timeout_s=3600.0)
+            await watch.finished(InFlight("old-stuck", "train", age_s=3000.0, timeout_s=3600.0))
         )
 
     async with anyio.create_task_group() as tg:
@@ -476,7 +480,9 @@ async def test_a_failed_read_of_a_finished_job_is_read_again_not_dropped(server:
     async def follow(job_id: str, runs_s: float) -> None:
         created = jobs.submit(job_id, runs_s)
         jobs.failing_reads[job_id] = 1 if job_id == "a" else 0
-        results[job_id] = await watch.finished(job_id, created, "train", runs_s)
+        results[job_id] = await watch.finished(
+            InFlight(job_id, "train", created_at=created, expected_s=runs_s)
+        )
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch.run, stop)
@@ -513,7 +519,7 @@ async def test_a_hung_read_holds_up_no_other_job() -> None:
 
     async def follow(job_id: str, runs_s: float) -> None:
         created = jobs.submit(job_id, runs_s)
-        results[job_id] = await watch.finished(job_id, created, "train", None)
+        results[job_id] = await watch.finished(InFlight(job_id, "train", created_at=created))
 
     with anyio.fail_after(30):  # a guard against the hang this test is about, not a timing
         async with anyio.create_task_group() as tg:
@@ -543,7 +549,7 @@ async def test_a_job_that_cannot_be_read_fails_alone_after_its_budget() -> None:
     async def follow(job_id: str, runs_s: float) -> None:
         created = jobs.submit(job_id, runs_s)
         try:
-            results[job_id] = await watch.finished(job_id, created, "train", None)
+            results[job_id] = await watch.finished(InFlight(job_id, "train", created_at=created))
         except PermanentApiError as exc:
             errors[job_id] = exc
             results[job_id] = None
@@ -569,7 +575,8 @@ async def test_a_rejected_token_reaches_every_waiter() -> None:
 
     async def one(job_id: str) -> None:
         try:
-            await watch.finished(job_id, jobs.submit(job_id, 100.0), "train", 100.0)
+            created = jobs.submit(job_id, 100.0)
+            await watch.finished(InFlight(job_id, "train", created_at=created, expected_s=100.0))
         except AuthError as exc:
             errors.append(exc)
 
@@ -590,7 +597,10 @@ async def test_draining_releases_waiters_without_a_result() -> None:
     results: list[Finished | None] = []
 
     async def one() -> None:
-        results.append(await watch.finished("a", jobs.submit("a", 1e6), "train", 1e6))
+        created = jobs.submit("a", 1e6)
+        results.append(
+            await watch.finished(InFlight("a", "train", created_at=created, expected_s=1e6))
+        )
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch.run, stop)
@@ -599,7 +609,7 @@ async def test_draining_releases_waiters_without_a_result() -> None:
         stop.set()
     assert results == [None]
     # Once drained, nothing more is followed.
-    assert await watch.finished("b", None, "train", 1.0) is None
+    assert await watch.finished(InFlight("b", "train", expected_s=1.0)) is None
 
 
 @pytest.mark.parametrize("mode", [PollMode.AUTO, PollMode.CHANGES, PollMode.FINDER, PollMode.EACH])
@@ -619,7 +629,7 @@ async def test_a_job_that_ended_before_it_was_handed_over_is_still_seen() -> Non
     results: dict[str, Finished | None] = {}
 
     async def follow(job_id: str, created: datetime) -> None:
-        results[job_id] = await watch.finished(job_id, created, "train", None)
+        results[job_id] = await watch.finished(InFlight(job_id, "train", created_at=created))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch.run, stop)

@@ -32,6 +32,7 @@ from fleet.errors import (
 from fleet.modelops import Job, TrainRequest
 from fleet.retries import Account, RetryPolicy, one_send, retryable, settle
 from fleet.stages import Stage
+from fleet.transport import HttpOptions
 from support import BASE_URL, Emulated, InstantTime, VirtualTime, emulated, night, settings_for
 
 if TYPE_CHECKING:
@@ -64,10 +65,8 @@ def _client(
     policy: RetryPolicy = NO_WAIT,
     breaker: Breaker | None = None,
 ) -> ModelOpsClient:
-    pacing: dict[str, Any] = clock.pacing()
-    if breaker is not None:
-        pacing["breaker"] = breaker
-    return ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN, retry=policy, rng=random.Random(3), **pacing)
+    pacing = clock.pacing(retry=policy, breaker=breaker)
+    return ModelOpsClient(BASE_URL, PROJECT_ID, TOKEN, pacing=pacing)
 
 
 # -- the policy as data ----------------------------------------------------------------------
@@ -183,7 +182,7 @@ async def test_a_call_waiting_at_an_open_breaker_spends_no_tries(mock) -> None:
     breaker's probes, and four failed probes later, past the call's own budget in time, it
     succeeds with its account untouched."""
     clock = InstantTime()
-    breaker = Breaker(threshold=2, budget_s=600, clock=clock.clock, sleep=clock.sleep)
+    breaker = Breaker(threshold=2, budget_s=600, clock=clock.clock)
     mock.get(f"{API}/jobs/{uid(1)}").respond(503)
     mock.get(f"{API}/jobs/{uid(2)}").respond(503)
     waiting = mock.get(f"{API}/jobs/{uid(3)}").mock(
@@ -209,7 +208,7 @@ async def test_the_breaker_gives_a_call_that_spent_its_tries_no_fresh_ones(mock)
     """A call whose last try opens the breaker ends there, with its own failure: it is not
     sent round again with a new set of tries while the breaker is open."""
     clock = InstantTime()
-    breaker = Breaker(threshold=4, budget_s=600, clock=clock.clock, sleep=clock.sleep)
+    breaker = Breaker(threshold=4, budget_s=600, clock=clock.clock)
     mock.get(f"{API}/jobs/{uid(1)}").respond(503)
     spent = mock.get(f"{API}/jobs/{uid(2)}").respond(503)
     async with _client(clock, NO_WAIT, breaker) as api:
@@ -340,9 +339,8 @@ async def test_one_read_is_sent_retry_attempts_times_before_its_model_fails(
         BASE_URL,
         settings_sim.project_id,
         settings_sim.token,
-        transport=httpx.ASGITransport(app=gateway),
-        retry=policy,
-        **InstantTime().pacing(),
+        http=HttpOptions(transport=httpx.ASGITransport(app=gateway)),
+        pacing=InstantTime().pacing(retry=policy),
     ) as api:
         env = Emulated(world=world, api=api, time=VirtualTime(clock), settings=settings_sim)
         result = await night(env, settings_for(env, tmp_path / "fleet.db"))

@@ -19,6 +19,7 @@ from fleet.errors import AuthError, ConfigError, ServerUnavailable
 from fleet.settings import Settings
 from fleet.stages import Stage, StageState
 from fleet.store import Store
+from fleet.transport import HttpOptions
 from support import BASE_URL, Emulated, emulated, settings_for, tonight
 
 
@@ -183,7 +184,10 @@ async def test_a_rejected_token_aborts_the_run(tmp_path: Path) -> None:
         settings = settings_for(env, tmp_path / "fleet.db")
         async with (
             ModelOpsClient(
-                BASE_URL, env.settings.project_id, "wrong", transport=env.api._http._transport
+                BASE_URL,
+                env.settings.project_id,
+                "wrong",
+                http=HttpOptions(transport=env.api._http._transport),
             ) as bad,
             Store.open(tmp_path / "fleet.db") as store,
         ):
@@ -490,7 +494,7 @@ async def test_a_rejected_token_stops_its_project_only(tmp_path: Path) -> None:
     async with _two_projects() as (a, b):
         settings = _projects_settings(a, b, db)
         async with ModelOpsClient(
-            BASE_URL, PROJECT_B, "wrong", transport=b.api._http._transport
+            BASE_URL, PROJECT_B, "wrong", http=HttpOptions(transport=b.api._http._transport)
         ) as refused:
             result = await _run_projects(settings, {"a": a.api, "b": refused}, a)
         assert b.world.stats()["jobs_total"] == 0

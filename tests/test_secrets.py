@@ -28,6 +28,7 @@ from fleet.retries import RetryPolicy
 from fleet.secrets import REDACTED, Redactor
 from fleet.sim.behaviour import Behaviour
 from fleet.store import Store
+from fleet.transport import HttpOptions
 from support import BASE_URL, Emulated, InstantTime, VirtualTime, settings_for
 
 TOKEN = "echoed-bearer-7c41e9d2"
@@ -84,9 +85,8 @@ async def test_an_echoed_token_and_a_url_password_reach_no_file_status_or_report
         BASE_URL,
         settings_sim.project_id,
         TOKEN,
-        transport=transport,
-        retry=RetryPolicy(initial_s=0.0, max_s=0.0, jitter_s=0.0),
-        **InstantTime().pacing(),
+        http=HttpOptions(transport=transport),
+        pacing=InstantTime().pacing(retry=RetryPolicy(initial_s=0.0, max_s=0.0, jitter_s=0.0)),
     ) as api:
         env = Emulated(world=world, api=api, time=VirtualTime(clock), settings=settings_sim)
         db = tmp_path / "state" / "fleet.db"

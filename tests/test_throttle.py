@@ -13,7 +13,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from fleet.breaker import Breaker
+from fleet.breaker import Breaker, ProbeSchedule
+from fleet.clock import Clock
 from fleet.errors import ServerUnavailable
 from fleet.throttle import Throttle
 
@@ -32,9 +33,8 @@ class FakeTime:
         self.now = 0.0
         self._sleepers: list[tuple[float, int, anyio.Event]] = []
         self._seq = itertools.count()
-
-    def clock(self) -> float:
-        return self.now
+        # What the throttle and the breaker are given: this time, and a seeded jitter.
+        self.clock = Clock(now=lambda: self.now, sleep=self.sleep, rng=random.Random(7))
 
     async def sleep(self, seconds: float) -> None:
         entry = (self.now + seconds, next(self._seq), anyio.Event())
@@ -75,14 +75,7 @@ class FakeTime:
 def throttle_on(
     t: FakeTime, *, max_rps: float | None = None, min_rps: float = 1.0, recovery_s: float = 5.0
 ) -> Throttle:
-    return Throttle(
-        max_rps=max_rps,
-        min_rps=min_rps,
-        recovery_s=recovery_s,
-        clock=t.clock,
-        sleep=t.sleep,
-        rng=random.Random(7),
-    )
+    return Throttle(max_rps=max_rps, min_rps=min_rps, recovery_s=recovery_s, clock=t.clock)
 
 
 async def requests(t: FakeTime, throttle: Throttle, n: int) -> list[tuple[int, float, float]]:
@@ -430,22 +423,10 @@ def admitted(calls: list[Call]) -> list[Call]:
 
 
 def open_breaker(
-    t: FakeTime,
-    *,
-    budget_s: float = 300.0,
-    probe_initial_s: float = 1.0,
-    probe_max_s: float = 30.0,
-    probe_timeout_s: float = 120.0,
+    t: FakeTime, *, budget_s: float = 300.0, probes: ProbeSchedule | None = None
 ) -> Breaker:
-    breaker = Breaker(
-        threshold=3,
-        budget_s=budget_s,
-        probe_initial_s=probe_initial_s,
-        probe_max_s=probe_max_s,
-        probe_timeout_s=probe_timeout_s,
-        clock=t.clock,
-        sleep=t.sleep,
-    )
+    probes = probes or ProbeSchedule()
+    breaker = Breaker(threshold=3, budget_s=budget_s, probes=probes, clock=t.clock)
     for _ in range(3):
         breaker.failure()
     assert breaker.is_open
@@ -455,7 +436,7 @@ def open_breaker(
 async def test_threshold_failures_open_the_breaker() -> None:
     """A closed breaker admits at once; `threshold` failures in a row open it."""
     t = FakeTime()
-    breaker = Breaker(threshold=3, clock=t.clock, sleep=t.sleep)
+    breaker = Breaker(threshold=3, clock=t.clock)
     await breaker.admit()
     breaker.failure()
     breaker.failure()
@@ -512,7 +493,7 @@ async def test_a_probe_failing_on_its_resource_lets_another_resource_probe() -> 
     """Open, the probe of a resource that failed is not retried while another resource waits:
     a broken record cannot hold the whole server closed to everyone."""
     t = FakeTime()
-    breaker = open_breaker(t, probe_initial_s=1.0)
+    breaker = open_breaker(t, probes=ProbeSchedule(initial_s=1.0))
     broken = [Call(resource="/api/jobs/broken") for _ in range(3)]
     others = [Call(resource=f"/api/jobs/{n}") for n in range(5)]
     async with anyio.create_task_group() as tg:
@@ -539,7 +520,7 @@ async def test_a_probe_failing_on_its_resource_lets_another_resource_probe() -> 
 async def test_a_failed_resource_probes_again_when_no_one_else_waits() -> None:
     """With only the failed resource waiting, it probes again (the server may be back)."""
     t = FakeTime()
-    breaker = open_breaker(t, probe_initial_s=1.0)
+    breaker = open_breaker(t, probes=ProbeSchedule(initial_s=1.0))
     calls = [Call(resource="/api/jobs/broken") for _ in range(2)]
     async with anyio.create_task_group() as tg:
         for call in calls:
@@ -552,9 +533,9 @@ async def test_a_failed_resource_probes_again_when_no_one_else_waits() -> None:
 
 
 async def test_successful_probe_releases_every_waiter() -> None:
-    """Waiters hold until the first probe (after probe_initial_s); its success lets all through."""
+    """Waiters hold until the first probe (after its initial_s); its success lets all through."""
     t = FakeTime()
-    breaker = open_breaker(t, probe_initial_s=1.0)
+    breaker = open_breaker(t, probes=ProbeSchedule(initial_s=1.0))
     calls = [Call() for _ in range(20)]
     async with anyio.create_task_group() as tg:
         for call in calls:
@@ -574,9 +555,9 @@ async def test_successful_probe_releases_every_waiter() -> None:
 
 
 async def test_only_one_probe_at_a_time() -> None:
-    """While a probe is out, however long it takes (within probe_timeout_s), no one else goes."""
+    """While a probe is out, however long it takes (within its timeout_s), no one else goes."""
     t = FakeTime()
-    breaker = open_breaker(t, probe_timeout_s=120.0)
+    breaker = open_breaker(t, probes=ProbeSchedule(timeout_s=120.0))
     calls = [Call() for _ in range(10)]
     async with anyio.create_task_group() as tg:
         for call in calls:
@@ -592,7 +573,7 @@ async def test_only_one_probe_at_a_time() -> None:
 async def test_probe_delays_double_up_to_the_max() -> None:
     """After each failed probe the next comes twice as late: 1, 2, 4, 8, then 8 s again."""
     t = FakeTime()
-    breaker = open_breaker(t, probe_initial_s=1.0, probe_max_s=8.0)
+    breaker = open_breaker(t, probes=ProbeSchedule(initial_s=1.0, max_s=8.0))
     calls = [Call() for _ in range(10)]
     async with anyio.create_task_group() as tg:
         for call in calls:
@@ -649,10 +630,8 @@ async def test_the_budget_ends_an_outage_whatever_time_it_opened_at() -> None:
     breaker = Breaker(
         threshold=1,
         budget_s=60.0,
-        probe_initial_s=100.0,
-        probe_max_s=100.0,
-        clock=clock,
-        sleep=sleep,
+        probes=ProbeSchedule(initial_s=100.0, max_s=100.0),
+        clock=Clock(now=clock, sleep=sleep),
     )
     breaker.failure(None)
     with pytest.raises(ServerUnavailable, match=r"budget 60 s"):
@@ -681,9 +660,9 @@ async def test_cancelled_probe_passes_its_turn_on() -> None:
 
 
 async def test_silent_lost_probe_is_replaced_after_probe_timeout() -> None:
-    """A probe that vanishes without a word is presumed lost after probe_timeout_s."""
+    """A probe that vanishes without a word is presumed lost after its timeout_s."""
     t = FakeTime()
-    breaker = open_breaker(t, probe_timeout_s=10.0)
+    breaker = open_breaker(t, probes=ProbeSchedule(timeout_s=10.0))
     calls = [Call(abandon_on_cancel=False) for _ in range(5)]
     async with anyio.create_task_group() as tg:
         for call in calls:
@@ -721,9 +700,9 @@ def test_breaker_rejects_bad_arguments() -> None:
         Breaker(threshold=0)
     with pytest.raises(ValueError, match="budget_s must be positive"):
         Breaker(budget_s=0.0)
-    with pytest.raises(ValueError, match="probe_initial_s must be positive"):
-        Breaker(probe_initial_s=-1.0)
-    with pytest.raises(ValueError, match="probe_timeout_s must be positive"):
-        Breaker(probe_timeout_s=0.0)
-    with pytest.raises(ValueError, match="must be at least probe_initial_s"):
-        Breaker(probe_initial_s=5.0, probe_max_s=2.0)
+    with pytest.raises(ValueError, match="probe initial_s must be positive"):
+        ProbeSchedule(initial_s=-1.0)
+    with pytest.raises(ValueError, match="probe timeout_s must be positive"):
+        ProbeSchedule(timeout_s=0.0)
+    with pytest.raises(ValueError, match="must be at least initial_s"):
+        ProbeSchedule(initial_s=5.0, max_s=2.0)

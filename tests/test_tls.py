@@ -10,6 +10,7 @@ from fleet import sim
 from fleet.client import ModelOpsClient
 from fleet.errors import ApiError, TransientApiError
 from fleet.retries import RetryPolicy
+from fleet.transport import HttpOptions
 from support import InstantTime
 
 if TYPE_CHECKING:
@@ -55,9 +56,8 @@ def client(base_url: str, verify: bool | str) -> ModelOpsClient:
         base_url,
         SETTINGS.project_id,
         SETTINGS.token,
-        verify=verify,
-        retry=RetryPolicy(attempts=1),
-        **InstantTime().pacing(),
+        http=HttpOptions(verify=verify),
+        pacing=InstantTime().pacing(retry=RetryPolicy(attempts=1)),
     )
 
 

@@ -14,7 +14,7 @@ from fleet.client import ModelOpsClient
 from fleet.errors import OutcomeUnknown, TransientApiError
 from fleet.modelops import TrainRequest
 from fleet.retries import RetryPolicy
-from fleet.throttle import Throttle
+from fleet.transport import HttpOptions
 from support import InstantTime
 
 BASE_URL = "https://mo.example/modelops/core"
@@ -43,9 +43,8 @@ async def test_an_answer_trickled_a_byte_at_a_time_times_out_as_a_whole() -> Non
             url,
             settings.project_id,
             settings.token,
-            timeout_s=0.5,
-            retry=RetryPolicy(attempts=1),
-            **InstantTime().pacing(),
+            http=HttpOptions(timeout_s=0.5),
+            pacing=InstantTime().pacing(retry=RetryPolicy(attempts=1)),
         ) as api,
     ):
         with pytest.raises(TransientApiError, match=r"within 0\.5 s") as read:
@@ -64,7 +63,11 @@ async def test_a_trickled_answer_within_the_timeout_is_read_whole() -> None:
     async with (
         sim.serve(app) as url,
         ModelOpsClient(
-            url, settings.project_id, settings.token, timeout_s=20, **InstantTime().pacing()
+            url,
+            settings.project_id,
+            settings.token,
+            http=HttpOptions(timeout_s=20),
+            pacing=InstantTime().pacing(),
         ) as api,
     ):
         await api.check_project()
@@ -90,8 +93,7 @@ async def test_one_resource_failing_for_ever_fails_only_its_own_reads() -> None:
     """A job whose every read answers 500 fails each of its reads on their own retries, again
     and again; the breaker never opens, and another job is read at once, without waiting."""
     time = InstantTime()
-    breaker = Breaker(threshold=5, budget_s=60, clock=time.clock, sleep=time.sleep)
-    throttle = Throttle(clock=time.clock, sleep=time.sleep)
+    breaker = Breaker(threshold=5, budget_s=60, clock=time.clock)
     with respx.mock(using="httpx", assert_all_called=False) as mock:
         broken = mock.get(f"{API}/jobs/{BROKEN}").respond(500)
         mock.get(f"{API}/jobs/{HEALTHY}").respond(200, json=_job(HEALTHY))
@@ -99,11 +101,7 @@ async def test_one_resource_failing_for_ever_fails_only_its_own_reads() -> None:
             BASE_URL,
             PROJECT_ID,
             TOKEN,
-            retry=RetryPolicy(attempts=3),
-            throttle=throttle,
-            breaker=breaker,
-            clock=time.clock,
-            sleep=time.sleep,
+            pacing=time.pacing(retry=RetryPolicy(attempts=3), breaker=breaker),
         ) as api:
             for _ in range(4):  # 12 failures in a row of one job, more than the threshold
                 with pytest.raises(TransientApiError) as caught:
@@ -128,7 +126,9 @@ async def test_the_emulator_dates_its_answers_by_its_own_clock_over_http() -> No
     world, app = sim.build(settings, sim.ManualClock(start=2_000_000_000.0))
     async with (
         sim.serve(app) as url,
-        ModelOpsClient(url, settings.project_id, settings.token, **InstantTime().pacing()) as api,
+        ModelOpsClient(
+            url, settings.project_id, settings.token, pacing=InstantTime().pacing()
+        ) as api,
     ):
         await api.check_project()
         floor = api.server_time_floor()

@@ -38,10 +38,12 @@ from fleet.retries import RetryPolicy
 from fleet.secrets import redactor
 from fleet.sections import ProjectLimits, api_section
 from fleet.selection import Selection, chosen_models
+from fleet.session import Pacing
 from fleet.settings import Settings
 from fleet.stages import FINISHED_RUNS, STAGE_ORDER, Stage
 from fleet.store import Store
 from fleet.throttle import Throttle
+from fleet.transport import HttpOptions
 
 log = structlog.get_logger("fleet.batch")
 
@@ -206,12 +208,14 @@ def project_client(settings: Settings, project: str) -> ModelOpsClient:
         api.url,
         api.project_id,
         api.token_source(api_section(project)),
-        verify=verify,
-        timeout_s=api.timeout,
-        max_connections=settings.max_connections,
-        retry=RetryPolicy(attempts=api.retry_attempts, budget_s=api.retry_budget),
-        throttle=Throttle(max_rps=settings.max_rps),
-        breaker=Breaker(budget_s=api.outage_budget),
+        http=HttpOptions(
+            verify=verify, timeout_s=api.timeout, max_connections=settings.max_connections
+        ),
+        pacing=Pacing(
+            throttle=Throttle(max_rps=settings.max_rps),
+            breaker=Breaker(budget_s=api.outage_budget),
+            retry=RetryPolicy(attempts=api.retry_attempts, budget_s=api.retry_budget),
+        ),
     )
 
 

@@ -12,25 +12,42 @@ has not yet failed in this outage, if one waits, so a resource that is broken on
 keep everyone waiting. Past `budget_s` open, every caller gets `ServerUnavailable`.
 
 It is shared by hundreds of anyio tasks. Waiters block on an event, never spin; at most one
-task sleeps on the clock, and time (`clock`, `sleep`) is injectable. `throttle.py` paces the
+task sleeps on the clock, and the clock is injectable (`clock.py`). `throttle.py` paces the
 requests of a server that is up but overloaded.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import anyio
 import structlog
 
+from fleet.clock import SYSTEM_CLOCK, Clock
 from fleet.errors import ServerUnavailable
 
 log = structlog.get_logger("fleet.breaker")
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
+
+@dataclass(frozen=True, slots=True)
+class ProbeSchedule:
+    """When an open breaker lets a probe out: `initial_s` after opening, then twice as long
+    after each failed probe, up to `max_s` apart; a probe with no verdict after `timeout_s`
+    is presumed lost, and another waiter probes."""
+
+    initial_s: float = 1.0
+    max_s: float = 30.0
+    timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        for name, value in (("initial_s", self.initial_s), ("timeout_s", self.timeout_s)):
+            if not value > 0:
+                raise ValueError(f"probe {name} must be positive, not {value}")
+        if not self.max_s >= self.initial_s:
+            raise ValueError(
+                f"probe max_s ({self.max_s}) must be at least initial_s ({self.initial_s})"
+            )
 
 
 class Breaker:
@@ -40,8 +57,8 @@ class Breaker:
     answered), `failure(resource)` (it failed: timeout, connection error, 5xx) or `abandon()`
     (the request ended without telling anything about the server, e.g. it was cancelled).
     `resource` is the request's path without its query; None is the server as a whole (a
-    connection that could not be made says nothing about any one resource). A probe that never
-    reports is presumed lost after `probe_timeout_s`, and another waiter probes.
+    connection that could not be made says nothing about any one resource). `probes` says
+    when probes go out while it is open.
     """
 
     __slots__ = (
@@ -56,12 +73,9 @@ class Breaker:
         "_opened_at",
         "_probe",
         "_probe_expires",
-        "_probe_initial_s",
-        "_probe_max_s",
         "_probe_resource",
-        "_probe_timeout_s",
+        "_probes",
         "_server_failed",
-        "_sleep",
         "_threshold",
         "_timer",
         "_waiting",
@@ -73,39 +87,24 @@ class Breaker:
         *,
         threshold: int = 5,
         budget_s: float = 300.0,
-        probe_initial_s: float = 1.0,
-        probe_max_s: float = 30.0,
-        probe_timeout_s: float = 120.0,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = anyio.sleep,
+        probes: ProbeSchedule = ProbeSchedule(),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if threshold < 1:
             raise ValueError(f"threshold must be at least 1, not {threshold}")
-        for name, value in (
-            ("budget_s", budget_s),
-            ("probe_initial_s", probe_initial_s),
-            ("probe_timeout_s", probe_timeout_s),
-        ):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, not {value}")
-        if not probe_max_s >= probe_initial_s:
-            raise ValueError(
-                f"probe_max_s ({probe_max_s}) must be at least probe_initial_s ({probe_initial_s})"
-            )
+        if not budget_s > 0:
+            raise ValueError(f"budget_s must be positive, not {budget_s}")
         self._threshold = threshold
         self._budget_s = budget_s
-        self._probe_initial_s = probe_initial_s
-        self._probe_max_s = probe_max_s
-        self._probe_timeout_s = probe_timeout_s
+        self._probes = probes
         self._clock = clock
-        self._sleep = sleep
         # Failures since the last success: how many, and of which resources (two are enough
         # to tell), or whether one was the server's own.
         self._failures = 0
         self._failing: set[str] = set()
         self._server_failed = False
         self._opened_at: float | None = None
-        self._delay = probe_initial_s
+        self._delay = probes.initial_s
         self._next_probe_at = 0.0
         self._probe: int | None = None  # the anyio task id of the probe in flight
         self._probe_resource: str | None = None
@@ -144,7 +143,7 @@ class Breaker:
 
     async def _wait_turn(self, resource: str | None) -> None:
         while self._opened_at is not None:
-            now = self._clock()
+            now = self._clock.now()
             failing_s = now - self._opened_at
             # Against the very time `_keep_time` sleeps to: `now - opened_at` may fall an ulp
             # short of the budget at that time, and a waiter would then spin there for ever.
@@ -158,7 +157,7 @@ class Breaker:
                 if self._may_probe(resource):
                     self._probe = _task_id()
                     self._probe_resource = resource
-                    self._probe_expires = now + self._probe_timeout_s
+                    self._probe_expires = now + self._probes.timeout_s
                     log.info(
                         "fleet.breaker.probing",
                         failing_s=round(failing_s, 3),
@@ -187,17 +186,17 @@ class Breaker:
         self._server_failed = False
         if self._opened_at is None:
             return
-        log.info("fleet.breaker.closed", failing_s=round(self._clock() - self._opened_at, 3))
+        log.info("fleet.breaker.closed", failing_s=round(self._clock.now() - self._opened_at, 3))
         self._opened_at = None
         self._probe = None
         self._failed_probes.clear()
-        self._delay = self._probe_initial_s
+        self._delay = self._probes.initial_s
         self._notify()
 
     def failure(self, resource: str | None = None) -> None:
         """The server failed a request for `resource` (None: the server as a whole): count it
         while closed; schedule the next probe if open."""
-        now = self._clock()
+        now = self._clock.now()
         if self._opened_at is None:
             self._failures += 1
             if resource is None:
@@ -212,7 +211,7 @@ class Breaker:
         if self._probe is not None and self._probe == _task_id():
             self._failed_probes.add(self._probe_resource)
             self._probe = None
-            self._delay = min(self._delay * 2, self._probe_max_s)
+            self._delay = min(self._delay * 2, self._probes.max_s)
             self._next_probe_at = now + self._delay
             self._notify()
 
@@ -225,7 +224,7 @@ class Breaker:
     def _open(self, now: float) -> None:
         self._opened_at = now
         self.opened += 1
-        self._delay = self._probe_initial_s
+        self._delay = self._probes.initial_s
         self._next_probe_at = now + self._delay
         self._probe = None
         self._failed_probes.clear()
@@ -247,7 +246,7 @@ class Breaker:
         try:
             with scope:
                 self._timer = scope
-                await self._sleep(deadline - now)
+                await self._clock.sleep(deadline - now)
         finally:
             if self._timer is scope:
                 self._timer = None
@@ -272,4 +271,4 @@ def _task_id() -> int:
     return anyio.get_current_task().id
 
 
-__all__ = ["Breaker"]
+__all__ = ["Breaker", "ProbeSchedule"]

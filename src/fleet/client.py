@@ -8,20 +8,15 @@ connections under it are `transport.py`'s.
 
 from __future__ import annotations
 
-import math
-import random
 import ssl
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Any, Self, TypeVar
 
-import anyio
 import httpx
 
 from fleet.auth import ClientCredentials, StaticToken, TokenSource
-from fleet.breaker import Breaker
 from fleet.errors import NotFound, OutcomeUnknown, PermanentApiError, ProtocolError
 from fleet.modelops import (
     UNFINISHED_JOB_STATUSES,
@@ -40,10 +35,9 @@ from fleet.modelops import (
     parse_model,
     parse_version,
 )
-from fleet.retries import Account, RetryPolicy, one_send
+from fleet.retries import Account, one_send
 from fleet.session import ClientStats, Pacing, Session
-from fleet.throttle import Throttle
-from fleet.transport import Transport
+from fleet.transport import HttpOptions, Transport
 from fleet.version import __version__
 
 _PAGE_SIZE = 100
@@ -54,9 +48,8 @@ _T = TypeVar("_T")
 class ModelOpsClient:
     """Async client for one ModelOps project. Use as `async with ModelOpsClient(...) as api:`.
 
-    `retry` says how each call is tried (retries.py); `clock` and `sleep` time a call's
-    failed sends and its waits between them (tests give virtual ones, so no retry waits for
-    real). The throttle and the breaker are shared by every request, on their own clocks.
+    `http` says how it connects (transport.py); `pacing` how its requests are paced and its
+    calls tried, and the clock that times them (session.py). Both default to fleet's own.
     """
 
     def __init__(
@@ -65,24 +58,17 @@ class ModelOpsClient:
         project_id: str,
         token: str | TokenSource,
         *,
-        verify: bool | str = True,
-        timeout_s: float = 30.0,
-        max_connections: int = 100,
-        retry: RetryPolicy | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        throttle: Throttle | None = None,
-        breaker: Breaker | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
-        rng: random.Random | None = None,
+        http: HttpOptions | None = None,
+        pacing: Pacing | None = None,
     ) -> None:
-        if not 0 < timeout_s < math.inf:
-            raise ValueError(f"timeout_s must be positive, not {timeout_s}")
-        verify_arg: bool | ssl.SSLContext = (
-            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        http = http or HttpOptions()
+        verify: bool | ssl.SSLContext = (
+            ssl.create_default_context(cafile=http.verify)
+            if isinstance(http.verify, str)
+            else http.verify
         )
         limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
+            max_connections=http.max_connections, max_keepalive_connections=http.max_connections
         )
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
@@ -92,27 +78,18 @@ class ModelOpsClient:
                 "Accept": "application/json, application/hal+json",
                 "User-Agent": f"fleet/{__version__}",
             },
-            timeout=timeout_s,
-            verify=verify_arg,
+            timeout=http.timeout_s,
+            verify=verify,
             limits=limits,
-            transport=transport or Transport(verify=verify_arg, limits=limits),
+            transport=http.transport or Transport(verify=verify, limits=limits),
         )
         self._project_id = project_id
         auth: TokenSource = StaticToken(token) if isinstance(token, str) else token
         if isinstance(auth, ClientCredentials):
             auth.attach(self._http)
-        pacing = Pacing(
-            # Shared by every request: one 429 slows them all; a server down pauses them all.
-            throttle=throttle or Throttle(),
-            breaker=breaker or Breaker(),
-            retry=retry or RetryPolicy(),
-            clock=clock,
-            sleep=sleep,
-            rng=rng or random.Random(),  # noqa: S311 - jitter, not security
-        )
-        self._session = Session(
-            self._http, auth, pacing, timeout_s=timeout_s, max_connections=max_connections
-        )
+        # A new one by default: its throttle and breaker are this client's alone.
+        pacing = pacing or Pacing()
+        self._session = Session(self._http, auth, pacing, http)
         self.throttle = pacing.throttle
         self.breaker = pacing.breaker
         self.stats: ClientStats = self._session.stats

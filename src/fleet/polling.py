@@ -1,12 +1,13 @@
 """Following remote jobs: one watcher looks after every job of the run, and never for ever.
 
-A stage runner with a job in flight hands it to the `JobWatch` and waits. By default each
-job is read by id, `GET /api/jobs/{id}?projection=expandJob`, the call every real client
-makes, on a predicted schedule: due at its expected end (the duration of the same model's
-same stage in earlier runs), a little early rather than late, then 2% of that duration apart,
-and less often the more it overruns (a fifth of the time it has run). A job with no history
-of its own is looked at soon, then with that same back-off: another model's duration is no
-prediction (trainings differ tenfold), and a look too late costs more than a read.
+A stage runner with a job in flight hands it to the `JobWatch` (as an `InFlight`) and waits.
+By default each job is read by id, `GET /api/jobs/{id}?projection=expandJob`, the call every
+real client makes, on a predicted schedule: due at its expected end (the duration of the same
+model's same stage in earlier runs), a little early rather than late, then 2% of that
+duration apart, and less often the more it overruns (a fifth of the time it has run). A job
+with no history of its own is looked at soon, then with that same back-off: another model's
+duration is no prediction (trainings differ tenfold), and a look too late costs more than a
+read.
 `poll_interval` bounds the gap between two looks at a job; `poll_floor` is the shortest gap
 between two looks at the server.
 
@@ -55,8 +56,8 @@ import heapq
 import itertools
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -64,6 +65,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from fleet.clock import Clock
 from fleet.errors import (
     ApiError,
     PermanentApiError,
@@ -151,6 +153,23 @@ class _Followed:
 
 
 @dataclass(frozen=True, slots=True)
+class InFlight:
+    """A job handed to the watcher: its id; what it does (the stage, or "score"), for what is
+    logged about it; when the server created it (None for a job from an earlier process);
+    how long the same model's same stage took before (None: no history); how long ago it
+    was submitted (a job resumed from an earlier process is older than its handing over);
+    and its timeout, counted from its submission."""
+
+    job_id: str
+    kind: str
+    _: KW_ONLY
+    created_at: datetime | None = None
+    expected_s: float | None = None
+    age_s: float = 0.0
+    timeout_s: float = math.inf
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """A followed job's last state, how long it ran as far as this process could see, and
     whether it was given up on at its timeout (its last state then is not terminal)."""
@@ -205,14 +224,12 @@ class JobWatch:
         poll_interval: float,
         poll_floor: float,
         mode: PollMode = PollMode.AUTO,
-        clock: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]],
+        clock: Clock,
     ) -> None:
         self._api = api
         self._max_gap = poll_interval
         self._floor = min(poll_floor, poll_interval)
         self._clock = clock
-        self._sleep = sleep
         self._mode = PollMode.EACH
         self._untried = list(_TRIED[mode])
         self._next_probe = -math.inf
@@ -242,39 +259,29 @@ class JobWatch:
 
     # -- the stage runners' side -------------------------------------------------------------
 
-    async def finished(
-        self,
-        job_id: str,
-        created_at: datetime | None,
-        kind: str,
-        expected_s: float | None,
-        *,
-        age_s: float = 0.0,
-        timeout_s: float = math.inf,
-    ) -> Finished | None:
+    async def finished(self, job: InFlight) -> Finished | None:
         """Wait until the job ends or times out; None when the run drains first (the job goes
         on remotely).
 
-        `age_s` is how long ago the job was submitted (a job resumed from an earlier process
-        is older than this call); its timeout counts from then.
         Raises the ApiError of a look that concerned this job (a failed GET, a rejected
         token); a transient one may be followed again by calling this again.
         """
         if self._stopped:
             return None
-        now = self._clock()
+        now = self._clock.now()
         # Only the model's own history predicts its job: another model's duration is a poor
         # guess (trainings differ by 10x), and looking late costs far more than a read.
-        expected = expected_s
+        expected, age_s = job.expected_s, job.age_s
         first = now + (expected * _EARLY - age_s if expected else self._floor)
+        job_id = job.job_id
         followed = _Followed(
             job_id,
-            kind,
+            job.kind,
             started=now - age_s,
             expected=expected,
             due=max(first, now + self._floor),
-            created_at=created_at,
-            deadline=now - age_s + timeout_s,
+            created_at=job.created_at,
+            deadline=now - age_s + job.timeout_s,
             since=now,
             last_read=now,
         )
@@ -294,9 +301,9 @@ class JobWatch:
             raise followed.error
         if followed.job is None:
             return None
-        ran = self._clock() - followed.started
+        ran = self._clock.now() - followed.started
         if followed.last_miss is not None:
-            ran = (followed.last_miss + self._clock()) / 2 - followed.started
+            ran = (followed.last_miss + self._clock.now()) / 2 - followed.started
         return Finished(followed.job, ran, timed_out=followed.timed_out)
 
     def _follow(self, followed: _Followed) -> None:
@@ -312,10 +319,10 @@ class JobWatch:
                 self._reads = reads
                 # A first probe at start: a project with a job history may prove a batched
                 # look before any job of this run is due.
-                await self._probe(self._clock(), [])
+                await self._probe(self._clock.now(), [])
                 while not stop.is_set():
                     due = self._next_due()
-                    now = self._clock()
+                    now = self._clock.now()
                     if due is None or due > now:
                         await self._pause(stop, None if due is None else due - now)
                         continue
@@ -341,7 +348,7 @@ class JobWatch:
     async def _pause(self, stop: anyio.Event, seconds: float | None) -> None:
         """Sleep `seconds` (None: until woken); a newly followed job due sooner wakes it."""
         self._wake = anyio.Event()
-        self._sleeping_until = float("inf") if seconds is None else self._clock() + seconds
+        self._sleeping_until = float("inf") if seconds is None else self._clock.now() + seconds
         async with anyio.create_task_group() as tg:
 
             async def wake_on(event: anyio.Event) -> None:
@@ -351,7 +358,7 @@ class JobWatch:
             tg.start_soon(wake_on, self._wake)
             tg.start_soon(wake_on, stop)
             if seconds is not None:
-                await self._sleep(seconds)
+                await self._clock.sleep(seconds)
                 tg.cancel_scope.cancel()
         self._sleeping_until = float("inf")
 
@@ -450,7 +457,7 @@ class JobWatch:
     def _read_failed(self, followed: _Followed, exc: TransientApiError) -> None:
         """A read by id failed: read it by id again soon (no listing vouches for it any more:
         its watermark may have passed the job's end), until its own budget is spent."""
-        now = self._clock()
+        now = self._clock.now()
         followed.failed_reads += 1
         if followed.failing_since is None:
             followed.failing_since = now

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import email.utils
 import json
-import random
 import ssl
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +26,7 @@ import structlog
 
 from fleet.auth import TokenSource
 from fleet.breaker import Breaker
+from fleet.clock import SYSTEM_CLOCK, Clock
 from fleet.errors import (
     ApiError,
     AuthError,
@@ -48,6 +48,7 @@ from fleet.retries import (
 )
 from fleet.secrets import redactor
 from fleet.throttle import Throttle
+from fleet.transport import HttpOptions
 
 log = structlog.get_logger("fleet.client")
 
@@ -65,31 +66,31 @@ class ClientStats:
     retries: int = 0  # sends of a call after its first
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Pacing:
-    """What a session shares across its requests, and the time its calls are measured in:
-    `clock` times a call's failed sends, `sleep` waits between them (tests give virtual
-    ones, so no retry waits for real), `rng` draws the jitter."""
+    """What a session shares across its requests, and the clock its calls are measured on:
+    one 429 slows every request (`throttle`), a server that is down pauses them all
+    (`breaker`); `retry` says how each call is tried. `clock` times a call's failed sends,
+    sleeps between them (tests give a virtual one, so no retry waits for real) and draws
+    their jitter. Each default is a new one. The throttle and the breaker keep the clock
+    they were built on: a test builds them on its virtual clock too."""
 
-    throttle: Throttle
-    breaker: Breaker
-    retry: RetryPolicy
-    clock: Callable[[], float]
-    sleep: Callable[[float], Awaitable[None]]
-    rng: random.Random
+    throttle: Throttle = field(default_factory=Throttle)
+    breaker: Breaker = field(default_factory=Breaker)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    clock: Clock = SYSTEM_CLOCK
 
 
 class Session:
-    """Sends the requests of one project's client over `http`, with `auth`'s token."""
+    """Sends the requests of one project's client over `http`, with `auth`'s token: each
+    within the options' `timeout_s`, at most `max_connections` at once."""
 
     def __init__(
         self,
         http: httpx.AsyncClient,
         auth: TokenSource,
         pacing: Pacing,
-        *,
-        timeout_s: float,
-        max_connections: int,
+        options: HttpOptions,
     ) -> None:
         self._http = http
         self._auth = auth
@@ -98,11 +99,11 @@ class Session:
         self.breaker = pacing.breaker
         # One request, from connecting to the last byte of its answer, ends within this: a
         # server that trickles its answer cannot hold a request (or the model behind it).
-        self._timeout_s = timeout_s
+        self._timeout_s = options.timeout_s
         # Requests wait here rather than in the connection pool, whose queue costs
         # O(connections x waiting requests) on every request (a third of fleet's CPU at 300
         # models in flight before this).
-        self._slots = anyio.CapacityLimiter(max_connections)
+        self._slots = anyio.CapacityLimiter(options.max_connections)
         self.stats = ClientStats()
         self._server_time: datetime | None = None
         self._last_date: str | None = None  # the last `Date` header read (it changes each second)
@@ -149,15 +150,15 @@ class Session:
         account = account if account is not None else pacing.retry.account()
         while True:
             probe = await self._admit(path)
-            started = pacing.clock()
+            started = pacing.clock.now()
             try:
                 return await self._send_once(method, path, params=params, body=body)
             except TransientApiError as exc:
                 if probe and retryable(exc):
                     wait = 0.0  # the outage goes on: wait for the breaker again
                 else:
-                    account.charge(pacing.clock() - started)
-                    next_wait = account.wait_after(exc, pacing.rng)
+                    account.charge(pacing.clock.now() - started)
+                    next_wait = account.wait_after(exc, pacing.clock.rng)
                     if next_wait is None:
                         raise
                     wait = next_wait
@@ -171,7 +172,7 @@ class Session:
                     wait_s=round(wait, 3),
                     error=str(exc),
                 )
-            await pacing.sleep(wait)
+            await pacing.clock.sleep(wait)
 
     async def _admit(self, path: str) -> bool:
         """Wait for the breaker, then the throttle; True when this send is the breaker's probe

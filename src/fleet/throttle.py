@@ -28,24 +28,21 @@
   during that pause only extend it to a later `Retry-After`; they do not count again.
 
 It is shared by hundreds of anyio tasks. Waiters block on a lock, never spin; only one task
-sleeps on the clock, and time (`clock`, `sleep`) is injectable.
+sleeps on the clock, and the clock (with the jitter's random source) is injectable
+(`clock.py`).
 """
 
 from __future__ import annotations
 
 import math
-import random
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 
 import anyio
 import structlog
 
-log = structlog.get_logger("fleet.throttle")
+from fleet.clock import SYSTEM_CLOCK, Clock
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
+log = structlog.get_logger("fleet.throttle")
 
 # The rate requests start at, which a cut halves, is measured over this many recent seconds.
 _RATE_WINDOW_S = 5.0
@@ -89,8 +86,6 @@ class Throttle:
         "_paused_until",
         "_recovery_s",
         "_refusals",
-        "_rng",
-        "_sleep",
         "_slope",
         "_starts",
         "_streak",
@@ -107,9 +102,7 @@ class Throttle:
         max_rps: float | None = None,
         min_rps: float = 1.0,
         recovery_s: float = 5.0,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = anyio.sleep,
-        rng: random.Random | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if max_rps is not None and not max_rps > 0:
             raise ValueError(f"max_rps must be positive or None, not {max_rps}")
@@ -122,8 +115,6 @@ class Throttle:
         self._min_rps = min_rps if max_rps is None else min(min_rps, max_rps)
         self._recovery_s = recovery_s
         self._clock = clock
-        self._sleep = sleep
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._lock = anyio.Lock()
         self._paused_until = -math.inf
         self._last_start = -math.inf
@@ -147,7 +138,7 @@ class Throttle:
     @property
     def rate_limit(self) -> float | None:
         """Requests per second allowed now (the lower of `max_rps` and the adaptive limit)."""
-        return self._limit(self._clock())
+        return self._limit(self._clock.now())
 
     @property
     def paused_until(self) -> float:
@@ -157,27 +148,27 @@ class Throttle:
     @property
     def floor(self) -> float:
         """The lowest the adaptive limit may be now: a little above what the server accepts."""
-        return self._floor_at(self._clock())
+        return self._floor_at(self._clock.now())
 
     def now(self) -> float:
         """The throttle's clock: what `overloaded(sent_at=...)` expects."""
-        return self._clock()
+        return self._clock.now()
 
     async def wait(self) -> float:
         """Wait for this request's turn; return the seconds waited."""
-        start = self._clock()
+        start = self._clock.now()
         if start >= self._paused_until and self._limit(start) is None:
             self._started(start)
             return 0.0
         # FIFO: the lock queues callers in arrival order and only its holder sleeps on the clock.
         async with self._lock:
             while True:
-                now = self._clock()
+                now = self._clock.now()
                 ready = self._ready_at(now)
                 if ready <= now:
                     break
                 # Loop rather than trust one sleep: a pause or a cut may have come meanwhile.
-                await self._sleep(ready - now)
+                await self._clock.sleep(ready - now)
             self._started(now)
         waited = now - start
         self.waited_s += waited
@@ -187,7 +178,7 @@ class Throttle:
         """A 429 or 503 answered a request sent at `sent_at` (this throttle's clock; None: just
         now). The request itself waits `retry_after` (the caller's retry does); everyone pauses
         only in a burst; the shared rate is cut once per round trip."""
-        now = self._clock()
+        now = self._clock.now()
         self.overloads += 1
         self._streak += 1
         self._refusals.append(now)
@@ -205,7 +196,7 @@ class Throttle:
 
     def succeeded(self) -> None:
         """A request succeeded: the streak of refusals and the backoff start over."""
-        now = self._clock()
+        now = self._clock.now()
         self._successes.append(now)
         self._streak = 0
         self._bursts = 0
@@ -261,7 +252,7 @@ class Throttle:
 
     def _backoff(self) -> float:
         delay = min(_BACKOFF_MAX_S, _BACKOFF_INITIAL_S * 2.0 ** min(self._bursts - 1, 32))
-        return delay * (1.0 - _BACKOFF_JITTER * self._rng.random())
+        return delay * (1.0 - _BACKOFF_JITTER * self._clock.rng.random())
 
     def _cut(self, now: float) -> None:
         current = self._limit(now)

@@ -5,7 +5,7 @@ the request included, to `httpx.ConnectTimeout`, which the client reads as "neve
 may send again: a POST would then be applied twice. `Transport` sorts them as the client
 relies on: only a connection that was never made is a connect error; any other failure is a
 read error, whose outcome is unknown. It speaks httpx's exceptions only; `session.py` turns
-them into fleet's.
+them into fleet's. `HttpOptions` are how a client's connections are made and bounded.
 
 aiohttp's pool costs 0.33 ms of CPU per request against httpcore's 1.1-1.35 ms (measured on
 loopback, 10-50 connections), which is why fleet does not use httpx's own.
@@ -13,11 +13,32 @@ loopback, 10-50 connections), which is why fleet does not use httpx's own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+
+
+@dataclass(frozen=True, slots=True)
+class HttpOptions:
+    """How a client connects: `verify` the server's certificate (True: against the system's
+    CAs; a path: against that PEM bundle); end every request within `timeout_s`; keep at most
+    `max_connections` open; and send over `transport` (None: fleet's `Transport`; tests give
+    an ASGI or mock one)."""
+
+    verify: bool | str = True
+    timeout_s: float = 30.0
+    max_connections: int = 100
+    transport: httpx.AsyncBaseTransport | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.timeout_s < math.inf:
+            raise ValueError(f"timeout_s must be positive, not {self.timeout_s}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {self.max_connections}")
 
 
 class Transport(AiohttpTransport):
@@ -70,4 +91,4 @@ def _sorted_failure(cause: BaseException) -> BaseException:
     return httpx.ReadError(message)
 
 
-__all__ = ["Transport"]
+__all__ = ["HttpOptions", "Transport"]
