@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from fleet.errors import OutcomeUnknown
 from fleet.modelops import Job
-from fleet.polling import Finished
+from fleet.polling import Finished, InFlight
 from fleet.project_run import (
     Deferred,
     Paused,
@@ -234,7 +234,14 @@ async def _follow(ctx: ProjectRun, record: StageRecord, created_at: datetime | N
         submitted = record.submitted_at
         age = 0.0 if submitted is None else max((ctx.now() - submitted).total_seconds(), 0.0)
         return await jobs.finished(
-            job_id, created_at, record.stage.value, expected, age_s=age, timeout_s=timeout
+            InFlight(
+                job_id,
+                record.stage.value,
+                created_at=created_at,
+                expected_s=expected,
+                age_s=age,
+                timeout_s=timeout,
+            )
         )
 
     done = await api_call(finished)

@@ -30,6 +30,7 @@ from fleet.modelops import (
     Version,
     metrics_of_job,
 )
+from fleet.polling import InFlight
 from fleet.project_run import (
     Deferred,
     Paused,
@@ -350,7 +351,7 @@ async def _scored(ctx: ProjectRun, deployed: StageRecord, deployment_id: str) ->
         return {}
     timeout = ctx.plan.job_timeouts.get("score", math.inf)
     done = await api_call(
-        lambda: ctx.jobs.finished(str(job_id), None, "score", None, timeout_s=timeout)
+        lambda: ctx.jobs.finished(InFlight(str(job_id), "score", timeout_s=timeout))
     )
     if done is None:
         raise Paused

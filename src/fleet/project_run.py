@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import anyio
 import structlog
 
+from fleet.clock import Clock
 from fleet.errors import (
     AuthError,
     Conflict,
@@ -111,8 +112,7 @@ async def project_run(
         poll_interval=plan.poll_interval,
         poll_floor=plan.poll_floor,
         mode=plan.poll_mode,
-        clock=scope.clock,
-        sleep=scope.sleep,
+        clock=Clock(now=scope.clock, sleep=scope.sleep),
     )
     if limiters is None:
         limiters = {stage: anyio.CapacityLimiter(plan.limits[stage]) for stage in Stage}
