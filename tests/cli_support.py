@@ -225,19 +225,11 @@ def write_models_csv(path: Path, world: sim.World) -> None:
 
 @contextmanager
 def loggers_reassembled() -> Iterator[None]:
-    """fleet's module loggers assembled afresh from the configuration of the moment, before
-    and after the block, and structlog's defaults back after it.
-
-    fleet configures structlog with `cache_logger_on_first_use`: a module's logger keeps the
-    configuration of its first use for the life of the process. An in-process `fleet run
-    --log-level warning` would leave every later run of the process without its info lines,
-    and a later `capture_logs` without the events of those loggers.
-    """
-    _uncache_loggers()
+    """structlog's defaults back after the block: a command configures logging for the
+    process (its level, JSON or not), and the next test must not inherit it."""
     try:
         yield
     finally:
-        _uncache_loggers()
         structlog.reset_defaults()
 
 
@@ -255,16 +247,3 @@ def afresh(fleet_here: FleetHere) -> FleetHere:
             redactor.forget()
 
     return run
-
-
-_LAZY_LOGGER = type(structlog.get_logger())
-
-
-def _uncache_loggers() -> None:
-    for name, module in list(sys.modules.items()):
-        if name.partition(".")[0] != "fleet" or module is None:
-            continue
-        for value in vars(module).values():
-            if isinstance(value, _LAZY_LOGGER):
-                # The cache is the `bind` the proxy set on itself at first use.
-                vars(value).pop("bind", None)

@@ -58,7 +58,11 @@ def configure(*, level: str = "info", json: bool | None = None) -> None:
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=lambda *_: _CurrentStdout(),
-        cache_logger_on_first_use=True,
+        # Not cached: a cached logger keeps the configuration of its first use for the life
+        # of the process, so a second `configure` (another level, a program that calls
+        # run_batch twice, a test) would be ignored by every module that had logged. fleet
+        # logs a few lines per stage; assembling the logger each time costs nothing visible.
+        cache_logger_on_first_use=False,
     )
 
 
