@@ -5,30 +5,24 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import pytest
-import stamina
 
+from fleet.retries import without_waiting
 from fleet.secrets import redactor
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-_RETRY_ATTEMPTS = 3
-
-
-@pytest.fixture
-def retry_attempts() -> int:
-    """How many times a call with the default retry policy is tried in tests."""
-    return _RETRY_ATTEMPTS
-
 
 @pytest.fixture(autouse=True)
-def _retries_without_waiting() -> Iterator[None]:
-    """Retries happen at once, at most three times, so no test sleeps for a backoff.
-
-    `cap=True` keeps a smaller policy (a test asking for one attempt gets one).
-    """
-    with stamina.set_testing(True, attempts=_RETRY_ATTEMPTS, cap=True):
+def _retries_without_waiting(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A call is sent again at once (its waits still count against its budget), so no test
+    sleeps for a backoff, in-process runs of the CLI included. A test of the waits
+    themselves (on a virtual clock) is marked `retry_waits` and waits as a night would."""
+    if request.node.get_closest_marker("retry_waits") is not None:
+        yield
+        return
+    with without_waiting():
         yield
 
 

@@ -937,6 +937,7 @@ async def test_a_non_uuid_project_id_is_refused_before_any_request(mock):
 # -- throttle and breaker -------------------------------------------------------------------
 
 
+@pytest.mark.retry_waits
 async def test_a_429_delays_its_own_request_not_the_others(mock):
     """One 429 with Retry-After is sent again after exactly that long (its call waits it);
     the shared throttle does not pause every other request for it."""

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-import stamina
 
 from fleet import scheduler
 from fleet.errors import RunNotFound
@@ -33,6 +32,7 @@ from fleet.report import render
 from fleet.report.model import RunReport, build_report, root_cause
 from fleet.report.statefiles import StateFiles, merged_status
 from fleet.report.status import status_document
+from fleet.retries import without_waiting
 from fleet.shards import shard_of
 from fleet.stages import Outcome, Stage, StageState
 from fleet.store import Store
@@ -53,7 +53,7 @@ async def _two_nights(db: Path) -> None:
 def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One state file holding both nights (built once: the tests only read it)."""
     db = tmp_path_factory.mktemp("report") / "fleet.db"
-    with stamina.set_testing(True, attempts=3, cap=True):
+    with without_waiting():
         anyio.run(_two_nights, db)
     return db
 

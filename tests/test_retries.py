@@ -38,6 +38,9 @@ from support import BASE_URL, Emulated, InstantTime, VirtualTime, emulated, nigh
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+# The waits between sends are what these tests count, on virtual clocks: they wait as a night.
+pytestmark = pytest.mark.retry_waits
+
 API = f"{BASE_URL}/api"
 PROJECT_ID = "419e5f05-b225-4b70-b075-6c309365d94f"
 TOKEN = "tok-retries"

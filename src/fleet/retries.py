@@ -43,13 +43,18 @@ Above a call, two things repeat work, and neither is a retry of a call:
 
 A call that outlives its budget fails its model's stage; `fleet run --retry-failed` reopens
 it. `docs/operations.md` ("Retries: every number in one place") tabulates all of this.
+
+`without_waiting()` is for tests, as stamina's `set_testing` was: inside it a call is sent
+again at once, its waits still charged to its budget, so a test of retries sleeps for nothing
+and counts exactly what a night would.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -135,7 +140,22 @@ class Account:
         if self.spent_s + wait >= self.policy.budget_s:
             return None
         self.spent_s += wait
-        return wait
+        return wait if _waits[0] else 0.0
+
+
+# Whether a call waits before sending again (False only inside `without_waiting`).
+_waits = [True]
+
+
+@contextmanager
+def without_waiting() -> Iterator[None]:
+    """Calls sent again at once for the block (their waits charged all the same): tests."""
+    before = _waits[0]
+    _waits[0] = False
+    try:
+        yield
+    finally:
+        _waits[0] = before
 
 
 def retryable(error: BaseException) -> bool:
@@ -195,4 +215,5 @@ __all__ = [
     "one_send",
     "retryable",
     "settle",
+    "without_waiting",
 ]
