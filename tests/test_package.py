@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
+
+import anyio
 
 import fleet
 from fleet import batch, config, errors, progress, settings, sim, stages, version
 from fleet.sim.clock import ManualClock
+from fleet.stages import Stage, StageState
+from fleet.store import Store
 
 # What the package promises besides the error tree (every FleetError of errors.py).
 PROMISED = {
@@ -121,3 +126,42 @@ async def test_run_batch_runs_a_night_and_the_same_run_id_resumes_it(tmp_path: P
     assert again.resumed
     assert stats["jobs_total"] == jobs
     assert world.settings.token.encode() not in (tmp_path / "fleet.db").read_bytes()
+
+
+class _FirstSubmission(progress.Progress):
+    """Progress that says when the night's first job was submitted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.submitted = anyio.Event()
+
+    def moved(self, stage: Stage, before: StageState, after: StageState) -> None:
+        super().moved(stage, before, after)
+        if after is StageState.SUBMITTED:
+            self.submitted.set()
+
+
+async def test_a_run_cancelled_from_outside_is_recorded_interrupted_and_resumes(
+    tmp_path: Path,
+) -> None:
+    """Cancelling `run_batch` mid-night (a caller's deadline; the CLI's end of a grace period)
+    still writes what must survive it: the run is recorded interrupted, the state file's lease
+    is released, and the same run id resumes it with no job sent twice."""
+    db = tmp_path / "fleet.db"
+    request = fleet.RunRequest(run_id="night-1")
+    async with _served(models=5) as (world, url):
+        night = _settings(world, url, db)
+        watched = _FirstSubmission()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: fleet.run_batch(night, request=request, progress=watched))
+            await watched.submitted.wait()
+            tg.cancel_scope.cancel()
+        async with Store.open(db, readonly=True) as store:
+            status = (await store.run("night-1")).status
+        with closing(sqlite3.connect(db)) as conn:
+            leases = conn.execute("SELECT COUNT(*) FROM lease").fetchone()[0]
+        again = await fleet.run_batch(night, request=request)
+        stats = world.stats()
+    assert (status, leases) == (fleet.RunStatus.INTERRUPTED, 0)
+    assert (again.status, again.succeeded, again.resumed) == ("succeeded", 5, True)
+    assert stats["max_jobs_per_model_and_type"] == 1

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Any, Self, TypeVar
 
+import anyio
 import httpx
 
 from fleet.auth import ClientCredentials, StaticToken, TokenSource
@@ -115,8 +116,10 @@ class ModelOpsClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the connections, also when the caller is being cancelled."""
         if not self._http.is_closed:
-            await self._http.aclose()
+            with anyio.CancelScope(shield=True):
+                await self._http.aclose()
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -183,7 +183,8 @@ async def read_only(path: Path) -> AsyncIterator[aiosqlite.Connection]:
                 raise StoreError(f"cannot use state file {path}: {exc}") from exc
             yield copy
         finally:
-            await copy.close()
+            with anyio.CancelScope(shield=True):
+                await copy.close()
 
 
 async def _readable(conn: aiosqlite.Connection, path: Path) -> int:
@@ -246,13 +247,15 @@ async def _reading(path: Path) -> AsyncIterator[aiosqlite.Connection]:
             try:
                 yield conn
             finally:
-                await conn.close()
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
         return
     conn = await _connect(f"{resolved.as_uri()}?mode=ro{'' if wal else '&immutable=1'}", path)
     try:
         yield conn
     finally:
-        await conn.close()
+        with anyio.CancelScope(shield=True):
+            await conn.close()
 
 
 async def _connect(database: str, path: Path) -> aiosqlite.Connection:

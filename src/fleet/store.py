@@ -107,7 +107,8 @@ class Store:
                 yield store
         finally:
             store._closed()
-            await conn.close()
+            with anyio.CancelScope(shield=True):  # closed even by a cancelled caller
+                await conn.close()
 
     @asynccontextmanager
     async def _serving(self) -> AsyncIterator[None]:
@@ -162,6 +163,17 @@ class Store:
         return write.result
 
     async def _writer(self) -> None:
+        """Commit what is sent, in batches, until the store closes.
+
+        Shielded: when everything around the store is cancelled (a caller's deadline, the
+        end of a grace period), the writes that must survive it (the run's interrupted
+        status, the lease released) are sent shielded and wait for their commit; the writer
+        must still be there to make it. It ends when the store's block ends and the stream
+        closes, after the writes already sent."""
+        with anyio.CancelScope(shield=True):
+            await self._write_until_closed()
+
+    async def _write_until_closed(self) -> None:
         async with self._receive:
             async for first in self._receive:
                 batch = [first]
