@@ -4,7 +4,7 @@ Teradata's Model Factory tutorial runs one Airflow DAG per model: train, evaluat
 deploy, retire, each task POSTing its step and then polling the job every 5 seconds until it
 ends. Airflow runs at most 32 tasks at once by default (`parallelism`). This is that pattern in
 one process: one sequential worker per model, at most `--parallelism` models at a time, the
-same requests and bodies fleet sends (src/fleet/client.py, src/fleet/lifecycle.py), no retries
+same requests and bodies fleet sends (src/fleet/client.py, src/fleet/modelops.py), no retries
 and no other delay.
 
 It needs only what every plausible server offers (see src/fleet/sim/behaviour.py): each job

@@ -10,8 +10,8 @@ from pathlib import Path
 import anyio
 
 import fleet
-from fleet import batch, config, errors, progress, settings, sim, stages, version
-from fleet.sim.clock import ManualClock
+from cli_support import Ticking
+from fleet import batch, config, errors, progress, selection, settings, sim, stages, version
 from fleet.stages import Stage, StageState
 from fleet.store import Store
 
@@ -21,6 +21,7 @@ PROMISED = {
     "RunRequest",
     "RunResult",
     "RunStatus",
+    "Selection",
     "Settings",
     "__version__",
     "load_settings",
@@ -31,6 +32,7 @@ HOMES = {
     "RunRequest": batch,
     "RunResult": progress,
     "RunStatus": stages,
+    "Selection": selection,
     "Settings": settings,
     "__version__": version,
     "load_settings": config,
@@ -65,25 +67,10 @@ def test_every_export_is_the_object_of_its_home_module() -> None:
         assert getattr(fleet, name) is getattr(home, name), name
 
 
-class _Ticking(ManualClock):
-    """The emulator's time, moved on by each look at it: jobs end after enough requests,
-    however fast or slow the machine is."""
-
-    __slots__ = ("_step",)
-
-    def __init__(self, step_s: float) -> None:
-        super().__init__()
-        self._step = step_s
-
-    def now(self) -> float:
-        self.advance(self._step)
-        return super().now()
-
-
 @asynccontextmanager
 async def _served(models: int) -> AsyncIterator[tuple[sim.World, str]]:
     """An emulator of `models` models, served in-process over loopback HTTP."""
-    world, app = sim.build(sim.SimSettings(models=models), _Ticking(step_s=30.0))
+    world, app = sim.build(sim.SimSettings(models=models), Ticking(step_s=30.0))
     async with sim.serve(app) as url:
         yield world, url
 

@@ -12,11 +12,12 @@ From Python, a night is one call (the CLI's `fleet run` makes the same one):
 
 from __future__ import annotations
 
-import sys
+import importlib
+from typing import TYPE_CHECKING
 
-# `fleet` on a command line imports this package first: Ctrl-C while its modules load (most
-# of the first half second) ends like any later interrupt, with one line and 130.
-try:
+from fleet.version import __version__
+
+if TYPE_CHECKING:
     from fleet.batch import RunRequest, run_batch
     from fleet.config import load_settings
     from fleet.errors import (
@@ -39,12 +40,35 @@ try:
         TransientApiError,
     )
     from fleet.progress import RunResult
+    from fleet.selection import Selection
     from fleet.settings import Settings
     from fleet.stages import Outcome, RunStatus
-    from fleet.version import __version__
-except KeyboardInterrupt:
-    sys.stderr.write("fleet: interrupted\n")
-    raise SystemExit(130) from None
+
+# The exports load on first use (PEP 562): `import fleet` costs nothing until one is asked
+# for, and the `fleet` command (fleet.cli) loads the engine under its own Ctrl-C guard rather
+# than through this package.
+_HOMES = {
+    "RunRequest": "batch",
+    "run_batch": "batch",
+    "load_settings": "config",
+    "RunResult": "progress",
+    "Selection": "selection",
+    "Settings": "settings",
+    "Outcome": "stages",
+    "RunStatus": "stages",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name, "errors" if name in __all__ else None)
+    if home is None:
+        raise AttributeError(f"module 'fleet' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"fleet.{home}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "ApiError",
@@ -65,6 +89,7 @@ __all__ = [
     "RunRequest",
     "RunResult",
     "RunStatus",
+    "Selection",
     "ServerUnavailable",
     "Settings",
     "StoreError",

@@ -14,12 +14,7 @@ from typing import Any
 import structlog
 
 from fleet.errors import OutcomeUnknown
-from fleet.jobs import (
-    FOUND_AFTER_LOSS,
-    FOUND_AFTER_RESTART,
-    open_attempt,
-    unknown_outcome,
-)
+from fleet.jobs import FOUND_AFTER_LOSS, FOUND_AFTER_RESTART, open_attempt, unknown_outcome
 from fleet.modelops import Event, latest_metrics
 from fleet.project_run import (
     ProjectRun,

@@ -20,6 +20,7 @@ from fleet.environment import env_name
 from fleet.errors import ConfigError
 from fleet.flags import flag_specs
 from fleet.inputs import check_run_id
+from fleet.report.model import FORMATS
 from fleet.selection import Selection
 from fleet.sim.behaviour import Behaviour
 from fleet.sim.settings import RATE_FIELDS, SimSettings
@@ -226,9 +227,7 @@ def _add_report_parser(commands: Any) -> None:
         "run_id", nargs="?", type=_named_run, help="run id (default: the latest run)"
     )
     _add_db_flag(report_p)
-    report_p.add_argument(
-        "--format", choices=("md", "json", "junit", "html"), default="md", help="report format"
-    )
+    report_p.add_argument("--format", choices=FORMATS, default="md", help="report format")
     report_p.add_argument("--output", "-o", type=Path, help="write to this file (mode 0600)")
     report_p.add_argument(
         "--previous", metavar="RUN_ID", type=_named_run, help="compare with this run"

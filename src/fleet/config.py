@@ -1,9 +1,9 @@
 """Loading the settings: the TOML file, FLEET_* variables and flags, into one `Settings`.
 
 Precedence, highest first: command-line flags > environment (`FLEET_LIMITS__TRAIN=20`) >
-`fleet.toml` > defaults. Every leaf setting of a scalar type gets a flag named by its dotted
-path (`--limits.train 20`, `--api.timeout 10`); see `flag_specs()`. Secrets have no flag: a
-token on the command line would show in `ps`.
+`fleet.toml` > defaults. The flags are derived from the settings' schema (flags.py); secrets
+have no flag: a token on the command line would show in `ps`. The schema is settings.py and
+sections.py; the FLEET_* names are environment.py's.
 
 Any mistake becomes one `ConfigError` line that names the setting, where it came from and what
 is expected. Nothing here does I/O beyond reading the config, token and model files.
@@ -17,13 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ValidationError,
-)
-from pydantic_settings import (
-    SettingsError,
-)
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import SettingsError
 
 from fleet.environment import ENV_PREFIX, ENVIRON, TOML_READ, env_name
 from fleet.errors import ConfigError
@@ -34,14 +29,10 @@ from fleet.inputs import (
     nest,
     read_secret,
     read_toml,
+    section_type,
 )
-from fleet.models import (
-    Lifecycle,
-)
-from fleet.sections import (
-    ProjectSettings,
-    api_section,
-)
+from fleet.models import Lifecycle
+from fleet.sections import ProjectSettings, api_section
 from fleet.settings import Settings
 
 # Variables fleet reads itself, outside the settings model.
@@ -87,12 +78,14 @@ def load_settings(
         api = project.api
         if api.token_file is not None and api.token is None:
             read_secret(api.token_file, f"{api_section(name)}.token_file")
-    settings._warnings.extend(  # noqa: SLF001 - load_settings builds the object it annotates
-        f"{section}.{name} is in {config}: anyone who can read the file can use it; prefer "
-        f"{env_name(section + '.' + name)} or {section}.{name}_file"
-        for section, table in _api_tables(toml)
-        for name in ("token", "client_secret")
-        if name in table
+    settings.warn(
+        *(
+            f"{section}.{name} is in {config}: anyone who can read the file can use it; "
+            f"prefer {env_name(section + '.' + name)} or {section}.{name}_file"
+            for section, table in _api_tables(toml)
+            for name in ("token", "client_secret")
+            if name in table
+        )
     )
     return settings
 
@@ -188,9 +181,3 @@ class _Sources:
                 return "default"
             node = node[part]
         return str(self.config)
-
-
-def section_type(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return None

@@ -11,10 +11,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-)
+from pydantic_settings import BaseSettings, EnvSettingsSource
 
 ENV_PREFIX = "FLEET_"
 

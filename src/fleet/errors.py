@@ -2,7 +2,7 @@
 
     FleetError
     ├── ConfigError               bad settings, flags or model lists (exit 2)
-    │   └── RuleError             an approval or monitor rule that does not parse (rules.py)
+    │   └── RuleError             an approval or monitor rule that does not parse (rule_syntax.py)
     ├── ApiError                  anything the ModelOps API answered or failed to answer
     │   ├── TransientApiError     timeouts, connection errors, 429, 500, 502, 503, 504 (retry_after)
     │   │   ├── OutcomeUnknown    a POST was sent but no answer came back: it may have been applied

@@ -11,11 +11,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import (
-    BaseModel,
-)
+from pydantic import BaseModel
 
-from fleet.config import section_type
+from fleet.inputs import section_type
 from fleet.settings import Settings
 
 

@@ -17,12 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleet.errors import ConfigError
 
@@ -277,3 +272,11 @@ def error_line(
 
 
 _NAMED = re.compile(r"(?P<path>[a-z_]+(?:\.[^\s:.]+)+): (?P<message>.*)", re.DOTALL)
+
+
+def section_type(annotation: Any) -> type[BaseModel] | None:
+    """The settings table a field's annotation names, if it names one (flags and FLEET_*
+    names walk the schema through it)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None

@@ -8,21 +8,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import (
-    Callable,
-)
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fleet.errors import (
-    FleetError,
-)
+from fleet.errors import FleetError
 from fleet.records import ModelRecord, StageRecord
-from fleet.stages import (
-    RunStatus,
-    Stage,
-    StageState,
-)
+from fleet.stages import RunStatus, Stage, StageState
 
 
 @dataclass(frozen=True, slots=True)

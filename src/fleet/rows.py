@@ -206,4 +206,9 @@ def iso(value: datetime | None) -> str | None:
 
 
 def _dt(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
+    return None if value is None else parse_time(value)
+
+
+def parse_time(value: str) -> datetime:
+    """A time as `iso` wrote it."""
+    return datetime.fromisoformat(value)

@@ -138,12 +138,6 @@ def _truth(node: Condition, outcomes: Mapping[Compare, bool | None]) -> bool:
             return all(values) if node.op == "and" else any(values)
 
 
-# --- tokens --------------------------------------------------------------------------------------
-
-
-# --- parser --------------------------------------------------------------------------------------
-
-
 # --- evaluation ----------------------------------------------------------------------------------
 
 _COMPARE: dict[str, Callable[[Decimal, Decimal], bool]] = {

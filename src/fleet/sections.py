@@ -14,16 +14,8 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import (
-    Field,
-    SecretStr,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
-from pydantic_settings import (
-    NoDecode,
-)
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from fleet.auth import ClientCredentials, StaticToken, TokenFile, TokenSource
 from fleet.environment import env_name
@@ -39,11 +31,7 @@ from fleet.inputs import (
     read_text,
     url_problem,
 )
-from fleet.models import (
-    DEFAULT_PROJECT,
-    ModelEntry,
-    unique_entries,
-)
+from fleet.models import DEFAULT_PROJECT, ModelEntry, unique_entries
 from fleet.stages import Stage
 
 
@@ -280,7 +268,7 @@ class ProjectSettings(Section):
         return bool(self.models or self.models_file or self.discover.names)
 
 
-def _check_ca_bundle(path: Path, setting: str) -> None:
+def check_ca_bundle(path: Path, setting: str) -> None:
     """The bundle is a file of PEM certificates the TLS library takes (it would otherwise fail
     at the first request, with a traceback)."""
     if not path.is_file():

@@ -65,8 +65,8 @@ from fleet.sections import (
     Limits,
     ProjectLimits,
     ProjectSettings,
-    _check_ca_bundle,
     api_section,
+    check_ca_bundle,
     models_section,
 )
 from fleet.shards import Shard
@@ -171,6 +171,10 @@ class Settings(BaseSettings):
     @property
     def warnings(self) -> list[str]:
         return list(self._warnings)
+
+    def warn(self, *warnings: str) -> None:
+        """Keep something to say once logging is set up (`load_settings` finds them)."""
+        self._warnings.extend(warnings)
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -410,7 +414,7 @@ class Settings(BaseSettings):
                 )
             api.token_source(s)
             if api.ca_bundle is not None:
-                _check_ca_bundle(api.ca_bundle, f"{s}.ca_bundle")
+                check_ca_bundle(api.ca_bundle, f"{s}.ca_bundle")
 
     def require_paths(self) -> None:
         """The files a run writes can be written: `db` and `metrics_file` name files (not

@@ -1,4 +1,4 @@
-"""The lifecycle as data: the stages, the states a stage moves through, and the allowed moves.
+"""The lifecycle as data: stages, their states and allowed moves; outcomes; run statuses.
 
     pending ──► submitting ──► submitted ──► running ──► succeeded
        │            │  ▲           │            ├──────► failed

@@ -294,7 +294,9 @@ class Store:
             async with conn.execute("SELECT * FROM lease WHERE id = 1") as cursor:
                 row = await cursor.fetchone()
             if row is not None:
-                held = Lease(row[1], row[2], row[3], _parse(row[4]), _parse(row[5]))
+                held = Lease(
+                    row[1], row[2], row[3], rows.parse_time(row[4]), rows.parse_time(row[5])
+                )
                 if held.holder != me.holder and not _stale(held, self._now(), ttl_s):
                     raise LeaseHeld(held, self._path)
             _HELD_HERE.add(me.holder)
@@ -432,10 +434,6 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
         await conn.rollback()
     except sqlite3.Error:
         return
-
-
-def _parse(value: str) -> datetime:
-    return datetime.fromisoformat(value)
 
 
 # Leases taken by this process (a process may run several state files, or tests several

@@ -1,8 +1,9 @@
-"""Run reports: what happened to every model of a run, as Markdown, JSON, JUnit XML or HTML.
+"""The report as data: what happened to every model of a run, and how it compares.
 
 `build_report` reads one run (and, for the comparison, the run before it) from the state file,
-or from several merged (the shards of a run: see `statefiles.py`), into frozen values; `render`
-turns those into text. Nothing here prints or writes files.
+or from several merged (the shards of a run: see `statefiles.py`), into frozen values; the
+renderings are text.py and html.py, behind `report.render`. Nothing here prints or writes
+files.
 
 A failed model's `error` is its failed stage's error as the engine recorded it. Its
 `root_cause` reduces that error to a class that groups alike failures across models:

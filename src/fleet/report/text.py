@@ -11,13 +11,7 @@ from enum import Enum
 from typing import Any
 
 from fleet.models import DEFAULT_PROJECT
-from fleet.report.model import (
-    OUTCOME_ORDER,
-    REPORT_VERSION,
-    Comparison,
-    ModelReport,
-    RunReport,
-)
+from fleet.report.model import OUTCOME_ORDER, REPORT_VERSION, Comparison, ModelReport, RunReport
 from fleet.stages import Outcome, Stage
 
 DASH = "\N{EN DASH}"  # what a missing value shows
