@@ -3,13 +3,11 @@ end-to-end tests, `fleet` subprocesses and `fleet sim` on loopback.
 
 A test of what a command does runs `fleet.cli.main` in this process (conftest's `fleet_here`)
 against `emulator_here`: the emulator on loopback HTTP from a thread of its own, since `main`
-runs its own event loop in this one. `afresh` runs each such command as if in a process of
-its own: its loggers as its flags configure them, its redactor knowing only its own secrets.
+runs its own event loop in this one.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -19,19 +17,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
-import structlog
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from fleet import sim
-from fleet.secrets import redactor
+from fleet.cli import _write_models_csv as write_models_csv
 from fleet.sim import build
 from fleet.sim.clock import ManualClock
 
-if TYPE_CHECKING:
-    from conftest import FleetHere, Ran
+# `write_models_csv` is the CLI's own (`fleet sim --models-csv`'s): the models files the tests
+# run from are the ones an operator gets, and one writer is tested (tests/sim/test_sim_flags.py).
 
 TOKEN = "e2e-secret-token-3f9a"
 FAST = ["--poll-interval", "0.05", "--progress-interval", "0.5"]
@@ -212,38 +209,3 @@ def emulator_here(
         portal.wrap_async_context_manager(sim.serve(app)) as url,
     ):
         yield Served(url, world, portal)
-
-
-def write_models_csv(path: Path, world: sim.World) -> None:
-    """The world's models, each with its datasets: what `--models-file` reads."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "name", "train_dataset_id", "evaluate_dataset_id"])
-        datasets = (world.train_dataset_id, world.eval_dataset_id)
-        writer.writerows((model.id, model.name, *datasets) for model in world.models())
-
-
-@contextmanager
-def loggers_reassembled() -> Iterator[None]:
-    """structlog's defaults back after the block: a command configures logging for the
-    process (its level, JSON or not), and the next test must not inherit it."""
-    try:
-        yield
-    finally:
-        structlog.reset_defaults()
-
-
-def afresh(fleet_here: FleetHere) -> FleetHere:
-    """conftest's `fleet_here`, each command as in a process of its own: it logs as its own
-    flags say (`loggers_reassembled`), and the process-wide redactor knows only the secrets
-    it learns, so an earlier command's cannot hide one this command fails to redact."""
-
-    def run(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> Ran:
-        redactor.forget()
-        try:
-            with loggers_reassembled():
-                return fleet_here(*argv, cwd=cwd, env=env)
-        finally:
-            redactor.forget()
-
-    return run

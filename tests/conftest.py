@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import pytest
+import respx
+import structlog
 
 from fleet.retries import without_waiting
 from fleet.secrets import redactor
@@ -51,7 +53,12 @@ class FleetHere(Protocol):
 def fleet_here(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> FleetHere:
     """`fleet ARGV` run in this process (`fleet.cli.main`) in `cwd`, with no FLEET_* variable
     but `env`: for the commands an end-to-end test only reads with (`status`, `plan`, a refused
-    flag), which need no process of their own and so not its 0.6 s of start-up."""
+    flag), which need no process of their own and so not its 0.6 s of start-up.
+
+    Each command runs as if in a process of its own: it logs as its own flags say (structlog's
+    defaults are back after it, so the next command or test does not inherit its level or
+    format), and the process-wide redactor knows only the secrets it learns, so an earlier
+    command's cannot hide one this command fails to redact."""
     from fleet.cli import main  # noqa: PLC0415 - only the tests asking for it pay the import
 
     def run(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> Ran:
@@ -61,8 +68,21 @@ def fleet_here(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPat
             monkeypatch.setenv(name, value)
         monkeypatch.chdir(cwd)
         capsys.readouterr()
-        code = main(list(argv))
+        redactor.forget()
+        try:
+            code = main(list(argv))
+        finally:
+            structlog.reset_defaults()
+            redactor.forget()
         out, err = capsys.readouterr()
         return Ran(code, out, err)
 
     return run
+
+
+@pytest.fixture
+def mock() -> Iterator[respx.MockRouter]:
+    """Every httpx request of the test answered by respx routes; a route left uncalled is
+    no failure."""
+    with respx.mock(using="httpx", assert_all_called=False) as router:
+        yield router

@@ -159,7 +159,6 @@ def settings_for(env: Emulated, db: Path, **flags: Any) -> Settings:
     return settings.model_copy(update={"models": env.entries()})
 
 
-@asynccontextmanager
-async def store_at(path: Path) -> AsyncIterator[Store]:
-    async with Store.open(path) as store:
-        yield store
+def files_in(directory: Path) -> dict[str, bytes]:
+    """The files in `directory` by name, with their bytes, to compare or to search."""
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}

@@ -29,7 +29,6 @@ from cli_support import (
     FAST,
     TOKEN,
     Ticking,
-    afresh,
     empty_config,
     emulator,
     emulator_here,
@@ -55,12 +54,6 @@ from fleet.store import Store
 
 if TYPE_CHECKING:
     from conftest import FleetHere
-
-
-@pytest.fixture
-def fleet_here(fleet_here: FleetHere) -> FleetHere:
-    """conftest's in-process `fleet`, each command logging as its own flags say."""
-    return afresh(fleet_here)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from fleet.session import MAX_BODY_BYTES
 from support import InstantTime
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BASE_URL = "https://mo.example/modelops/core/"  # the trailing slash is deliberate
@@ -130,12 +130,6 @@ DEPLOY = DeployRequest(
     cron="@once",
     publish_only=False,
 )
-
-
-@pytest.fixture
-def mock() -> Iterator[respx.MockRouter]:
-    with respx.mock(using="httpx", assert_all_called=False) as router:
-        yield router
 
 
 @pytest.fixture

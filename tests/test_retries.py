@@ -12,12 +12,11 @@ import random
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import httpx
 import pytest
-import respx
 
 from fleet import sim
 from fleet.breaker import Breaker
@@ -34,9 +33,6 @@ from fleet.retries import Account, RetryPolicy, one_send, retryable, settle
 from fleet.stages import Stage
 from fleet.transport import HttpOptions
 from support import BASE_URL, Emulated, InstantTime, VirtualTime, emulated, night, settings_for
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 # The waits between sends are what these tests count, on virtual clocks: they wait as a night.
 pytestmark = pytest.mark.retry_waits
@@ -55,12 +51,6 @@ def uid(n: int) -> str:
 
 def _job(job_id: str) -> dict[str, str]:
     return {"id": job_id, "status": "RUNNING", "type": "TRAINING", "modelId": uid(100)}
-
-
-@pytest.fixture
-def mock() -> Iterator[respx.MockRouter]:
-    with respx.mock(using="httpx", assert_all_called=False) as router:
-        yield router
 
 
 def _client(

@@ -29,7 +29,7 @@ from fleet.secrets import REDACTED, Redactor
 from fleet.sim.behaviour import Behaviour
 from fleet.store import Store
 from fleet.transport import HttpOptions
-from support import BASE_URL, Emulated, InstantTime, VirtualTime, settings_for
+from support import BASE_URL, Emulated, InstantTime, VirtualTime, files_in, settings_for
 
 TOKEN = "echoed-bearer-7c41e9d2"
 PUSH_PASSWORD = "push-pass-93be0f"
@@ -64,10 +64,6 @@ class _EchoingGateway:
         await self._app(scope, receive, send)
 
 
-def _files(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
-
-
 def _modes(directory: Path) -> dict[str, int]:
     return {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir() if p.is_file()}
 
@@ -99,7 +95,7 @@ async def test_an_echoed_token_and_a_url_password_reach_no_file_status_or_report
                 store,
                 controls=scheduler.Controls(sleep=env.time.sleep, clock=env.time.monotonic),
             )
-            while_open = _files(db.parent)  # the WAL holds the night's commits now
+            while_open = files_in(db.parent)  # the WAL holds the night's commits now
     assert "fleet.db-wal" in while_open
     [failure] = result.failed
     assert "invalid api key" in failure.reason
@@ -117,7 +113,7 @@ async def test_an_echoed_token_and_a_url_password_reach_no_file_status_or_report
         assert secret not in status
         for fmt, text in outputs.items():
             assert secret not in text, fmt
-        for name, content in {**while_open, **_files(db.parent)}.items():
+        for name, content in {**while_open, **files_in(db.parent)}.items():
             assert secret.encode() not in content, name
     stored = json.loads(await _settings_of(db))
     assert stored["pushgateway"] == "https://push.example:9091/"

@@ -7,9 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
-
-from cli_support import TOKEN, afresh, empty_config, emulator_here
+from cli_support import TOKEN, empty_config, emulator_here
 from fleet.sim import SimSettings
 from fleet.sim.oauth import TOKEN_PREFIX
 
@@ -18,12 +16,6 @@ if TYPE_CHECKING:
 
 STATIC_TOKEN = "static-e2e-token-9d2f"
 CLIENT_SECRET = "client-secret-e2e-41ac"
-
-
-@pytest.fixture
-def fleet_here(fleet_here: FleetHere) -> FleetHere:
-    """conftest's in-process `fleet`, each command logging as its own flags say."""
-    return afresh(fleet_here)
 
 
 def test_no_secret_reaches_logs_errors_or_the_state_file(

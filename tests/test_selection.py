@@ -8,9 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
-
-from cli_support import TOKEN, afresh, empty_config, emulator_here, run_env
+from cli_support import TOKEN, empty_config, emulator_here, run_env
 from fleet import scheduler
 from fleet.batch import plan_of
 from fleet.config import load_settings
@@ -24,12 +22,6 @@ from support import emulated, settings_for
 
 if TYPE_CHECKING:
     from conftest import FleetHere
-
-
-@pytest.fixture
-def fleet_here(fleet_here: FleetHere) -> FleetHere:
-    """conftest's in-process `fleet`, each command logging as its own flags say."""
-    return afresh(fleet_here)
 
 
 def _spec(i: int, *, tags: tuple[str, ...] = (), priority: int = 0) -> ModelSpec:

@@ -23,6 +23,7 @@ from fleet.records import Lease
 from fleet.schema import MIGRATIONS
 from fleet.stages import STAGE_ORDER, Stage, StageState
 from fleet.store import Store
+from support import files_in
 
 MODEL_IDS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 41)]
 
@@ -31,6 +32,23 @@ def _specs(n: int) -> list[ModelSpec]:
     return [
         ModelSpec(id=MODEL_IDS[i], name=f"store-{i:04d}", lifecycle=Lifecycle()) for i in range(n)
     ]
+
+
+def _schema3_file(path: Path) -> None:
+    """A state file at schema 3 (before projects): run `old`, failed, with one model."""
+    conn = sqlite3.connect(path)
+    conn.executescript(f"{';'.join(MIGRATIONS[:3])}; PRAGMA user_version = 3;")
+    conn.execute(
+        "INSERT INTO runs (id, created_at, updated_at, status, stages, settings)"
+        " VALUES ('old', '2026-11-24T00:00:00+00:00', '2026-11-24T00:00:00+00:00', 'failed',"
+        " 'train', '{}')"
+    )
+    conn.execute(
+        "INSERT INTO run_models (run_id, model_id, position, name, lifecycle)"
+        f" VALUES ('old', '{MODEL_IDS[0]}', 0, 'store-0000', '{{}}')"
+    )
+    conn.commit()
+    conn.close()
 
 
 async def test_a_new_file_is_migrated_to_wal_mode(tmp_path: Path) -> None:
@@ -69,19 +87,7 @@ async def test_models_of_a_file_from_before_projects_are_in_the_default_project(
     """A run stored at schema 3 reads back with each model in project default; new runs keep
     each model's project."""
     path = tmp_path / "fleet.db"
-    conn = sqlite3.connect(path)
-    conn.executescript(f"{';'.join(MIGRATIONS[:3])}; PRAGMA user_version = 3;")
-    conn.execute(
-        "INSERT INTO runs (id, created_at, updated_at, status, stages, settings)"
-        " VALUES ('old', '2026-11-24T00:00:00+00:00', '2026-11-24T00:00:00+00:00', 'failed',"
-        " 'train', '{}')"
-    )
-    conn.execute(
-        "INSERT INTO run_models (run_id, model_id, position, name, lifecycle)"
-        f" VALUES ('old', '{MODEL_IDS[0]}', 0, 'store-0000', '{{}}')"
-    )
-    conn.commit()
-    conn.close()
+    _schema3_file(path)
     specs = [replace(spec, project="retail") for spec in _specs(2)]
     async with Store.open(path) as store:
         (old,) = await store.models("old")
@@ -288,28 +294,12 @@ async def test_settings_that_are_not_json_are_a_store_error(tmp_path: Path) -> N
 async def test_an_older_file_is_read_without_being_changed(tmp_path: Path) -> None:
     """A reader opens a file at schema 3 through a migrated copy; the file stays at 3."""
     path = tmp_path / "fleet.db"
-    conn = sqlite3.connect(path)
-    conn.executescript(f"{';'.join(MIGRATIONS[:3])}; PRAGMA user_version = 3;")
-    conn.execute(
-        "INSERT INTO runs (id, created_at, updated_at, status, stages, settings)"
-        " VALUES ('old', '2026-11-24T00:00:00+00:00', '2026-11-24T00:00:00+00:00', 'failed',"
-        " 'train', '{}')"
-    )
-    conn.execute(
-        "INSERT INTO run_models (run_id, model_id, position, name, lifecycle)"
-        f" VALUES ('old', '{MODEL_IDS[0]}', 0, 'store-0000', '{{}}')"
-    )
-    conn.commit()
-    conn.close()
-    before = _files(tmp_path)
+    _schema3_file(path)
+    before = files_in(tmp_path)
     async with Store.open(path, readonly=True) as store:
         (model,) = await store.models("old")
     assert model.spec.project == "default"
-    assert _files(tmp_path) == before
-
-
-def _files(directory: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in directory.iterdir()}
+    assert files_in(tmp_path) == before
 
 
 def _lease(holder: str, *, pid: int | None = None, host: str | None = None) -> Lease:
