@@ -36,8 +36,10 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from fleet.errors import NewerStateFile, StoreError
-from fleet.inputs import parse_json
+from fleet.inputs import parse_json, section_type
 from fleet.models import Lifecycle
+
+log = structlog.get_logger("fleet.store")
 
 # The encoding this fleet writes, and the newest it reads.
 ENCODING = 1
@@ -65,6 +67,9 @@ class SettingsReader:
         self._driven = driven
         self._noticed: set[tuple[str, str]] = set()
         self._warnings: list[str] = []
+        # Most models of a run share their settings: each stored text is decoded once, and
+        # its (frozen) Lifecycle shared by the models that hold it.
+        self._decoded: dict[tuple[str, int], Decoded] = {}
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -74,12 +79,15 @@ class SettingsReader:
         """The settings of `model` ("model NAME (ID)"), stored as `text` with `version`."""
         if version > ENCODING:  # a newer fleet wrote it since this one opened the file
             raise NewerStateFile(self._path, "settings encoding", version, ENCODING)
-        try:
-            decoded = decode(text, version)
-        except ValueError as exc:
-            raise StoreError(
-                f"state file {self._path}: the settings of {model} cannot be read ({exc})"
-            ) from None
+        decoded = self._decoded.get((text, version))
+        if decoded is None:
+            try:
+                decoded = decode(text, version)
+            except ValueError as exc:
+                raise StoreError(
+                    f"state file {self._path}: the settings of {model} cannot be read ({exc})"
+                ) from None
+            self._decoded[(text, version)] = decoded
         for old, new in decoded.renamed:
             self._notice("fleet.store.setting_renamed", old, renamed_to=new)
         for name in decoded.ignored:
@@ -114,9 +122,6 @@ class SettingsReader:
             self._warnings.append(warning)
         if not self._driven:
             return
-        # Looked up now: a logger kept from import is fixed at its first use's configuration
-        # (cache_logger_on_first_use), and these rare events follow the current one.
-        log = structlog.get_logger("fleet.store")
         emit = log.warning if warning else log.info
         emit(event, setting=setting, db=self._path, **fields)
 
@@ -184,7 +189,7 @@ def _unknown(data: dict[str, Any], model: type[BaseModel], prefix: str) -> list[
             del data[key]
             names.append(f"{prefix}{key}")
             continue
-        inner = _section(model, key)
+        inner = section_type(model.model_fields[key].annotation)
         if inner is not None and isinstance(data[key], dict):
             names.extend(_unknown(data[key], inner, f"{prefix}{key}."))
     return names
@@ -214,17 +219,9 @@ def _drop(data: dict[str, Any], loc: tuple[int | str, ...]) -> str | None:
         if not isinstance(part, str) or part not in node:
             return None
         names.append(part)
-        inner = _section(model, part)
+        inner = section_type(model.model_fields[part].annotation)
         if inner is None or not isinstance(node[part], dict) or len(names) == len(loc):
             del node[part]
             return ".".join(names)
         node, model = node[part], inner
-    return None
-
-
-def _section(model: type[BaseModel], name: str) -> type[BaseModel] | None:
-    """The settings section a field holds (`resources`), or None for a plain value."""
-    annotation = model.model_fields[name].annotation
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
     return None
