@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 import structlog
@@ -88,10 +87,10 @@ async def run_batch(
     settings.require_paths()
     for warning in settings.warnings:
         log.warning("fleet.config.secret_in_file", detail=warning)
-    run_id = await _run_id(settings, request)
+    run_id, exists = await _which_run(settings, request)
     async with project_clients(settings, settings.every_project()) as clients:
         specs: Sequence[ModelSpec] = ()
-        if not request.retry_failed and not await _run_exists(settings.db, run_id):
+        if not request.retry_failed and not exists:
             discovering = {
                 name: clients[name]
                 for name, project in settings.every_project().items()
@@ -219,23 +218,20 @@ def project_client(settings: Settings, project: str) -> ModelOpsClient:
     )
 
 
-async def _run_id(settings: Settings, request: RunRequest) -> str | None:
-    """The run the request names; with `resume`, the state file's latest unfinished run."""
-    if (request.resume or request.retry_failed) and not await anyio.Path(settings.db).is_file():
-        raise ConfigError(f"--db: {settings.db} does not exist; name the state file of the run")
-    if not request.resume:
-        return request.run_id
+async def _which_run(settings: Settings, request: RunRequest) -> tuple[str | None, bool]:
+    """The run the request names (with `resume`, the state file's latest unfinished run), and
+    whether the state file holds it already: one look at the file, before any request."""
+    if not await anyio.Path(settings.db).is_file():
+        if request.resume or request.retry_failed:
+            raise ConfigError(f"--db: {settings.db} does not exist; name the state file of the run")
+        return request.run_id, False
     async with Store.open(settings.db) as store:
+        if not request.resume:
+            found = request.run_id is not None and await store.find_run(request.run_id)
+            return request.run_id, bool(found)
         record = await store.latest_unfinished_run(FINISHED_RUNS)
     if record is None:
         raise ConfigError(
             f"--resume: {settings.db} holds no unfinished run; start one with --run-id"
         )
-    return record.id
-
-
-async def _run_exists(db: Path, run_id: str | None) -> bool:
-    if run_id is None or not await anyio.Path(db).is_file():
-        return False
-    async with Store.open(db) as store:
-        return await store.find_run(run_id) is not None
+    return record.id, True
