@@ -49,7 +49,8 @@ def model_id(seed: int, index: int) -> str:
 
 
 def job_duration(seed: int, model: str, job_type: str, nth: int) -> float:
-    """Simulated seconds the `nth` (1-based) job of `job_type` for `model` runs.
+    """Simulated seconds the `nth` (1-based) job of `job_type` for `model` runs; job 0 is
+    the one last night ran, which the world starts with.
 
     A model's base duration for the type, times a small jitter per job, kept within the type's
     bounds: a model that trains for 20 minutes tonight trains for about 20 minutes every night,

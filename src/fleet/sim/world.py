@@ -678,11 +678,14 @@ class World:
         approved_at = evaluated_at + rng.uniform(60.0, 600.0)
         deployed_at = approved_at + rng.uniform(30.0, 300.0)
         train_job, eval_job, deploy_job = (draws.uuid_from(self._ids) for _ in range(3))
-        tm = self._new_version(model, trained_at - rng.uniform(300.0, 1200.0), train_job)
+        # Last night's jobs took what this model's jobs take (its job 0 of each type): the
+        # history a client can learn tonight's durations from, as on a real server.
+        training = draws.job_duration(seed, model.id, "TRAINING", 0)
+        tm = self._new_version(model, trained_at - training, train_job)
         span = (tm.created_at, trained_at)
         history.append(self._past_job("TRAINING", tm, train_job, span, self._train_request))
         self._transition(tm, "TRAINED", trained_at, job_id=train_job, set_status=True)
-        span = (evaluated_at - draws.base_duration(seed, model.id, "EVALUATION"), evaluated_at)
+        span = (evaluated_at - draws.job_duration(seed, model.id, "EVALUATION", 0), evaluated_at)
         history.append(self._past_job("EVALUATION", tm, eval_job, span, self._eval_request))
         self._transition(
             tm,
@@ -705,7 +708,7 @@ class World:
             "datasetTemplateId": self.dataset_template_id,
             "cron": "@daily",
         }
-        deploying = deployed_at - draws.base_duration(seed, model.id, "DEPLOYMENT")
+        deploying = deployed_at - draws.job_duration(seed, model.id, "DEPLOYMENT", 0)
         span = (max(approved_at, deploying), deployed_at)
         history.append(self._past_job("DEPLOYMENT", tm, deploy_job, span, request))
         self._open_deployment(tm, deploy_job, deployed_at, request)
@@ -716,7 +719,7 @@ class World:
 
     def _archived_version(self, model: Model, created: float) -> Job:
         """A version trained after the deployed one, then archived; returns its train job."""
-        trained = created + draws.base_duration(self.settings.seed, model.id, "TRAINING")
+        trained = created + draws.job_duration(self.settings.seed, model.id, "TRAINING", 0)
         job_id = draws.uuid_from(self._ids)
         tm = self._new_version(model, created, job_id, archived=True)
         job = self._past_job("TRAINING", tm, job_id, (created, trained), self._train_request)
