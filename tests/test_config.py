@@ -61,8 +61,9 @@ def test_defaults_apply_without_file_environment_or_flags():
     """With nothing configured, settings hold their documented defaults."""
     settings = load()
 
-    assert settings.concurrency == 100
-    assert settings.limits.train == 20
+    assert settings.jobs == 32
+    assert settings.concurrency is None  # 4 x jobs in the plan
+    assert settings.limits.train is None  # no bound but the job cap
     assert settings.api.url is None
     assert settings.stages == STAGE_ORDER
 
@@ -142,7 +143,7 @@ def test_the_process_environment_is_ignored_when_env_is_given(monkeypatch):
     monkeypatch.setenv("FLEET_CONCURRENCY", "3")
     monkeypatch.setenv("FLEET_NOT_A_SETTING", "x")
 
-    assert load(env={"FLEET_LIMITS__TRAIN": "4"}).concurrency == 100
+    assert load(env={"FLEET_LIMITS__TRAIN": "4"}).jobs == 32
 
 
 # -- which file ------------------------------------------------------------------------------
@@ -161,14 +162,14 @@ def test_use_default_file_false_ignores_fleet_toml(tmp_path, monkeypatch):
     toml_file(tmp_path, "concurrency = 11\n")
     monkeypatch.chdir(tmp_path)
 
-    assert load_settings(None, {}, {}, use_default_file=False).concurrency == 100
+    assert load_settings(None, {}, {}, use_default_file=False).jobs == 32
 
 
 def test_no_fleet_toml_in_the_working_directory_means_defaults(tmp_path, monkeypatch):
     """A directory without fleet.toml is not an error: defaults apply."""
     monkeypatch.chdir(tmp_path)
 
-    assert load_settings(None, {}, {}).concurrency == 100
+    assert load_settings(None, {}, {}).jobs == 32
 
 
 def test_fleet_config_names_the_file(tmp_path, monkeypatch):
@@ -250,7 +251,7 @@ def test_an_unknown_fleet_environment_variable_is_rejected():
 
 def test_other_environment_variables_are_ignored():
     """Variables without the FLEET_ prefix are none of fleet's business."""
-    assert load(env={"HOME": "/root", "CONCURRENCY": "x"}).concurrency == 100
+    assert load(env={"HOME": "/root", "CONCURRENCY": "x"}).jobs == 32
 
 
 def test_a_project_id_that_is_not_a_uuid_is_rejected(tmp_path):

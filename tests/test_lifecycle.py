@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from fleet import lifecycle
 from fleet import project_run as project_run_module
 from fleet.batch import plan_of
+from fleet.durations import Durations
 from fleet.errors import InvalidTransition, OutcomeUnknown
 from fleet.modelops import Deployment, DeployRequest, Job, TrainRequest
 from fleet.models import Lifecycle
@@ -48,7 +49,7 @@ def _context(env: Emulated, store: Store, run_id: str = "r1", **plan: Any) -> Ru
         plan=replace(plan_of(settings, run_id=run_id), **plan),
         store=store,
         progress=Progress(),
-        expected={},
+        expected=Durations(),
         draining=anyio.Event(),
         sleep=env.time.sleep,
         clock=env.time.monotonic,

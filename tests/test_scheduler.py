@@ -104,11 +104,27 @@ async def test_global_concurrency_bounds_models_in_flight(tmp_path: Path) -> Non
 
 
 async def test_models_are_admitted_in_configured_order(tmp_path: Path) -> None:
-    """Training jobs are created in the order of the model list when one runs at a time."""
+    """Training jobs are created in the order of the model list when one runs at a time and
+    nothing says how long they take (no earlier night, no history read)."""
     async with emulated(models=6) as env:
-        await _run(env, tmp_path / "fleet.db", concurrency=1)
+        await _run(env, tmp_path / "fleet.db", concurrency=1, history="off")
         order = [j.model_id for j in tonight(env.world) if j.type == "TRAINING"]
         assert order == [m.id for m in env.world.models()]
+
+
+async def test_a_first_night_admits_the_longest_training_first_from_the_servers_history(
+    tmp_path: Path,
+) -> None:
+    """With no earlier night in the state file, each model's last training on the server
+    (its version's createdAt to its TRAINED event) ranks it: the longest is trained first."""
+    async with emulated(models=8) as env:
+        await _run(env, tmp_path / "fleet.db", concurrency=1)
+        order = [j.model_id for j in tonight(env.world) if j.type == "TRAINING"]
+        last_night = {
+            m.id: env.world.duration(m.id, "TRAINING", 0) for m in env.world.models()
+        }
+    assert order == sorted(last_night, key=lambda model: -last_night[model])
+    assert order != [m.id for m in env.world.models()]  # the seed's list order is not it
 
 
 async def test_failed_jobs_fail_only_their_models(tmp_path: Path) -> None:
@@ -463,6 +479,7 @@ async def test_a_projects_concurrency_bounds_its_models_and_holds_no_other_back(
             b,
             tmp_path / "fleet.db",
             concurrency=6,
+            history="off",  # a's models in list order, as the counts below assume
             **{"projects.b.limits.concurrency": 2, "projects.b.models": entries},
         )
         specs = sorted(settings.model_specs(), key=lambda spec: -spec.priority)
@@ -564,3 +581,15 @@ async def test_an_empty_run_id_is_refused_not_made_up(tmp_path: Path) -> None:
             with pytest.raises(ConfigError, match="run_id: is empty"):
                 await scheduler.run(plan_of(settings, run_id=""), env.api, store)
         assert env.world.stats()["jobs_by_type"]["TRAINING"] == 0
+
+
+async def test_the_job_cap_bounds_remote_jobs_of_every_stage_together(tmp_path: Path) -> None:
+    """`jobs = 3`: never more than three jobs at once, whatever their stages, and three at
+    once while there is work; models in flight (4 x jobs) only wait for a slot."""
+    async with emulated(models=10) as env:
+        result = await _run(env, tmp_path / "fleet.db", jobs=3)
+        spans = [(j.created_at, j.ends_at) for j in tonight(env.world)]
+        stages = {j.type for j in tonight(env.world)}
+    assert result.status == "succeeded"
+    assert _peak_overlap(spans) == 3
+    assert stages == {"TRAINING", "EVALUATION", "DEPLOYMENT", "RETIREMENT"}

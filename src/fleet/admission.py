@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
@@ -25,9 +25,12 @@ from fleet.plan import ProjectBounds
 from fleet.progress import Progress, ProgressSink, ProjectProgress
 from fleet.project_run import ProjectRun, RunScope, project_run
 from fleet.records import ModelRecord
+from fleet.slots import project_slots, run_slots
 from fleet.stages import Stage
 
 log = structlog.get_logger("fleet.scheduler")
+
+Rank = tuple[float, ...]  # smaller first
 
 
 @dataclass(slots=True, eq=False)
@@ -41,7 +44,9 @@ class Project:
     enter: Callable[[], AbstractAsyncContextManager[ProjectRun]]
     limit: int | None
     named: bool  # several projects: lines about a model name its project
-    pending: deque[tuple[int, ModelRecord]] = field(default_factory=deque)
+    # What is learned of its models once it is checked, before any is admitted (history.py).
+    learn: Callable[[ModelOps, Sequence[ModelRecord]], Awaitable[None]] | None = None
+    pending: deque[tuple[Rank, ModelRecord]] = field(default_factory=deque)
     in_flight: int = 0
     run: ProjectRun | None = None  # set while it is open
     error: FleetError | None = None
@@ -65,6 +70,9 @@ class Project:
             # A rejected token, an unknown project, a server down: nothing of it can start.
             self.stop(exc)
             return
+        if self.learn is not None:
+            await self.learn(self.api, [model for _, model in self.pending])
+            admission.rerank(self)
         async with self.enter() as run:
             self.run = run
             admission.changed()
@@ -112,16 +120,31 @@ class Project:
 
 class Admission:
     """Which model a free worker takes next: the first in admission order whose project is
-    ready and under its own bound; a worker waits while none is."""
+    ready and under its own bound; a worker waits while none is.
+
+    The order is `rank` (priority, then the most expected work first), then the order the
+    models are given in; a project reranks its models once it has learned more of them."""
 
     def __init__(
-        self, projects: Mapping[str, Project], models: list[ModelRecord], stop: anyio.Event
+        self,
+        projects: Mapping[str, Project],
+        models: list[ModelRecord],
+        stop: anyio.Event,
+        rank: Callable[[ModelRecord], Rank] = lambda _model: (),
     ) -> None:
         self._projects = tuple(projects.values())
+        self._rank = rank
         for position, model in enumerate(models):
-            projects[model.spec.project].pending.append((position, model))
+            projects[model.spec.project].pending.append(((*rank(model), position), model))
+        for project in self._projects:
+            project.pending = deque(sorted(project.pending, key=lambda entry: entry[0]))
         self._stop = stop
         self._changed = anyio.Event()
+
+    def rerank(self, project: Project) -> None:
+        """Rank the project's waiting models again (what it learned changed their work)."""
+        entries = (((*self._rank(m), key[-1]), m) for key, m in project.pending)
+        project.pending = deque(sorted(entries, key=lambda entry: entry[0]))
 
     def changed(self) -> None:
         """Wake the waiting workers: a project became ready, stopped, or has room again."""
@@ -150,22 +173,24 @@ class Admission:
 
 
 def projects_of(
-    scope: RunScope, clients: Mapping[str, ModelOps], names: Sequence[str], progress: Progress
+    scope: RunScope,
+    clients: Mapping[str, ModelOps],
+    names: Sequence[str],
+    progress: Progress,
+    learn: Callable[[ModelOps, Sequence[ModelRecord]], Awaitable[None]] | None = None,
 ) -> dict[str, Project]:
-    """Each project's part of the run: its client, and the shared stage limiters or its own."""
-    shared = {stage: anyio.CapacityLimiter(scope.plan.limits[stage]) for stage in Stage}
+    """Each project's part of the run: its client, the run's job slots and stage bounds with
+    its own bounds over them, and what it learns of its models once checked."""
+    shared = run_slots(scope.plan.jobs, scope.plan.limits)
     several = len(names) > 1
     projects = {}
     for name in names:
         bounds = scope.plan.projects.get(name, ProjectBounds())
-        limiters = {
-            stage: anyio.CapacityLimiter(bounds.limits[stage]) if stage in bounds.limits else own
-            for stage, own in shared.items()
-        }
+        slots = project_slots(shared, bounds.limits, bounds.jobs)
         sink: ProgressSink = ProjectProgress(progress, name) if several else progress
-        enter = functools.partial(project_run, scope, clients[name], limiters, sink)
+        enter = functools.partial(project_run, scope, clients[name], slots, sink)
         projects[name] = Project(
-            name, clients[name], enter, limit=bounds.concurrency, named=several
+            name, clients[name], enter, limit=bounds.concurrency, named=several, learn=learn
         )
     return projects
 

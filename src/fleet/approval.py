@@ -23,6 +23,7 @@ from fleet.project_run import (
     in_production,
     trained_model,
     transition,
+    work_left,
 )
 from fleet.records import APPROVED, REJECTED, ModelRecord, StageRecord
 from fleet.retries import settle
@@ -38,7 +39,7 @@ async def approve(
     """Approve, or reject when the version fails its approval rule; the decision is recorded
     with the intent, before the call, so a restart makes the same call."""
     trained_model_id = trained_model(records)
-    async with ctx.limiters[Stage.APPROVE]:
+    async with ctx.slots.hold(Stage.APPROVE, work_left(ctx, record)):
         resumed = record.state is S.SUBMITTING
         if record.state in STARTABLE:
             decision = await _decide(ctx, model, records, trained_model_id)

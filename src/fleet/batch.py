@@ -46,6 +46,10 @@ from fleet.transport import HttpOptions
 
 log = structlog.get_logger("fleet.batch")
 
+# Models in flight per job slot when `concurrency` is not set: enough waiting for a slot that
+# a free one always goes to a long chain of jobs, few enough to keep memory flat.
+DEFAULT_IN_FLIGHT_PER_JOB = 4
+
 
 @dataclass(frozen=True, slots=True)
 class RunRequest:
@@ -145,8 +149,9 @@ def plan_of(
         from_version=settings.from_version,
         specs=tuple(specs),
         summary=_settings_summary(settings),
-        concurrency=settings.concurrency,
-        limits={stage: settings.limits.of(stage) for stage in Stage},
+        concurrency=settings.concurrency or DEFAULT_IN_FLIGHT_PER_JOB * settings.jobs,
+        jobs=settings.jobs,
+        limits={stage: settings.limits.of(stage) or settings.jobs for stage in Stage},
         attempts={stage: settings.attempts.of(stage) for stage in Stage},
         projects={name: _bounds(p.limits) for name, p in settings.every_project().items()},
         poll_interval=settings.poll_interval,
@@ -157,6 +162,8 @@ def plan_of(
         max_failures=settings.max_failures,
         min_success_ratio=settings.min_success_ratio,
         lease_ttl=settings.lease_ttl,
+        history=settings.history,
+        server_time_scale=settings.server_time_scale,
         stop_training_at=settings.stop_training_at(utc_now()),
         retry_failed=retry_failed,
     )
@@ -164,7 +171,7 @@ def plan_of(
 
 def _bounds(limits: ProjectLimits) -> ProjectBounds:
     own = {stage: limit for stage in Stage if (limit := limits.of(stage)) is not None}
-    return ProjectBounds(concurrency=limits.concurrency, limits=own)
+    return ProjectBounds(concurrency=limits.concurrency, jobs=limits.jobs, limits=own)
 
 
 def _settings_summary(settings: Settings) -> str:

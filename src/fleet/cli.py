@@ -92,11 +92,8 @@ log = structlog.get_logger("fleet.cli")
 
 # The demo's settings: a big emulated project, polled to match its speed (DEMO_TIME_SCALE).
 _DEMO_SETTINGS = {
-    "concurrency": 200,
-    "limits.train": 50,
-    "limits.evaluate": 50,
-    "limits.deploy": 50,
-    "limits.retire": 50,
+    # A cluster that runs 100 jobs at once; no stage bounded below it.
+    "jobs": 100,
     "poll_interval": 0.5,
     # 5 simulated seconds between looks at most: a 5 s deployment is seen within a few.
     "poll_floor": 0.05,
@@ -147,7 +144,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     emulated = sim_settings(args)
-    flags = {**_DEMO_SETTINGS, **setting_flags(args), "db": args.db}
+    # The emulator's clock runs --time-scale times faster than fleet's.
+    flags = {
+        **_DEMO_SETTINGS,
+        "server_time_scale": emulated.time_scale,
+        **setting_flags(args),
+        "db": args.db,
+    }
     settings = load_settings(None, flags, use_default_file=False)
     settings.require_paths()
     _configure_logging(settings, explicit=args.__dict__.get("setting:log_level") is not None)

@@ -27,6 +27,7 @@ from fleet.project_run import (
     duration,
     stop_if_draining,
     transition,
+    work_left,
 )
 from fleet.reconcile import SERVER_SINCE, find_submitted
 from fleet.records import ModelRecord, StageRecord
@@ -70,7 +71,7 @@ async def job_stage(
 
     A job that ends in ERROR is tried again as a new attempt while the stage has tries left.
     """
-    async with ctx.limiters[record.stage]:
+    async with ctx.slots.hold(record.stage, work_left(ctx, record)):
         while True:
             # When the job was created, in server time, if known: a job resumed from an
             # earlier process is first read by id.
@@ -223,7 +224,7 @@ async def _submitted(
 
 async def _follow(ctx: ProjectRun, record: StageRecord, created_at: datetime | None) -> StageRecord:
     """Wait for the stage's job to end: the record comes back failed, or still in flight (with
-    how long the job ran) for the caller to finish. The stage's limiter is held by the caller.
+    how long the job ran) for the caller to finish. The caller holds the job's slot.
     """
     job_id, jobs = record.job_id, ctx.jobs
     assert job_id is not None
@@ -255,6 +256,7 @@ async def _follow(ctx: ProjectRun, record: StageRecord, created_at: datetime | N
         raise StageFailed(f"{noun} job {job_id} still {still} after {duration(timeout)}")
     record = replace(record, data={**record.data, "ran_s": round(done.ran_s, 3)})
     if done.job.status == "COMPLETED":
+        ctx.expected.finished(record.model_id, record.stage, done.ran_s)
         return record
     return await _ended_badly(ctx, record, done.job)
 

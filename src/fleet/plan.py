@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from fleet.history import HistoryDepth
 from fleet.inputs import check_run_id
 from fleet.models import ModelSpec
 from fleet.polling import PollMode
@@ -35,6 +36,7 @@ class ProjectBounds:
     `concurrency`), and the stages it limits on its own (the others share the run's)."""
 
     concurrency: int | None = None
+    jobs: int | None = None  # its remote jobs at once (None: only the run's `jobs`)
     limits: Mapping[Stage, int] = field(default_factory=dict)
 
 
@@ -52,7 +54,8 @@ class RunPlan:
     # The models of a new run, and the settings recorded with it (no secret among them).
     specs: tuple[ModelSpec, ...]
     summary: str
-    concurrency: int
+    concurrency: int  # models in flight at once
+    jobs: int  # remote jobs at once, every stage together
     limits: Mapping[Stage, int]  # remote jobs (or approval calls) at once, per stage
     attempts: Mapping[Stage, int]  # tries of a job that ends in ERROR, per stage
     projects: Mapping[str, ProjectBounds]  # the projects with bounds of their own
@@ -67,6 +70,11 @@ class RunPlan:
     max_failures: int | None
     min_success_ratio: float | None
     lease_ttl: float
+    # Where a model's first night learns its durations: see history.py.
+    history: HistoryDepth = "off"
+    # Seconds of the server's clock per local second (1 but for a sped-up emulator): history's
+    # durations are in the server's seconds, fleet's in its own.
+    server_time_scale: float = 1.0
     # Past this time no new training starts (the run's deadline); the rest goes on.
     stop_training_at: datetime | None = None
     # `--retry-failed`: each failed stage of the run opens a new attempt.

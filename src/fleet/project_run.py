@@ -4,7 +4,7 @@ stage's state changes.
 A `RunScope` is what every project of a run shares (the plan, the state file, the run's
 progress, its stop and its clocks); `project_run()` enters one project's part of it, a
 `ProjectRun` that is complete from the start: its client, the job watcher following its jobs,
-its view of what is in production, its stage limiters. Stage runners (lifecycle.py,
+its view of what is in production, its job slots and stage bounds. Stage runners (lifecycle.py,
 approval.py, jobs.py) read it and change nothing in it.
 
 `transition()` checks a move against `stages.ALLOWED`, makes it durable, logs it and updates
@@ -26,6 +26,7 @@ import anyio
 import structlog
 
 from fleet.clock import Clock
+from fleet.durations import Durations
 from fleet.errors import (
     AuthError,
     Conflict,
@@ -44,6 +45,7 @@ from fleet.polling import JobWatch
 from fleet.production import Production
 from fleet.progress import ProgressSink
 from fleet.records import ModelRecord, StageRecord, utc_now
+from fleet.slots import StageSlots, run_slots
 from fleet.stages import ALLOWED, Stage, StageState
 from fleet.store import Store
 
@@ -71,8 +73,9 @@ class RunScope:
     plan: RunPlan
     store: Store
     progress: ProgressSink
-    # Seconds each model's stage ran in earlier runs: when its job is expected to end.
-    expected: Mapping[tuple[str, Stage], float]
+    # Seconds each model's stage is expected to run (earlier runs, the server's history,
+    # tonight's jobs): when its job is looked at, and how much work a model has left.
+    expected: Durations
     # Set on SIGTERM/SIGINT: submit nothing new, stop following jobs, keep what is recorded.
     draining: anyio.Event
     sleep: Callable[[float], Awaitable[None]]
@@ -90,7 +93,7 @@ class ProjectRun(RunScope):
     `project_run()`, which follows its jobs for as long as the block lasts."""
 
     api: ModelOps
-    limiters: Mapping[Stage, anyio.CapacityLimiter]
+    slots: StageSlots
     jobs: JobWatch
     production: Production
 
@@ -99,13 +102,13 @@ class ProjectRun(RunScope):
 async def project_run(
     scope: RunScope,
     api: ModelOps,
-    limiters: Mapping[Stage, anyio.CapacityLimiter] | None = None,
+    slots: StageSlots | None = None,
     progress: ProgressSink | None = None,
 ) -> AsyncIterator[ProjectRun]:
     """The project's part of the run, its jobs followed until the block exits.
 
-    `limiters`: the stage limiters its models take (default: new ones at the plan's limits);
-    `progress`: where its moves are counted (default: the run's)."""
+    `slots`: the job slots and stage bounds its models take (default: its own, at the plan's
+    limits); `progress`: where its moves are counted (default: the run's)."""
     plan = scope.plan
     watch = JobWatch(
         api,
@@ -114,13 +117,13 @@ async def project_run(
         mode=plan.poll_mode,
         clock=Clock(now=scope.clock, sleep=scope.sleep),
     )
-    if limiters is None:
-        limiters = {stage: anyio.CapacityLimiter(plan.limits[stage]) for stage in Stage}
+    if slots is None:
+        slots = run_slots(plan.jobs, plan.limits)
     shared = {f.name: getattr(scope, f.name) for f in dataclasses.fields(RunScope)}
     run = ProjectRun(
         **{**shared, "progress": scope.progress if progress is None else progress},
         api=api,
-        limiters=limiters,
+        slots=slots,
         jobs=watch,
         production=Production(api, clock=scope.clock, ttl_s=_PRODUCTION_TTL_S),
     )
@@ -247,3 +250,12 @@ async def api_call(call: Callable[[], Awaitable[_T]]) -> _T:
         raise StageFailed(f"the server kept failing: {exc}") from exc
     except (PermanentApiError, ProtocolError) as exc:
         raise StageFailed(str(exc)) from exc
+
+
+def work_left(scope: RunScope, record: StageRecord) -> float:
+    """Seconds of remote jobs the record's model is expected to have left, its stage's
+    included: how its turn for a job slot is ranked."""
+    stages = scope.plan.stages
+    if record.stage not in stages:
+        return 0.0
+    return scope.expected.work_left(record.model_id, stages[stages.index(record.stage) :])

@@ -15,6 +15,7 @@ run's status changes in one place (`_set_status`), held to `RunStatus`'s table o
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import socket
@@ -27,7 +28,9 @@ from datetime import datetime
 import anyio
 import structlog
 
+from fleet import history
 from fleet.admission import Admission, Project, projects_of
+from fleet.durations import Durations
 from fleet.errors import ConfigError, LeaseLost, RunNotFound, StoreError, ungrouped
 from fleet.modelops import ModelOps
 from fleet.models import DEFAULT_PROJECT
@@ -39,6 +42,10 @@ from fleet.stages import Outcome, RunStatus, Stage, StageState
 from fleet.store import Store
 
 log = structlog.get_logger("fleet.scheduler")
+
+# Reading a first night's history: models read at once, and real seconds for all of them.
+_HISTORY_READS_AT_ONCE = 16
+_HISTORY_BUDGET_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +94,12 @@ async def run(
         if existing is not None:
             await _set_status(store, plan.run_id, _status_of(existing), RunStatus.RUNNING)
         stop = controls.stop or anyio.Event()
+        expected = Durations(await store.durations(plan.run_id))
         scope = RunScope(
             plan=plan,
             store=store,
             progress=controls.progress,
-            expected=await store.durations(plan.run_id),
+            expected=expected,
             draining=stop,
             sleep=controls.sleep or _interruptible(stop),
             clock=controls.clock,
@@ -107,10 +115,11 @@ async def run(
             stages=",".join(plan.stages),
             **({"projects": ",".join(names)} if len(names) > 1 else {}),
         )
-        projects = projects_of(scope, clients, names, controls.progress)
+        learn = functools.partial(_learn_history, plan, expected)
+        projects = projects_of(scope, clients, names, controls.progress, learn)
         policy = FailurePolicy(plan.max_failures, plan.min_success_ratio, controls.progress)
         try:
-            await _drive(scope, projects, _longest_first(models, scope.expected), policy)
+            await _drive(scope, projects, models, policy)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await _set_status(store, plan.run_id, RunStatus.RUNNING, RunStatus.INTERRUPTED)
@@ -246,7 +255,7 @@ async def _drive(
     policy: FailurePolicy,
 ) -> None:
     stop, stages = scope.draining, scope.plan.stages
-    admission = Admission(projects, models, stop)
+    admission = Admission(projects, models, stop, rank=_work_first(scope.expected, stages))
 
     async def worker() -> None:
         while not stop.is_set() and policy.check():
@@ -288,23 +297,39 @@ def _project_names(
     return [name for name in clients if name in needed] or list(clients)[:1]
 
 
-def _longest_first(
-    models: list[ModelRecord], expected: Mapping[tuple[str, Stage], float]
-) -> list[ModelRecord]:
-    """Admission order: by priority, then the longest expected first (LPT scheduling).
+def _work_first(
+    expected: Durations, stages: Sequence[Stage]
+) -> Callable[[ModelRecord], tuple[float, ...]]:
+    """Admission order: by priority, then the most expected work first (LPT scheduling).
 
-    Under stage limits, starting the longest jobs first keeps a long one from starting last
-    and running alone at the end. A model with no history counts as the median one.
+    Starting the longest chains first keeps a long one from starting last and running alone
+    at the end. A model with no figure for a stage counts as the stage's typical one; with
+    none at all, models keep their listed order.
     """
-    if not expected:
-        return models
-    totals = {
-        model.spec.id: sum(expected.get((model.spec.id, stage), 0.0) for stage in Stage)
-        for model in models
-    }
-    known = sorted(total for total in totals.values() if total > 0)
-    median = known[len(known) // 2] if known else 0.0
-    return sorted(models, key=lambda m: (-m.spec.priority, -(totals[m.spec.id] or median)))
+
+    def rank(model: ModelRecord) -> tuple[float, ...]:
+        return (-model.spec.priority, -expected.work_left(model.spec.id, stages))
+
+    return rank
+
+
+async def _learn_history(
+    plan: RunPlan, expected: Durations, api: ModelOps, models: Sequence[ModelRecord]
+) -> None:
+    """Rank by the server's history the models of a project that no earlier run in the
+    state file has timed (a first night): see history.py."""
+    stages = plan.stages[plan.stages.index(plan.first_stage) :]
+    wanted = history.stages_to_learn(plan.history, stages)
+    waiting = [m.spec.id for m in models if model_outcome(m) is Outcome.PENDING]
+    found = await history.learn(
+        api,
+        expected.unknown(waiting, wanted),
+        wanted,
+        at_once=_HISTORY_READS_AT_ONCE,
+        budget_s=_HISTORY_BUDGET_S,
+    )
+    scale = plan.server_time_scale
+    expected.rank_by({key: seconds / scale for key, seconds in found.items()})
 
 
 async def _reopen_failed(scope: RunScope, models: list[ModelRecord]) -> list[ModelRecord]:

@@ -174,12 +174,18 @@ class _PerStage(Section):
         return value
 
 
-class Limits(_PerStage):
-    train: PositiveInt = Field(20, description="training jobs running at once")
-    evaluate: PositiveInt = Field(20, description="evaluation jobs running at once")
-    approve: PositiveInt = Field(20, description="approval calls at once")
-    deploy: PositiveInt = Field(20, description="deployment jobs running at once")
-    retire: PositiveInt = Field(20, description="retirement jobs running at once")
+class Limits(Section):
+    """A stage's own bound, within `jobs`; unset: none (the job cap bounds it)."""
+
+    train: PositiveInt | None = Field(None, description="training jobs running at once")
+    evaluate: PositiveInt | None = Field(None, description="evaluation jobs running at once")
+    approve: PositiveInt | None = Field(None, description="approval calls at once")
+    deploy: PositiveInt | None = Field(None, description="deployment jobs running at once")
+    retire: PositiveInt | None = Field(None, description="retirement jobs running at once")
+
+    def of(self, stage: Stage) -> int | None:
+        value: int | None = getattr(self, stage.value)
+        return value
 
 
 class Attempts(_PerStage):
@@ -228,10 +234,14 @@ class Discovery(Section):
 
 
 class ProjectLimits(Section):
-    """A project's own bounds; a setting left out shares the run's (`concurrency`, `[limits]`)."""
+    """A project's own bounds; a setting left out shares the run's (`concurrency`, `jobs`,
+    `[limits]`)."""
 
     concurrency: PositiveInt | None = Field(
         None, description="this project's models in flight at once (within concurrency)"
+    )
+    jobs: PositiveInt | None = Field(
+        None, description="this project's remote jobs running at once (within jobs)"
     )
     train: PositiveInt | None = Field(None, description="this project's training jobs at once")
     evaluate: PositiveInt | None = Field(None, description="its evaluation jobs at once")

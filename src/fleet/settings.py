@@ -95,8 +95,23 @@ class Settings(BaseSettings):
     )
 
     api: ApiSettings = Field(default_factory=ApiSettings)
-    concurrency: PositiveInt = Field(100, description="models in flight at once")
+    jobs: PositiveInt = Field(
+        32, description="remote jobs running at once, all stages together (the capacity)"
+    )
+    concurrency: PositiveInt | None = Field(
+        None, description="models in flight at once, to keep memory flat (default: 4 x jobs)"
+    )
     limits: Limits = Field(default_factory=Limits)
+    history: Literal["off", "versions", "jobs"] = Field(
+        "versions",
+        description="on a model's first night, learn its durations from the server: versions "
+        "(its training, 2 reads a model), jobs (also evaluation and deployment, 4), or off",
+    )
+    server_time_scale: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = Field(
+        1.0,
+        description="seconds of the server's clock per real second: 1 for any real ModelOps, "
+        "fleet sim's --time-scale for the emulator (history's durations are divided by it)",
+    )
     attempts: Attempts = Field(default_factory=Attempts)
     max_failures: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = Field(
         None, description="stop admitting models after this many failed"

@@ -1,0 +1,114 @@
+"""history.py: a first night's durations from the server's history, on verified calls;
+durations.py: which of them time looks and which only rank."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fleet import history
+from fleet.durations import Durations
+from fleet.errors import ServerUnavailable
+from fleet.stages import Stage
+from support import emulated
+
+ALL = (Stage.TRAIN, Stage.EVALUATE, Stage.APPROVE, Stage.DEPLOY, Stage.RETIRE)
+
+
+class Counting:
+    """The emulated client, counting the requests each method makes."""
+
+    def __init__(self, api: Any, fail: Exception | None = None) -> None:
+        self._api = api
+        self._fail = fail
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._api, name)
+
+        async def call(*args: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if self._fail is not None:
+                raise self._fail
+            return await method(*args)
+
+        return call
+
+
+async def test_versions_give_each_models_last_training_in_two_reads() -> None:
+    async with emulated(models=6) as env:
+        api = Counting(env.api)
+        ids = [m.id for m in env.world.models()]
+        wanted = history.stages_to_learn("versions", ALL)
+        found = await history.learn(api, ids, wanted, at_once=4, budget_s=60)
+        expected = {(m, Stage.TRAIN): env.world.duration(m, "TRAINING", 0) for m in ids}
+    assert wanted == {Stage.TRAIN}
+    assert found == pytest.approx(expected, abs=0.01)  # createdAt to TRAINED, in ms
+    assert api.calls == {"versions": 6, "events": 6}
+
+
+async def test_jobs_add_last_nights_evaluation_and_deployment() -> None:
+    async with emulated(models=3) as env:
+        api = Counting(env.api)
+        ids = [m.id for m in env.world.models()]
+        wanted = history.stages_to_learn("jobs", ALL)
+        found = await history.learn(api, ids, wanted, at_once=2, budget_s=60)
+        kinds = {Stage.TRAIN: "TRAINING", Stage.EVALUATE: "EVALUATION", Stage.DEPLOY: "DEPLOYMENT"}
+        expected = {
+            (m, s): env.world.duration(m, kind, 0) for m in ids for s, kind in kinds.items()
+        }
+    assert found == pytest.approx(expected, abs=0.01)
+    assert api.calls["get_job"] == 6  # each model's evaluation and deployment job, by id
+
+
+async def test_only_the_stages_the_run_performs_are_read() -> None:
+    assert history.stages_to_learn("jobs", (Stage.EVALUATE, Stage.APPROVE)) == {Stage.EVALUATE}
+    assert history.stages_to_learn("off", ALL) == frozenset()
+    assert history.stages_to_learn("versions", (Stage.EVALUATE,)) == frozenset()
+
+
+async def test_a_model_without_a_version_is_left_unknown() -> None:
+    async with emulated(models=3, initial_deployed=False) as env:
+        ids = [m.id for m in env.world.models()]
+        found = await history.learn(env.api, ids, frozenset({Stage.TRAIN}), at_once=2, budget_s=60)
+    assert found == {}
+
+
+async def test_a_history_that_cannot_be_read_is_given_up_after_three_failures() -> None:
+    async with emulated(models=20) as env:
+        api = Counting(env.api, fail=ServerUnavailable("down"))
+        ids = [m.id for m in env.world.models()]
+        found = await history.learn(api, ids, frozenset({Stage.TRAIN}), at_once=1, budget_s=60)
+    assert found == {}
+    assert api.calls == {"versions": 3}
+
+
+async def test_the_read_is_bounded_in_time() -> None:
+    async with emulated(models=4) as env:
+        ids = [m.id for m in env.world.models()]
+        found = await history.learn(env.api, ids, frozenset({Stage.TRAIN}), at_once=2, budget_s=0)
+    assert found == {}
+
+
+def test_history_ranks_models_but_times_no_look() -> None:
+    durations = Durations({("a", Stage.TRAIN): 100.0})
+    durations.rank_by({("a", Stage.TRAIN): 900.0, ("b", Stage.TRAIN): 300.0})
+    assert dict(durations) == {("a", Stage.TRAIN): 100.0}  # the state file's figure wins
+    assert durations.get(("b", Stage.TRAIN)) is None  # history times no look
+    assert durations.work_left("b", [Stage.TRAIN, Stage.APPROVE]) == 300.0
+    assert durations.unknown(["a", "b", "c"], [Stage.TRAIN, Stage.APPROVE]) == ["c"]
+
+
+def test_a_model_with_no_figure_counts_as_its_stages_typical_one() -> None:
+    durations = Durations()
+    assert durations.work_left("x", ALL) == 0.0
+    durations.finished("a", Stage.TRAIN, 100.0)
+    durations.finished("b", Stage.TRAIN, 300.0)
+    durations.finished("c", Stage.TRAIN, 200.0)
+    durations.finished("a", Stage.EVALUATE, -1.0)  # no duration: ignored
+    assert durations.typical(Stage.TRAIN) == 200.0
+    assert durations.work_left("x", ALL) == 200.0
+    assert durations.work_left("b", ALL) == 300.0
+    assert durations[("a", Stage.TRAIN)] == 100.0  # it times a later attempt
+    assert len(durations) == 3
