@@ -120,9 +120,7 @@ async def test_a_first_night_admits_the_longest_training_first_from_the_servers_
     async with emulated(models=8) as env:
         await _run(env, tmp_path / "fleet.db", concurrency=1)
         order = [j.model_id for j in tonight(env.world) if j.type == "TRAINING"]
-        last_night = {
-            m.id: env.world.duration(m.id, "TRAINING", 0) for m in env.world.models()
-        }
+        last_night = {m.id: env.world.duration(m.id, "TRAINING", 0) for m in env.world.models()}
     assert order == sorted(last_night, key=lambda model: -last_night[model])
     assert order != [m.id for m in env.world.models()]  # the seed's list order is not it
 
