@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import httpx
+from schedules import schedules
 
 TOKEN = "bench-token-7c1e"
 PROJECT_ID = "5f1a3c9e-8d2b-4e7a-9c61-0f2d4b8a7e13"
@@ -187,15 +188,18 @@ class Emulator:
 # -- figures -------------------------------------------------------------------------------
 
 
-def night_figures(
+def night_figures(  # noqa: PLR0913 - one figure set, from the emulator's records and the run's bounds
     jobs: list[dict[str, Any]],
     before: dict[str, Any],
     after: dict[str, Any],
     first_request_at: float | None,
     limits: dict[str, int],
+    *,
+    capacity: int | None = None,
 ) -> dict[str, Any]:
     """The emulator's view of one night: the lifecycle jobs created from `before["now"]` on
-    (scoring jobs are the server's, not the client's; a stuck job has no end)."""
+    (scoring jobs are the server's, not the client's; a stuck job has no end). `capacity`:
+    the cap on jobs at once, every stage together, if the client had one."""
     start = before["now"]
     night = [j for j in jobs if j["created_at"] >= start and j["type"] in STAGES]
     ended = [j for j in night if j["ends_at"] is not None]
@@ -208,12 +212,21 @@ def night_figures(
     lower_bound = max(
         max(per_model.values(), default=0.0),
         max((total / limits[stage] for stage, total in per_stage.items()), default=0.0),
+        sum(per_stage.values()) / capacity if capacity else 0.0,
     )
     last_end = max((j["ends_at"] for j in ended), default=None)
     makespan = (
         last_end - first_request_at
         if last_end is not None and first_request_at is not None
         else None
+    )
+    model_done: dict[str, float] = {}
+    for job in ended:
+        model_done[job["model_id"]] = max(model_done.get(job["model_id"], 0.0), job["ends_at"])
+    done_pct = (
+        sorted((end - first_request_at) / makespan * 100 for end in model_done.values())
+        if makespan and first_request_at is not None
+        else []
     )
     routes_before, routes_after = before["requests_by_route"], after["requests_by_route"]
     status_requests = sum(
@@ -238,6 +251,8 @@ def night_figures(
         "jobs_by_type": {kind: sum(1 for j in night if j["type"] == kind) for kind in STAGES},
         "jobs_unfinished": sum(1 for j in night if j["outcome"] is None),
         "jobs_undetected": sum(1 for j in night if j["detected_at"] is None),
+        "first_model_done_pct": round(done_pct[0], 1) if done_pct else None,
+        "median_model_done_pct": round(statistics.median(done_pct), 1) if done_pct else None,
         "first_request_at": first_request_at,
         "last_job_end_at": last_end,
         "requests_by_route": {
@@ -271,8 +286,9 @@ def client_figures(usage: Usage, models: int, db_mb: float) -> dict[str, Any]:
 
 
 def default_limits(args: argparse.Namespace) -> dict[str, int]:
-    """Stage limits scaled to the fleet: trainings N/10 at once (at most 250), the short
-    stages fewer; models in flight enough to keep every training slot busy."""
+    """`--unequal`: stage limits scaled to the fleet, trainings N/10 at once (at most 250),
+    the short stages fewer, models in flight enough to keep every training slot busy (the
+    figures of BENCHMARKS.md before issue 15: fleet given more capacity than the baseline)."""
     train = args.train_limit or min(max(args.models // 10, 1), 250)
     evaluate = args.evaluate_limit or max(train // 2, 1)
     deploy = args.deploy_limit or max(train // 4, 1)
@@ -288,18 +304,52 @@ def default_limits(args: argparse.Namespace) -> dict[str, int]:
     }
 
 
-def fleet_config(workdir: Path, url: str, limits: dict[str, int], args: argparse.Namespace) -> Path:
+def fleet_settings(args: argparse.Namespace) -> dict[str, int]:
+    """What fleet is given: by default only the job cap (`jobs`), the baseline's capacity,
+    and whatever limit was set by hand; `--unequal` as `default_limits`."""
+    if args.unequal:
+        return default_limits(args)
+    given = {
+        "train": args.train_limit,
+        "evaluate": args.evaluate_limit,
+        "deploy": args.deploy_limit,
+        "retire": args.retire_limit,
+        "concurrency": args.concurrency,
+    }
+    return {"jobs": args.jobs} | {name: value for name, value in given.items() if value}
+
+
+def bounds_of(settings: dict[str, int]) -> tuple[dict[str, int], int | None]:
+    """The per-stage limits and the job cap a client ran under, for the lower bound."""
+    jobs = settings.get("jobs")
+    per_stage = {
+        stage: settings.get(stage) or jobs or AIRFLOW_PARALLELISM
+        for stage in (*STAGES.values(), "approve")
+    }
+    return per_stage, jobs
+
+
+def fleet_config(
+    workdir: Path, url: str, settings: dict[str, int], args: argparse.Namespace
+) -> Path:
+    top = "\n".join(
+        f"{name} = {settings[name]}" for name in ("jobs", "concurrency") if name in settings
+    )
     stage_limits = "\n".join(
-        f"{stage} = {limits[stage]}" for stage in (*STAGES.values(), "approve")
+        f"{stage} = {settings[stage]}"
+        for stage in (*STAGES.values(), "approve")
+        if stage in settings
     )
     config = workdir / "fleet.toml"
     config.write_text(
         f"""# Written by bench/run.py.
-concurrency = {limits["concurrency"]}
+{top}
 # fleet's default 5 s between polls, in simulated time.
 poll_interval = {args.poll_interval / args.time_scale!r}
 # The shortest gap between two looks at the server's jobs, in simulated time.
 poll_floor = {args.poll_floor / args.time_scale!r}
+# The emulator's clock runs this much faster than fleet's: history's durations are its.
+server_time_scale = {args.time_scale!r}
 progress_interval = 10.0
 db = "{workdir / "fleet.db"}"
 models_file = "{workdir / "models.csv"}"
@@ -319,8 +369,36 @@ approval_rule = "Accuracy >= {args.threshold}"
     return config
 
 
+def list_order(models_csv: Path) -> list[str]:
+    """The model ids in the order the emulator lists them (its models.csv)."""
+    lines = models_csv.read_text().splitlines()[1:]
+    return [line.split(",", 1)[0] for line in lines if line]
+
+
+def night_of(
+    sim: Emulator, before: dict[str, Any], settings: dict[str, int], capacity: int
+) -> dict[str, Any]:
+    """A night's figures and the zero-overhead schedules of its jobs at `capacity`."""
+    after = sim.stats(since=before["now"])
+    jobs = sim.jobs()
+    per_stage, jobs_cap = bounds_of(settings)
+    figures = night_figures(
+        jobs, before, after, after["first_request_at"], per_stage, capacity=jobs_cap
+    )
+    night = [j for j in jobs if j["created_at"] >= before["now"] and j["type"] in STAGES]
+    plans = schedules(night, list_order(sim.models_csv), capacity)
+    makespan = figures["makespan_s"]
+    return {
+        **figures,
+        "schedules": plans,
+        "vs_longest_first": round(makespan / plans["longest_first_s"], 3)
+        if makespan and plans["longest_first_s"]
+        else None,
+    }
+
+
 def run_fleet(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
-    limits = default_limits(args)
+    limits = fleet_settings(args)
     nights: list[dict[str, Any]] = []
     with Emulator(workdir, args, args.time_scale, "sim-fleet") as sim:
         config = fleet_config(workdir, sim.url, limits, args)
@@ -350,8 +428,7 @@ def run_fleet(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
                     stderr=log,
                 )
                 usage = wait_measured(proc, args.timeout)
-            after = sim.stats(since=before["now"])
-            figures = night_figures(sim.jobs(), before, after, after["first_request_at"], limits)
+            figures = night_of(sim, before, limits, args.jobs)
             db_mb = (
                 sum(p.stat().st_size for p in workdir.glob("fleet.db*") if p.name != "fleet.db-shm")
                 / 1e6
@@ -368,6 +445,7 @@ def run_fleet(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
                     "models": args.models,
                     "time_scale": args.time_scale,
                     "limits": limits,
+                    "capacity": "unequal" if args.unequal else f"{args.jobs} jobs at once",
                     "seed": args.seed,
                 }
             )
@@ -412,7 +490,8 @@ def ok_outcomes(outcomes: dict[str, int], models: int) -> bool:
 
 def run_baseline(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     time_scale = args.baseline_time_scale or args.time_scale
-    limits = dict.fromkeys((*STAGES.values(), "approve", "concurrency"), AIRFLOW_PARALLELISM)
+    parallelism = AIRFLOW_PARALLELISM if args.unequal else args.jobs
+    limits = dict.fromkeys((*STAGES.values(), "approve", "concurrency"), parallelism)
     with Emulator(workdir, args, time_scale, "sim-baseline") as sim:
         before = sim.stats()
         sim_cpu = sim.cpu_s()
@@ -426,7 +505,7 @@ def run_baseline(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     *("--time-scale", str(time_scale), "--poll-interval", str(args.poll_interval)),
                     *(
                         "--parallelism",
-                        str(AIRFLOW_PARALLELISM),
+                        str(parallelism),
                         "--threshold",
                         str(args.threshold),
                     ),
@@ -438,8 +517,7 @@ def run_baseline(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 stderr=log,
             )
             usage = wait_measured(proc, args.timeout)
-        after = sim.stats(since=before["now"])
-        figures = night_figures(sim.jobs(), before, after, after["first_request_at"], limits)
+        figures = night_of(sim, before, {"jobs": parallelism}, parallelism)
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         outcomes = summary.get("outcomes", {})
         return {
@@ -452,6 +530,7 @@ def run_baseline(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "models": args.models,
             "time_scale": time_scale,
             "limits": limits,
+            "capacity": f"{parallelism} models (so jobs) at once",
             "seed": args.seed,
         }
 
@@ -516,15 +595,48 @@ ROWS = (
 )
 
 
+SCHEDULE_ROWS = (
+    ("lower_bound_s", "lower bound"),
+    ("list_order_models_s", "list order, a slot per model"),
+    ("list_order_jobs_s", "list order, a slot per job"),
+    ("longest_first_s", "longest first, a slot per job"),
+)
+
+
 def table(result: dict[str, Any]) -> str:
-    baseline = result.get("baseline") or {}
-    lines = [f"{'':28} {'fleet':>14} {'baseline':>14}"]
+    """Each fleet night and the baseline side by side, then the zero-overhead schedules of
+    each side's own jobs, then the ratios the issue's targets are stated in."""
+    sides = [(f"fleet {n['run_id']}", n) for n in [*result["nights"], result]]
+    if result.get("baseline"):
+        sides.append(("baseline", result["baseline"]))
+    width = max(14, *(len(name) for name, _ in sides))
+    lines = [f"capacity: fleet {result.get('capacity')}"]
+    if result.get("baseline"):
+        lines[0] += f"; baseline {result['baseline'].get('capacity')}"
+    lines.append(f"{'':30}" + "".join(f" {name:>{width}}" for name, _ in sides))
     for name, fmt in ROWS:
-        cells = []
-        for side in (result, baseline):
-            value = side.get(name)
-            cells.append("-" if value is None else fmt.format(value))
-        lines.append(f"{name:28} {cells[0]:>14} {cells[1]:>14}")
+        cells = [side.get(name) for _, side in sides]
+        text = ["-" if v is None else fmt.format(v) for v in cells]
+        lines.append(f"{name:30}" + "".join(f" {t:>{width}}" for t in text))
+    for name, fmt in (("first_model_done_pct", "{:.1f}"), ("median_model_done_pct", "{:.1f}")):
+        text = ["-" if s.get(name) is None else fmt.format(s[name]) for _, s in sides]
+        lines.append(f"{name:30}" + "".join(f" {t:>{width}}" for t in text))
+    lines.append("zero-overhead schedules of the same jobs (simulated s):")
+    for key, label in SCHEDULE_ROWS:
+        text = [f"{s['schedules'][key]:.0f}" if s.get("schedules") else "-" for _, s in sides]
+        lines.append(f"  {label:28}" + "".join(f" {t:>{width}}" for t in text))
+    text = [
+        "-" if s.get("vs_longest_first") is None else f"{s['vs_longest_first']:.3f}"
+        for _, s in sides
+    ]
+    lines.append(f"{'makespan / longest first':30}" + "".join(f" {t:>{width}}" for t in text))
+    baseline = result.get("baseline") or {}
+    if baseline.get("makespan_s"):
+        text = [
+            f"{s['makespan_s'] / baseline['makespan_s']:.3f}" if s.get("makespan_s") else "-"
+            for _, s in sides
+        ]
+        lines.append(f"{'makespan / baseline':30}" + "".join(f" {t:>{width}}" for t in text))
     return "\n".join(lines)
 
 
@@ -546,11 +658,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--baseline-time-scale", type=float, help="the baseline's (default: --time-scale)"
     )
     parser.add_argument("--nights", type=int, default=2, help="fleet runs in a row, one state")
-    parser.add_argument("--train-limit", type=int, help="default: models/10, at most 250")
-    parser.add_argument("--evaluate-limit", type=int, help="default: train limit / 2")
-    parser.add_argument("--deploy-limit", type=int, help="default: train limit / 4")
-    parser.add_argument("--retire-limit", type=int, help="default: train limit / 4")
-    parser.add_argument("--concurrency", type=int, help="models in flight (default 2 x train)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=AIRFLOW_PARALLELISM,
+        help="the capacity both sides get: remote jobs at once (fleet's `jobs`, the "
+        "baseline's models at once)",
+    )
+    parser.add_argument(
+        "--unequal",
+        action="store_true",
+        help="the old comparison: fleet's stage limits scaled to N (trainings N/10), the "
+        "baseline 32 (fleet gets more capacity; labelled so in the output)",
+    )
+    parser.add_argument("--train-limit", type=int, help="fleet's own limit (--unequal: N/10)")
+    parser.add_argument("--evaluate-limit", type=int, help="(--unequal: train limit / 2)")
+    parser.add_argument("--deploy-limit", type=int, help="(--unequal: train limit / 4)")
+    parser.add_argument("--retire-limit", type=int, help="(--unequal: train limit / 4)")
+    parser.add_argument(
+        "--concurrency", type=int, help="fleet's models in flight (default: fleet's own)"
+    )
     parser.add_argument(
         "--poll-interval", type=float, default=5.0, help="simulated s between polls, both sides"
     )
@@ -582,8 +709,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="keep logs and state here (default: temp)")
     parser.add_argument("--label", help="a note stored with the figures (what was measured)")
     args = parser.parse_args(argv)
-    if args.models < 1 or args.nights < 1:
-        parser.error("--models and --nights must be at least 1")
+    if args.models < 1 or args.nights < 1 or args.jobs < 1:
+        parser.error("--models, --nights and --jobs must be at least 1")
     return args
 
 
@@ -602,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         **nights[-1],
         "poll_interval_sim_s": args.poll_interval,
+        "jobs_at_once": None if args.unequal else args.jobs,
         "sim_args": args.sim_arg,
         "fleet_args": args.fleet_arg,
         "nights": nights[:-1],

@@ -38,7 +38,10 @@ FIELDS = (
 
 @functools.cache
 def load_bench() -> ModuleType:
-    """bench/run.py as a module (bench/ is scripts, not a package)."""
+    """bench/run.py as a module (bench/ is scripts, not a package: they import each other
+    as a script does, from their folder)."""
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
     assert spec is not None
     assert spec.loader is not None
