@@ -348,8 +348,6 @@ def fleet_config(
 poll_interval = {args.poll_interval / args.time_scale!r}
 # The shortest gap between two looks at the server's jobs, in simulated time.
 poll_floor = {args.poll_floor / args.time_scale!r}
-# The emulator's clock runs this much faster than fleet's: history's durations are its.
-server_time_scale = {args.time_scale!r}
 progress_interval = 10.0
 db = "{workdir / "fleet.db"}"
 models_file = "{workdir / "models.csv"}"

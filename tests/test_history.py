@@ -91,13 +91,23 @@ async def test_the_read_is_bounded_in_time() -> None:
     assert found == {}
 
 
-def test_history_ranks_models_but_times_no_look() -> None:
+def test_history_ranks_models_at_once_and_times_looks_once_calibrated() -> None:
     durations = Durations({("a", Stage.TRAIN): 100.0})
-    durations.rank_by({("a", Stage.TRAIN): 900.0, ("b", Stage.TRAIN): 300.0})
-    assert dict(durations) == {("a", Stage.TRAIN): 100.0}  # the state file's figure wins
-    assert durations.get(("b", Stage.TRAIN)) is None  # history times no look
+    history = {(m, Stage.TRAIN): 10.0 * s for m, s in (("a", 90), ("b", 30), ("c", 60))}
+    durations.rank_by({**history, ("d", Stage.TRAIN): 200.0, ("e", Stage.TRAIN): 40.0})
+    assert durations.timing("a", Stage.TRAIN) == 100.0  # the state file's figure wins
+    assert durations.timing("b", Stage.TRAIN) is None  # not calibrated yet
     assert durations.work_left("b", [Stage.TRAIN, Stage.APPROVE]) == 300.0
-    assert durations.unknown(["a", "b", "c"], [Stage.TRAIN, Stage.APPROVE]) == ["c"]
+    assert durations.unknown(["a", "b", "x"], [Stage.TRAIN, Stage.APPROVE]) == ["x"]
+    # Tonight's jobs run a tenth of history's (a clock ten times faster, say): after three,
+    # history times the stage's looks, scaled by the median ratio.
+    durations.finished("b", Stage.TRAIN, 29.0)
+    durations.finished("c", Stage.TRAIN, 61.0)
+    assert durations.timing("d", Stage.TRAIN) is None
+    durations.finished("e", Stage.TRAIN, 4.0)
+    assert durations.timing("d", Stage.TRAIN) == pytest.approx(200.0 * 4.0 / 40.0)  # median
+    assert durations.timing("b", Stage.TRAIN) == 29.0  # its own, from tonight
+    assert durations.timing("d", Stage.EVALUATE) is None  # each stage calibrates alone
 
 
 def test_a_model_with_no_figure_counts_as_its_stages_typical_one() -> None:
@@ -110,5 +120,5 @@ def test_a_model_with_no_figure_counts_as_its_stages_typical_one() -> None:
     assert durations.typical(Stage.TRAIN) == 200.0
     assert durations.work_left("x", ALL) == 200.0
     assert durations.work_left("b", ALL) == 300.0
-    assert durations[("a", Stage.TRAIN)] == 100.0  # it times a later attempt
-    assert len(durations) == 3
+    assert durations.timing("a", Stage.TRAIN) == 100.0  # it times a later attempt
+    assert durations.timing("x", Stage.TRAIN) is None  # another model's says nothing

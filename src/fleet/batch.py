@@ -163,7 +163,6 @@ def plan_of(
         min_success_ratio=settings.min_success_ratio,
         lease_ttl=settings.lease_ttl,
         history=settings.history,
-        server_time_scale=settings.server_time_scale,
         stop_training_at=settings.stop_training_at(utc_now()),
         retry_failed=retry_failed,
     )

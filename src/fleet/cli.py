@@ -144,13 +144,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     emulated = sim_settings(args)
-    # The emulator's clock runs --time-scale times faster than fleet's.
-    flags = {
-        **_DEMO_SETTINGS,
-        "server_time_scale": emulated.time_scale,
-        **setting_flags(args),
-        "db": args.db,
-    }
+    flags = {**_DEMO_SETTINGS, **setting_flags(args), "db": args.db}
     settings = load_settings(None, flags, use_default_file=False)
     settings.require_paths()
     _configure_logging(settings, explicit=args.__dict__.get("setting:log_level") is not None)

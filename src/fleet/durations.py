@@ -1,62 +1,78 @@
 """Durations: how long fleet expects each model's jobs to run, and what is left of a model.
 
 Three sources, best first. The state file's earlier runs say what a job took last time fleet
-ran it, in fleet's own seconds: those time the job watcher's looks (a model's mapping entry).
-The server's history (history.py) says what it took last night, whoever ran it: that only
-ranks models (admission order, who gets a free job slot), because a duration read from
-another clock, or from a night that ran on other data, is good enough to tell a long chain
-from a short one, not to say when to look. Tonight's finished jobs teach each stage's typical
-duration, which stands in for a model with no figure of its own when jobs are ranked, never
-to time a look: another model's duration says nothing of when this job ends.
+ran it, in fleet's own seconds: they time the job watcher's looks. The server's history
+(history.py) says what it took last night, whoever ran it, in the server's seconds, on
+whatever data it had then: it ranks models (admission order, who gets a free job slot) from
+the start, and times looks only once calibrated: when `CALIBRATED_AFTER` jobs of a stage have
+ended tonight for models it knew, each later job's history is scaled by the median of
+tonight's durations over history's. A clock that runs faster than fleet's (the emulator's) or
+a night on more data shows in that ratio; a history that predicts nothing shows as a job
+looked at late once, not for the whole night. Tonight's finished jobs also teach each stage's
+typical duration, which stands in for a model with no figure of its own when jobs are
+ranked, never to time a look: another model's duration says nothing of when this job ends.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from fleet.stages import JOB_NOUNS, Stage
 
 Key = tuple[str, Stage]
 _JOB_STAGES = frozenset(JOB_NOUNS)  # the stages that run a remote job
+# Jobs of a stage that must end tonight before history times that stage's looks.
+CALIBRATED_AFTER = 3
 
 
-class Durations(Mapping[Key, float]):
-    """Seconds each (model id, stage) is expected to take, as a mapping of the figures that
-    time looks; plus the figures that only rank, each stage's typical duration, and the work
-    a model has left."""
+class Durations:
+    """Seconds each (model id, stage) is expected to take: the figures that time looks,
+    those that only rank until calibrated, each stage's typical duration, and the work a
+    model has left."""
 
     def __init__(self, timed: Mapping[Key, float] | None = None) -> None:
         self._timed: dict[Key, float] = {}
-        self._ranked: dict[Key, float] = {}
+        self._history: dict[Key, float] = {}
         self._by_stage: dict[Stage, list[float]] = {stage: [] for stage in Stage}
+        # Tonight's durations over history's, per stage, sorted.
+        self._ratios: dict[Stage, list[float]] = {stage: [] for stage in Stage}
         for key, seconds in (timed or {}).items():
             if seconds > 0:
                 self._timed[key] = seconds
                 bisect.insort(self._by_stage[key[1]], seconds)
 
-    def __getitem__(self, key: Key) -> float:
-        return self._timed[key]
+    def timing(self, model_id: str, stage: Stage) -> float | None:
+        """Seconds the model's job of `stage` is expected to run, to time looks by: its own
+        figure, else its history once the stage is calibrated; None: no prediction."""
+        key = (model_id, stage)
+        own = self._timed.get(key)
+        if own is not None:
+            return own
+        past = self._history.get(key)
+        ratios = self._ratios[stage]
+        if past is None or len(ratios) < CALIBRATED_AFTER:
+            return None
+        return past * ratios[len(ratios) // 2]
 
-    def __iter__(self) -> Iterator[Key]:
-        return iter(self._timed)
-
-    def __len__(self) -> int:
-        return len(self._timed)
-
-    def rank_by(self, durations: Mapping[Key, float]) -> None:
-        """Durations that rank models but time no look (the server's history)."""
-        for key, seconds in durations.items():
+    def rank_by(self, history: Mapping[Key, float]) -> None:
+        """The server's history: ranks models at once, times looks once calibrated."""
+        for key, seconds in history.items():
             if key not in self._timed and seconds > 0:
-                self._ranked[key] = seconds
+                self._history[key] = seconds
                 bisect.insort(self._by_stage[key[1]], seconds)
 
     def finished(self, model_id: str, stage: Stage, seconds: float) -> None:
         """Tonight's job of the model ended after `seconds`: the stage's typical duration
-        learns it, and it times a later attempt of the same stage."""
-        if seconds > 0:
-            bisect.insort(self._by_stage[stage], seconds)
-            self._timed.setdefault((model_id, stage), seconds)
+        and its calibration learn it, and it times a later attempt of the same stage."""
+        if seconds <= 0:
+            return
+        key = (model_id, stage)
+        bisect.insort(self._by_stage[stage], seconds)
+        past = self._history.get(key)
+        if past is not None and key not in self._timed:
+            bisect.insort(self._ratios[stage], seconds / past)
+        self._timed.setdefault(key, seconds)
 
     def typical(self, stage: Stage) -> float:
         """The median of the stage's known durations; 0 while none is known."""
@@ -65,10 +81,10 @@ class Durations(Mapping[Key, float]):
 
     def work_left(self, model_id: str, stages: Iterable[Stage]) -> float:
         """Seconds of remote jobs the model has left in `stages`: its own figures (timed,
-        else ranked), else the typical ones."""
+        else history), else the typical ones."""
         return sum(
             self._timed.get((model_id, stage))
-            or self._ranked.get((model_id, stage))
+            or self._history.get((model_id, stage))
             or self.typical(stage)
             for stage in stages
             if stage in _JOB_STAGES
@@ -80,5 +96,5 @@ class Durations(Mapping[Key, float]):
         return [
             m
             for m in model_ids
-            if any((m, s) not in self._timed and (m, s) not in self._ranked for s in wanted)
+            if any((m, s) not in self._timed and (m, s) not in self._history for s in wanted)
         ]

@@ -228,7 +228,7 @@ async def _follow(ctx: ProjectRun, record: StageRecord, created_at: datetime | N
     """
     job_id, jobs = record.job_id, ctx.jobs
     assert job_id is not None
-    expected = ctx.expected.get((record.model_id, record.stage))
+    expected = ctx.expected.timing(record.model_id, record.stage)
     timeout = ctx.plan.job_timeouts.get(record.stage.value, math.inf)
 
     async def finished() -> Finished | None:

@@ -72,9 +72,6 @@ class RunPlan:
     lease_ttl: float
     # Where a model's first night learns its durations: see history.py.
     history: HistoryDepth = "off"
-    # Seconds of the server's clock per local second (1 but for a sped-up emulator): history's
-    # durations are in the server's seconds, fleet's in its own.
-    server_time_scale: float = 1.0
     # Past this time no new training starts (the run's deadline); the rest goes on.
     stop_training_at: datetime | None = None
     # `--retry-failed`: each failed stage of the run opens a new attempt.

@@ -328,8 +328,7 @@ async def _learn_history(
         at_once=_HISTORY_READS_AT_ONCE,
         budget_s=_HISTORY_BUDGET_S,
     )
-    scale = plan.server_time_scale
-    expected.rank_by({key: seconds / scale for key, seconds in found.items()})
+    expected.rank_by(found)
 
 
 async def _reopen_failed(scope: RunScope, models: list[ModelRecord]) -> list[ModelRecord]:

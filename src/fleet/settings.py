@@ -107,11 +107,6 @@ class Settings(BaseSettings):
         description="on a model's first night, learn its durations from the server: versions "
         "(its training, 2 reads a model), jobs (also evaluation and deployment, 4), or off",
     )
-    server_time_scale: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = Field(
-        1.0,
-        description="seconds of the server's clock per real second: 1 for any real ModelOps, "
-        "fleet sim's --time-scale for the emulator (history's durations are divided by it)",
-    )
     attempts: Attempts = Field(default_factory=Attempts)
     max_failures: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = Field(
         None, description="stop admitting models after this many failed"
