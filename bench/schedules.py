@@ -5,8 +5,8 @@ the order the emulator created them), each taking the time it took that night. W
 jobs at once and no time lost anywhere (a job starts the instant a slot and its model are
 free, an end is seen the instant it happens), three ways to hand out slots:
 
-- `list_order_jobs`: a freed slot goes to the ready job of the model listed first; a slot is
-  held for one job (Airflow's task slots);
+- `list_order_jobs`: a freed slot goes to the job that has been ready longest, models taken
+  in list order at the start; a slot is held for one job (Airflow's task slots and queue);
 - `list_order_models`: a slot is held for a model's whole chain, models taken in list order
   (a worker per model: the baseline, and fleet when `concurrency` counts models);
 - `longest_first`: a freed slot goes to the ready job with the most work left in its chain
@@ -47,9 +47,12 @@ def lower_bound(models: Sequence[Chain], capacity: int) -> float:
     return max(longest, sum(sum(chain) for chain in models) / capacity)
 
 
-def by_jobs(models: Sequence[Chain], capacity: int, rank: Callable[[int, int], float]) -> float:
-    """Makespan when a freed slot goes to the ready job of the lowest `rank(model, step)`."""
-    ready: list[tuple[float, int, int]] = [(rank(m, 0), m, 0) for m, c in enumerate(models) if c]
+def by_jobs(
+    models: Sequence[Chain], capacity: int, rank: Callable[[int, int, float], float]
+) -> float:
+    """Makespan when a freed slot goes to the ready job of the lowest
+    `rank(model, step, ready_at)`, the model listed first among equals."""
+    ready = [(rank(m, 0, 0.0), m, 0) for m, chain in enumerate(models) if chain]
     heapq.heapify(ready)
     running: list[tuple[float, int, int]] = []  # (ends at, model, step)
     now = end = 0.0
@@ -60,17 +63,18 @@ def by_jobs(models: Sequence[Chain], capacity: int, rank: Callable[[int, int], f
         now, model, step = heapq.heappop(running)
         end = max(end, now)
         if step + 1 < len(models[model]):
-            heapq.heappush(ready, (rank(model, step + 1), model, step + 1))
+            heapq.heappush(ready, (rank(model, step + 1, now), model, step + 1))
     return end
 
 
 def list_order_jobs(models: Sequence[Chain], capacity: int) -> float:
-    return by_jobs(models, capacity, lambda model, _step: model)
+    """First ready, first served; at the start, in list order (Airflow's task queue)."""
+    return by_jobs(models, capacity, lambda _model, _step, ready_at: ready_at)
 
 
 def longest_first(models: Sequence[Chain], capacity: int) -> float:
     left = [[sum(chain[step:]) for step in range(len(chain))] for chain in models]
-    return by_jobs(models, capacity, lambda model, step: -left[model][step])
+    return by_jobs(models, capacity, lambda model, step, _ready_at: -left[model][step])
 
 
 def list_order_models(models: Sequence[Chain], capacity: int) -> float:

@@ -365,3 +365,32 @@ def test_world_bench_refuses_to_report_on_a_wrong_world() -> None:
         "5 jobs submitted, not 6; 1 jobs still running; "
         "the last model has 0 trained versions, not 2"
     )
+
+
+def load_schedules() -> ModuleType:
+    load_bench()  # puts bench/ on sys.path
+    return importlib.import_module("schedules")
+
+
+def test_zero_overhead_schedules_of_known_chains() -> None:
+    """Three models, two slots: the orders differ exactly where the textbook says."""
+    s = load_schedules()
+    jobs = [
+        job("a", "TRAINING", 0, 10, None),
+        job("a", "EVALUATION", 10, 12, None),
+        job("b", "TRAINING", 0, 10, None),
+        job("c", "TRAINING", 0, 30, None),
+        job("c", "EVALUATION", 30, 31, None),
+    ]
+    chains = s.chains(jobs, ["a", "b", "c"])
+    assert chains == [[10, 2], [10], [30, 1]]
+    assert s.lower_bound(chains, 2) == 31  # c's chain; 63 s of work / 2 slots is less
+    # A slot per model, list order: a and b first, c after b at 10: 41.
+    assert s.list_order_models(chains, 2) == 41
+    # Airflow's queue: a and b train, then c (ready since 0) before a's evaluation: 41.
+    assert s.list_order_jobs(chains, 2) == 41
+    # Longest first: c and one 10 s training at once: 31.
+    assert s.longest_first(chains, 2) == 31
+    plans = s.schedules(jobs, ["a", "b", "c"], 2)
+    assert plans["longest_first_s"] == 31
+    assert plans["capacity"] == 2
