@@ -3,8 +3,12 @@ the server's clock learnt from `Date` headers (issue 13, items 2 and 3)."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import uuid
+from typing import Any
 
+import httpx
 import pytest
 import respx
 
@@ -14,7 +18,7 @@ from fleet.client import ModelOpsClient
 from fleet.errors import OutcomeUnknown, TransientApiError
 from fleet.modelops import TrainRequest
 from fleet.retries import RetryPolicy
-from fleet.transport import HttpOptions
+from fleet.transport import HttpOptions, Requests
 from support import InstantTime
 
 BASE_URL = "https://mo.example/modelops/core"
@@ -134,3 +138,89 @@ async def test_the_emulator_dates_its_answers_by_its_own_clock_over_http() -> No
         floor = api.server_time_floor()
     assert floor is not None
     assert floor.timestamp() == world.now()
+
+
+# -- what the client still does for a request it builds itself ---------------------------------
+
+
+async def test_a_cookie_the_server_sets_goes_back_with_the_next_request() -> None:
+    """Requests skip httpx's client machinery, not its cookies: a cookie set by the server (a
+    gateway's sticky session, say) is sent with the requests after it."""
+    with respx.mock(using="httpx", assert_all_called=False) as mock:
+        route = mock.get(f"{API}/jobs/{HEALTHY}").mock(
+            side_effect=[
+                httpx.Response(200, json=_job(HEALTHY), headers={"Set-Cookie": "route=b7; Path=/"}),
+                httpx.Response(200, json=_job(HEALTHY)),
+            ]
+        )
+        async with ModelOpsClient(
+            BASE_URL, PROJECT_ID, TOKEN, pacing=InstantTime().pacing()
+        ) as api:
+            await api.get_job(HEALTHY)
+            await api.get_job(HEALTHY)
+    first, second = (call.request for call in route.calls)
+    assert "Cookie" not in first.headers
+    assert second.headers["Cookie"] == "route=b7"
+    assert second.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_a_compressed_answer_is_read_decompressed() -> None:
+    """An answer the server gzipped (fleet accepts gzip, as httpx does) is read as its JSON,
+    and so is one sent as it is, over a transport that streams the body."""
+    bodies = {
+        f"/modelops/core/api/jobs/{HEALTHY}": (
+            gzip.compress(json.dumps(_job(HEALTHY)).encode()),
+            True,
+        ),
+        f"/modelops/core/api/jobs/{BROKEN}": (json.dumps(_job(BROKEN)).encode(), False),
+    }
+    accepted: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body, zipped = bodies[scope["path"]]
+        accepted.append(dict(scope["headers"])[b"accept-encoding"].decode())
+        headers = [(b"content-type", b"application/json")]
+        if zipped:
+            headers.append((b"content-encoding", b"gzip"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async with ModelOpsClient(
+        BASE_URL,
+        PROJECT_ID,
+        TOKEN,
+        http=HttpOptions(transport=httpx.ASGITransport(app=app)),
+        pacing=InstantTime().pacing(),
+    ) as api:
+        assert (await api.get_job(HEALTHY)).id == HEALTHY
+        assert (await api.get_job(BROKEN)).id == BROKEN
+    assert all("gzip" in value for value in accepted)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "body"),
+    [
+        ("GET", {"sort": "createdAt,desc", "projection": "expandJob", "page": "0"}, None),
+        ("GET", {"status": "CREATED,RUNNING", "q": "a b&c=d/é"}, None),
+        ("GET", None, None),
+        ("POST", None, {"datasetId": HEALTHY, "comments": 'approved: "é" ≥ 0.7', "n": [1, 2.5]}),
+    ],
+)
+async def test_a_request_is_built_as_the_client_builds_it(method, params, body) -> None:
+    """`Requests` builds, from parts made once, the very request `build_request` would: URL,
+    query, headers and body, the second time (from its kept URL and headers) too."""
+    async with httpx.AsyncClient(
+        base_url=BASE_URL, headers={"AOA-Project-ID": PROJECT_ID}, timeout=7.0
+    ) as http:
+        http.cookies.set("route", "b7", domain="mo.example")
+        requests = Requests(http)
+        path = f"/api/jobs/{HEALTHY}"
+        expected = http.build_request(
+            method, path, params=params, json=body, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        for _ in range(2):
+            built = requests.build(method, path, TOKEN, params, body)
+            assert str(built.url) == str(expected.url)
+            assert sorted(built.headers.multi_items()) == sorted(expected.headers.multi_items())
+            assert built.content == expected.content
+            assert built.extensions == expected.extensions
