@@ -1,9 +1,18 @@
-"""Run state in SQLite: one owned aiosqlite connection, batched commits, a watched file.
+"""Run state in SQLite: owned connections, group commits, a watched file.
 
 Every lifecycle step is one logical write (the stage row and its transition log entry, plus
 any metrics) that becomes durable before the step's caller goes on. Writes from many models
-that arrive together share one transaction: a commit costs ~125 µs, a row ~2 µs. Every text
-written goes through `fleet.secrets.redactor` first: no secret reaches the file or its WAL.
+that arrive together share one transaction. Every text written goes through
+`fleet.secrets.redactor` first: no secret reaches the file or its WAL.
+
+Transactions run on the event loop's own thread, on a connection kept for them, in the task
+of a writer that found none under way (`_write`): in WAL mode with `synchronous=NORMAL` a
+commit is an append to the WAL, ~30-45 µs of CPU, where a trip to a worker thread costs
+~120 µs in hand-offs, and aiosqlite's trip per statement made a commit ~450 µs (~6 ms per
+model on a 1,000-model night). What can take long runs in a worker thread: checkpoints,
+which sync the file to disk, and a rescue's copy. Reads go through aiosqlite's connection.
+Nothing else writes the file while fleet holds its lease, so a transaction does not wait
+for a lock.
 
 The file is watched while it is driven (`guard.py`): each commit counts itself in the file and
 in a sidecar `<db>-commits`, and is followed by a look at the path; a state file deleted,
@@ -17,11 +26,11 @@ and reads older ones; the rows are `rows.py`'s; how models' settings survive upg
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -30,10 +39,11 @@ from typing import Any, Self
 
 import aiosqlite
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import anyio.lowlevel
+import anyio.to_thread
 
 from fleet import encoding, rows, schema
-from fleet.errors import FleetError, LeaseHeld, RunNotFound, StoreError, ungrouped
+from fleet.errors import FleetError, LeaseHeld, RunNotFound, StoreError
 from fleet.guard import Guard, Seal, repair_modes
 from fleet.models import ModelSpec
 from fleet.records import Lease, ModelRecord, RunRecord, StageRecord, utc_now
@@ -48,7 +58,7 @@ _COUNT_COMMIT = "UPDATE seal SET commits = commits + 1 WHERE id = 1 RETURNING co
 class _Write:
     statements: Sequence[Statement]
     # A read-decide-write step that must run alone in its own transaction (the lease).
-    step: Callable[[aiosqlite.Connection], Awaitable[Any]] | None = None
+    step: Callable[[sqlite3.Connection], Any] | None = None
     result: Any = None
     done: anyio.Event = field(default_factory=anyio.Event)
     error: BaseException | None = None
@@ -68,13 +78,15 @@ class Store:
         self._conn = conn
         self._path = path
         self._now = now
-        send, receive = anyio.create_memory_object_stream[_Write](max_buffer_size=math.inf)
-        self._send: MemoryObjectSendStream[_Write] = send
-        self._receive: MemoryObjectReceiveStream[_Write] = receive
+        # Writes waiting for a commit, and whether a caller is committing them.
+        self._pending: deque[_Write] = deque()
+        self._committing = False
         self.commits = 0  # by this process
         self._sequence = 0  # the file's own count (its seal), when driven
         # Watches the file while it is driven (None when read-only).
         self._guard: Guard | None = None
+        # Commits what is written, while the file is driven (None when read-only).
+        self._writer_connection: sqlite3.Connection | None = None
         # Set when the file was deleted, replaced or truncated: every later write fails with it.
         self._broken: StoreError | None = None
         self._settings = encoding.SettingsReader(path, driven=not readonly)
@@ -88,12 +100,7 @@ class Store:
         nor changes it, nor leaves files beside it (an older one is migrated in memory)."""
         if readonly:
             async with schema.read_only(Path(path)) as conn:
-                store = cls(conn, now, str(path), readonly=True)
-                try:
-                    async with store._serving():
-                        yield store
-                finally:
-                    store._closed()
+                yield cls(conn, now, str(path), readonly=True)
             return
         seal = Seal(Path(path))
         seal.check_present()
@@ -103,32 +110,16 @@ class Store:
         try:
             await schema.prepare(conn, Path(path), seal)
             store._guard = await store._sealed(seal)
-            async with store._serving():
-                yield store
+            store._writer_connection = await anyio.to_thread.run_sync(_writer_connection, path)
+            yield store
         finally:
-            store._closed()
+            if store._guard is not None:
+                store._guard.close()
+            if store._writer_connection is not None:
+                store._writer_connection.close()
+                store._writer_connection = None
             with anyio.CancelScope(shield=True):  # closed even by a cancelled caller
                 await conn.close()
-
-    @asynccontextmanager
-    async def _serving(self) -> AsyncIterator[None]:
-        """The writer task around the caller's use of the store."""
-        try:
-            with ungrouped():
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._writer)
-                    try:
-                        yield
-                    finally:
-                        self._send.close()
-        finally:
-            self._closed()
-
-    def _closed(self) -> None:
-        self._send.close()
-        self._receive.close()
-        if self._guard is not None:
-            self._guard.close()
 
     async def _sealed(self, seal: Seal) -> Guard:
         """Compare the file with its sidecar (refusing a file behind it), then watch it."""
@@ -149,70 +140,87 @@ class Store:
     async def _write(
         self,
         statements: Sequence[Statement],
-        step: Callable[[aiosqlite.Connection], Awaitable[Any]] | None = None,
+        step: Callable[[sqlite3.Connection], Any] | None = None,
     ) -> Any:
+        """Commit a write; it is durable when this returns, even if the caller is cancelled.
+
+        Group commit with no task of its own: a writer that finds no commit under way
+        lets the tasks already due run first (their writes join its transaction), then
+        commits what is pending itself; writes that arrive meanwhile wait for it and share
+        the next transaction."""
         write = _Write(statements, step)
-        await self._send.send(write)
-        # The write must reach the disk even if this step is being cancelled.
-        with anyio.CancelScope(shield=True):
-            await write.done.wait()
+        self._pending.append(write)
+        if self._committing:
+            # The write must reach the disk even if this step is being cancelled.
+            with anyio.CancelScope(shield=True):
+                await write.done.wait()
+        else:
+            with anyio.CancelScope(shield=True):
+                await self._commit_pending()
         if isinstance(write.error, FleetError):
             raise write.error
         if write.error is not None:
             raise StoreError(f"cannot write state: {write.error}") from write.error
         return write.result
 
-    async def _writer(self) -> None:
-        """Commit what is sent, in batches, until the store closes.
-
-        Shielded: when everything around the store is cancelled (a caller's deadline, the
-        end of a grace period), the writes that must survive it (the run's interrupted
-        status, the lease released) are sent shielded and wait for their commit; the writer
-        must still be there to make it. It ends when the store's block ends and the stream
-        closes, after the writes already sent."""
-        with anyio.CancelScope(shield=True):
-            await self._write_until_closed()
-
-    async def _write_until_closed(self) -> None:
-        async with self._receive:
-            async for first in self._receive:
-                batch = [first]
-                while batch[-1].step is None:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                step = batch.pop() if batch[-1].step is not None else None
-                if batch:
-                    await self._commit(batch)
-                if step is not None:
-                    await self._commit([step])
+    async def _commit_pending(self) -> None:
+        """Commit every pending write, in batches, a step alone in its own."""
+        self._committing = True
+        try:
+            await anyio.lowlevel.checkpoint()
+            while self._pending:
+                batch = [self._pending.popleft()]
+                while batch[-1].step is None and self._pending and self._pending[0].step is None:
+                    batch.append(self._pending.popleft())
+                await self._commit(batch)
+        except BaseException as exc:  # a step's bug: the writers still waiting hear of it too
+            while self._pending:
+                write = self._pending.popleft()
+                write.error = exc
+                write.done.set()
+            raise
+        finally:
+            self._committing = False
 
     async def _commit(self, batch: list[_Write]) -> None:
+        """One transaction for the batch, then a look at the file; then each writer learns
+        how it went."""
         try:
-            if self._broken is not None:
-                raise self._broken
-            await self._conn.execute("BEGIN IMMEDIATE")
-            if batch[0].step is not None:
-                batch[0].result = await batch[0].step(self._conn)
-            grouped: dict[str, list[Sequence[Any]]] = {}
+            try:
+                self._transaction(batch)
+                await self._watch()
+            except (sqlite3.Error, FleetError) as exc:
+                if self._writer_connection is not None:
+                    _rollback(self._writer_connection)
+                for write in batch:
+                    write.error = exc
+        except BaseException as exc:
             for write in batch:
-                for sql, params in write.statements:
-                    grouped.setdefault(sql, []).append(params)
-            for sql, params_list in grouped.items():
-                await self._conn.executemany(sql, params_list)
-            async with self._conn.execute(_COUNT_COMMIT) as cursor:
-                counted = await cursor.fetchone()
-            await self._conn.commit()
-            self.commits += 1
-            self._sequence = int(counted[0]) if counted else self._sequence + 1
-            await self._watch()
-        except (sqlite3.Error, FleetError) as exc:
-            await _rollback(self._conn)
+                write.error = write.error or exc
+            raise
+        finally:
             for write in batch:
-                write.error = exc
+                write.done.set()
+
+    def _transaction(self, batch: list[_Write]) -> None:
+        conn = self._writer_connection
+        if conn is None:
+            raise StoreError(f"state file {self._path} is not open for writing")
+        if self._broken is not None:
+            raise self._broken
+        conn.execute("BEGIN IMMEDIATE")
+        if batch[0].step is not None:
+            batch[0].result = batch[0].step(conn)
+        grouped: dict[str, list[Sequence[Any]]] = {}
         for write in batch:
-            write.done.set()
+            for sql, params in write.statements:
+                grouped.setdefault(sql, []).append(params)
+        for sql, params_list in grouped.items():
+            conn.executemany(sql, params_list)
+        counted = conn.execute(_COUNT_COMMIT).fetchone()
+        conn.execute("COMMIT")
+        self.commits += 1
+        self._sequence = int(counted[0]) if counted else self._sequence + 1
 
     async def _watch(self) -> None:
         """After a commit: the path still names this file, whole, or the run stops here.
@@ -220,28 +228,20 @@ class Store:
         The commit just made (an intent, say) fails for its caller, so nothing is submitted
         on the strength of a write that went to a file nobody will read again.
         """
-        if self._guard is None:
+        conn = self._writer_connection
+        if self._guard is None or conn is None:
             return
         problem = self._guard.after_commit(self._sequence)
         if problem is None:
             if self._guard.checkpoint_due():
-                await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                await anyio.to_thread.run_sync(_checkpoint, conn)
                 self._guard.checkpointed()
             return
         if problem.rescue_path is not None:
-            saved = await self._rescue(problem.rescue_path)
+            saved = await anyio.to_thread.run_sync(_rescue, conn, problem.rescue_path)
             problem = problem.rescued(Path(self._path), saved=saved)
         self._broken = StoreError(problem.message)
         raise self._broken
-
-    async def _rescue(self, target: Path) -> bool:
-        """Copy the state as committed, from the file fleet still holds open, to `target`."""
-        try:
-            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-            await self._conn.execute("VACUUM INTO ?", (str(target),))
-        except (sqlite3.Error, OSError):
-            return False
-        return True
 
     async def create_run(
         self,
@@ -290,9 +290,8 @@ class Store:
     async def acquire_lease(self, me: Lease, ttl_s: float) -> None:
         """Take the state file for this process, unless another live process holds it."""
 
-        async def take(conn: aiosqlite.Connection) -> None:
-            async with conn.execute("SELECT * FROM lease WHERE id = 1") as cursor:
-                row = await cursor.fetchone()
+        def take(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT * FROM lease WHERE id = 1").fetchone()
             if row is not None:
                 held = Lease(
                     row[1], row[2], row[3], rows.parse_time(row[4]), rows.parse_time(row[5])
@@ -300,7 +299,7 @@ class Store:
                 if held.holder != me.holder and not _stale(held, self._now(), ttl_s):
                     raise LeaseHeld(held, self._path)
             _HELD_HERE.add(me.holder)
-            await conn.execute(
+            conn.execute(
                 "INSERT OR REPLACE INTO lease (id, holder, host, pid, since, renewed_at)"
                 " VALUES (1, ?, ?, ?, ?, ?)",
                 (me.holder, me.host, me.pid, rows.iso(me.since), rows.iso(me.renewed_at)),
@@ -311,8 +310,8 @@ class Store:
     async def renew_lease(self, me: Lease) -> bool:
         """Mark this process alive; False when another process has taken the lease over."""
 
-        async def renew(conn: aiosqlite.Connection) -> bool:
-            cursor = await conn.execute(
+        def renew(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
                 "UPDATE lease SET renewed_at = ? WHERE id = 1 AND holder = ?",
                 (self._iso(), me.holder),
             )
@@ -429,9 +428,41 @@ class Store:
         return self._now().isoformat(timespec="milliseconds")
 
 
-async def _rollback(conn: aiosqlite.Connection) -> None:
+def _writer_connection(path: Path | str) -> sqlite3.Connection:
+    """The connection that commits: set as `schema.prepare` sets the file's first one (WAL
+    is the file's own mode). The loop's thread commits on it, and a worker thread takes a
+    checkpoint or a rescue on it while the writer waits: one thread at a time."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     try:
-        await conn.rollback()
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints are the guard's (`_watch`)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"cannot use state file {path}: {exc}") from exc
+    return conn
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def _rescue(conn: sqlite3.Connection, target: Path) -> bool:
+    """Copy the state as committed, from the file fleet still holds open, to `target`."""
+    try:
+        os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        conn.execute("VACUUM INTO ?", (str(target),))
+    except (sqlite3.Error, OSError):
+        return False
+    return True
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
     except sqlite3.Error:
         return
 
