@@ -38,7 +38,7 @@ from fleet.plan import RunPlan
 from fleet.progress import Failure, Progress, RunResult
 from fleet.project_run import RunScope, transition
 from fleet.records import Lease, ModelRecord, RunRecord, model_outcome, utc_now
-from fleet.stages import Outcome, RunStatus, Stage, StageState
+from fleet.stages import DONE, Outcome, RunStatus, Stage, StageState
 from fleet.store import Store
 
 log = structlog.get_logger("fleet.scheduler")
@@ -303,12 +303,14 @@ def _work_first(
     """Admission order: by priority, then the most expected work first (LPT scheduling).
 
     Starting the longest chains first keeps a long one from starting last and running alone
-    at the end. A model with no figure for a stage counts as the stage's typical one; with
-    none at all, models keep their listed order.
+    at the end. Only a model's stages not done count (a resumed run); a model with no figure
+    for a stage counts as the stage's typical one; with none at all, models keep their
+    listed order.
     """
 
     def rank(model: ModelRecord) -> tuple[float, ...]:
-        return (-model.spec.priority, -expected.work_left(model.spec.id, stages))
+        left = [s for s in stages if s not in model.stages or model.stages[s].state not in DONE]
+        return (-model.spec.priority, -expected.work_left(model.spec.id, left))
 
     return rank
 
