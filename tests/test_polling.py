@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class FakeJobs:
         self.unhang = anyio.Event()
         self._reads = itertools.count(1)
         self.reads_of: Counter[str] = Counter()
+        self.seen_done: dict[str, float] = {}  # when a read first found each job finished
         self.single_sends: Counter[str] = Counter()  # reads given a one-send account, by id
         for n in range(self.server.history):
             self.submit(f"old{n}", 1.0)
@@ -128,7 +130,10 @@ class FakeJobs:
             self.failing_reads[job_id] -= 1
             raise TransientApiError(f"GET /api/jobs/{job_id}: HTTP 500", status=500)
         every = self.server.no_status_every
-        return self._job(job_id, status=not (every and next(self._reads) % every == 0))
+        job = self._job(job_id, status=not (every and next(self._reads) % every == 0))
+        if job.terminal:
+            self.seen_done.setdefault(job_id, self.now)
+        return job
 
     async def job_page(self, sort: str, size: int) -> tuple[list[Job], int | None]:
         self.calls["probe"] += 1
@@ -232,6 +237,47 @@ async def test_each_reads_a_job_near_its_expected_end() -> None:
     assert finished is not None
     assert jobs.now - (jobs.created["long"] + 600.0) <= 590 * 0.02 + 1e-9
     assert jobs.calls["get"] <= 4
+
+
+async def test_predicted_jobs_take_under_three_reads_and_few_are_seen_late() -> None:
+    """Jobs that run their prediction give or take 7% (lognormal, as the emulator's nights
+    do): a look before most ends, then every `GAP` of the run; the spread is learned as jobs
+    end, so after the first few a job takes under three reads and 95% are seen within 8% of
+    their length."""
+    jobs = FakeJobs()
+    rng = random.Random(3)
+    expected = {f"j{i}": rng.uniform(400.0, 800.0) for i in range(150)}
+    runs = {j: e * rng.lognormvariate(0.0, 0.07) for j, e in expected.items()}
+    await _follow_all(jobs, _watch(jobs), runs, lambda j: expected[j], stagger_s=20.0)
+    learned = list(runs)[30:]  # once their stage's spread is known
+    late = sorted((jobs.seen_done[j] - jobs.ends[j]) / runs[j] for j in learned)
+    reads = sum(jobs.reads_of[j] for j in learned) / len(learned)
+    assert reads < 3.0
+    assert late[int(0.95 * len(late))] <= 0.08
+    assert late[-1] <= 0.3  # an early end is seen at the first look
+
+
+async def test_a_first_look_drawn_before_its_stage_had_ended_is_drawn_again() -> None:
+    """A long job handed over with only the prior to go by (a first look 10% early) is looked
+    at first where tonight's ends, all as predicted, say it should be."""
+    jobs = FakeJobs()
+    runs = {"long": 1000.0} | {f"short{i}": 100.0 for i in range(12)}
+    await _follow_all(jobs, _watch(jobs), runs, lambda j: runs[j])
+    assert jobs.reads_of["long"] <= 2  # the prior's first look alone would take four
+    assert jobs.seen_done["long"] - 1000.0 - jobs.created["long"] <= 0.05 * 1000.0
+
+
+async def test_a_predicted_job_that_never_ends_is_released_at_its_timeout() -> None:
+    """Past its dense looks it backs off: a fifth of its run apart, at most poll_interval."""
+    jobs = FakeJobs()
+    results = await _follow_all(
+        jobs, _watch(jobs), {"stuck": math.inf}, lambda _: 100.0, timeout_s=3600.0
+    )
+    finished = results["stuck"]
+    assert finished is not None
+    assert finished.timed_out
+    assert jobs.now - jobs.created["stuck"] <= 3600.0 + 30.0
+    assert jobs.reads_of["stuck"] <= 3600.0 / 30.0 + 15
 
 
 async def test_without_history_reads_back_off_up_to_poll_interval() -> None:
@@ -620,16 +666,23 @@ async def test_every_mode_sees_every_job_end(mode: PollMode) -> None:
     assert {j for j, r in results.items() if r is not None} == set(runs)
 
 
-async def test_a_job_that_ended_before_it_was_handed_over_is_still_seen() -> None:
+@pytest.mark.parametrize("expected_s", [None, 60.0], ids=["unpredicted", "predicted"])
+async def test_a_job_that_ended_before_it_was_handed_over_is_still_seen(
+    expected_s: float | None,
+) -> None:
     """A look may see a job finished before its submitter hands it over; later looks will
-    not show it again, so it is remembered and read by id."""
+    not show it again, so it is remembered and read by id at once, whatever its prediction
+    says."""
     jobs = FakeJobs(Server(sort="honoured", updated_at="fresh"))
     watch = _watch(jobs)
     stop = anyio.Event()
     results: dict[str, Finished | None] = {}
+    released: dict[str, float] = {}
 
-    async def follow(job_id: str, created: datetime) -> None:
-        results[job_id] = await watch.finished(InFlight(job_id, "train", created_at=created))
+    async def follow(job_id: str, created: datetime, expected: float | None = None) -> None:
+        handed = InFlight(job_id, "train", created_at=created, expected_s=expected)
+        results[job_id] = await watch.finished(handed)
+        released[job_id] = jobs.now
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch.run, stop)
@@ -640,11 +693,13 @@ async def test_a_job_that_ended_before_it_was_handed_over_is_still_seen() -> Non
             start = jobs.now
             while jobs.now < start + 10.0:
                 await anyio.lowlevel.checkpoint()
-            followers.start_soon(follow, "short", created)
+            handed_at = jobs.now
+            followers.start_soon(follow, "short", created, expected_s)
         stop.set()
     finished = results["short"]
     assert finished is not None
     assert finished.job.status == "COMPLETED"
+    assert released["short"] - handed_at <= 1.0
 
 
 # -- the probe's judgement -------------------------------------------------------------------

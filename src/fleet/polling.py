@@ -2,14 +2,17 @@
 
 A stage runner with a job in flight hands it to the `JobWatch` (as an `InFlight`) and waits.
 By default each job is read by id, `GET /api/jobs/{id}?projection=expandJob`, the call every
-real client makes, on a predicted schedule: due at its expected end (the duration of the same
-model's same stage in earlier runs), a little early rather than late, then 2% of that
-duration apart, and less often the more it overruns (a fifth of the time it has run). A job
-with no history of its own is looked at soon, then with that same back-off: another model's
-duration is no prediction (trainings differ tenfold), and a look too late costs more than a
-read.
-`poll_interval` bounds the gap between two looks at a job; `poll_floor` is the shortest gap
-between two looks at the server.
+real client makes, on a predicted schedule (looks.py): a job expected to run `p` seconds (the
+same model's same stage in earlier runs) is first read a little before the bulk of its
+stage's ends fall, then every 6% of the time it has run, and less often once it overruns
+them. How far ends fall from their predictions is learned from the jobs this watcher sees
+complete; a job handed over before its stage had any has its first look drawn again when it
+falls due. A job with no history of its own is looked at soon, then less often the more it
+has run (a fifth of it): another model's duration is no prediction (trainings differ
+tenfold), and a look too late costs more than a read.
+`poll_interval` bounds the gap between two looks at a job with no prediction, and at a
+predicted one past its dense looks unless 6% of `p` is longer; `poll_floor` is the
+shortest gap between two looks at the server.
 
 Two batched looks can replace most of those reads, but no recorded client uses them, so each
 is adopted only after a positive probe on the live server (`poll_mode` says which to try):
@@ -73,18 +76,12 @@ from fleet.errors import (
     ServerUnavailable,
     TransientApiError,
 )
+from fleet.looks import Schedule, Spreads
 from fleet.modelops import UNFINISHED_JOB_STATUSES, Job, ModelOps
 from fleet.retries import READ_BUDGET_INTERVALS, READ_FAILURES, one_send
 
 log = structlog.get_logger("fleet.polling")
 
-# The first look at a job with a known duration comes this much before its expected end...
-_EARLY = 0.97
-# ...and while it has not overrun by much, the next ones this share of the duration apart.
-_CLOSE_GAP = 0.02
-_OVERRUN = 1.25
-# Past that (or with no expectation), a gap of this share of the time it has run so far.
-_BACKOFF = 0.2
 # A batched look's "unfinished" is checked by id once a job has run this much of its expected
 # duration...
 _OVERDUE = 1.5
@@ -133,6 +130,10 @@ class _Followed:
     kind: str  # the stage (or "score"), for what is logged about it
     started: float  # when the job started, on the watcher's clock (earlier if resumed)
     expected: float | None
+    schedule: Schedule
+    # Its first look, drawn from the spread known when it was handed over, is drawn again
+    # when it falls due: by then more jobs of its stage may have ended.
+    replan: bool
     due: float
     created_at: datetime | None  # server time; None for a job from an earlier process
     deadline: float  # when it times out
@@ -249,6 +250,7 @@ class JobWatch:
         self._last_changes = 0
         self._recent: OrderedDict[str, Job] = OrderedDict()
         self._findings = _Findings()
+        self._spreads = Spreads()  # how far tonight's ends fell from their predictions
         # Reads by id run here, beside the looks, for as long as `run()` does.
         self._reads: TaskGroup | None = None
 
@@ -272,14 +274,19 @@ class JobWatch:
         # Only the model's own history predicts its job: another model's duration is a poor
         # guess (trainings differ by 10x), and looking late costs far more than a read.
         expected, age_s = job.expected_s, job.age_s
-        first = now + (expected * _EARLY - age_s if expected else self._floor)
+        if expected:
+            schedule = self._spreads.of(job.kind).schedule(expected, self._max_gap)
+        else:
+            schedule = Schedule.unpredicted(self._max_gap)
         job_id = job.job_id
         followed = _Followed(
             job_id,
             job.kind,
             started=now - age_s,
             expected=expected,
-            due=max(first, now + self._floor),
+            schedule=schedule,
+            replan=bool(expected),
+            due=max(now - age_s + schedule.first, now + self._floor),
             created_at=job.created_at,
             deadline=now - age_s + job.timeout_s,
             since=now,
@@ -289,6 +296,7 @@ class JobWatch:
             # It ended before it was handed over, and the listing will not show it again
             # (or it is already past its timeout): read it by id now.
             followed.due = now
+            followed.replan = False
             followed.created_at = None
         followed.due = min(followed.due, followed.deadline)
         self._follow(followed)
@@ -301,10 +309,9 @@ class JobWatch:
             raise followed.error
         if followed.job is None:
             return None
-        ran = self._clock.now() - followed.started
-        if followed.last_miss is not None:
-            ran = (followed.last_miss + self._clock.now()) / 2 - followed.started
-        return Finished(followed.job, ran, timed_out=followed.timed_out)
+        return Finished(
+            followed.job, _ran(followed, self._clock.now()), timed_out=followed.timed_out
+        )
 
     def _follow(self, followed: _Followed) -> None:
         self._followed[followed.job_id] = followed
@@ -364,7 +371,9 @@ class JobWatch:
 
     async def _look(self, now: float) -> None:
         self._findings = findings = _Findings()
-        due = [f for f in self._followed.values() if f.due <= now and not f.reading]
+        due = self._replanned(
+            [f for f in self._followed.values() if f.due <= now and not f.reading], now
+        )
         await self._probe(now, due)
         try:
             suspects = await self._batched(due, now)
@@ -391,6 +400,21 @@ class JobWatch:
         # hundred round trips late, and one slow answer holds up nothing else.
         assert self._reads is not None
         self._reads.start_soon(self._read_batch, list(to_read.values()), now, findings)
+
+    def _replanned(self, due: list[_Followed], now: float) -> list[_Followed]:
+        """The due jobs still due once each first look is drawn again from the spread of its
+        stage's ends so far; the others wait for their new first look."""
+        still = []
+        for f in due:
+            if f.replan and f.expected:
+                f.replan = False
+                f.schedule = self._spreads.of(f.kind).schedule(f.expected, self._max_gap)
+                first = min(f.started + f.schedule.first, f.deadline)
+                if first > now:
+                    self._schedule(f, first)
+                    continue
+            still.append(f)
+        return still
 
     async def _read_batch(self, batch: list[_Followed], now: float, findings: _Findings) -> None:
         async with anyio.create_task_group() as tg:
@@ -432,6 +456,7 @@ class JobWatch:
                     f"findByStatusIn listed job {job.id} as unfinished; it is {job.status}"
                 )
             self._check_finished(followed, job, findings)
+            self._learn(followed, job, now)
             self._release(followed, job=job)
             return
         if job.status is None:
@@ -481,6 +506,17 @@ class JobWatch:
         followed.covered = False
         gap = min(self._floor * 2.0**followed.failed_reads, self._max_gap)
         self._schedule(followed, min(now + gap, max(followed.deadline, now)))
+
+    def _learn(self, followed: _Followed, job: Job, now: float) -> None:
+        """A predicted job completed: how far its end fell from the prediction places the
+        next looks at its stage's jobs (a failed job may end at any time)."""
+        if followed.expected is not None and job.status == "COMPLETED":
+            self._spreads.ended(
+                followed.kind,
+                followed.expected,
+                _ran(followed, now),
+                at_first_look=followed.last_miss is None,
+            )
 
     def _check_finished(self, followed: _Followed, job: Job, findings: _Findings) -> None:
         """A job read finished that the trusted listing should have shown finished, and did
@@ -698,14 +734,8 @@ class JobWatch:
                 continue
             if miss:
                 f.last_miss = now
-            ran = now - f.started
-            if f.expected is not None and ran < f.expected * _OVERRUN:
-                gap = f.expected * _CLOSE_GAP
-            else:
-                gap = ran * _BACKOFF
-            self._schedule(
-                f, min(now + min(max(gap, self._floor), self._max_gap), max(f.deadline, now))
-            )
+            gap = f.schedule.gap(now - f.started, self._floor)
+            self._schedule(f, min(now + gap, max(f.deadline, now)))
 
     def _schedule(self, followed: _Followed, due: float) -> None:
         followed.due = due
@@ -726,3 +756,11 @@ class JobWatch:
         followed.timed_out = timed_out
         self._followed.pop(followed.job_id, None)
         followed.done.set()
+
+
+def _ran(followed: _Followed, now: float) -> float:
+    """How long a job seen finished at `now` ran, as far as its looks tell: to the middle of
+    the last look that missed its end and the one that saw it."""
+    if followed.last_miss is None:
+        return now - followed.started
+    return (followed.last_miss + now) / 2 - followed.started
