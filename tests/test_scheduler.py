@@ -591,3 +591,16 @@ async def test_the_job_cap_bounds_remote_jobs_of_every_stage_together(tmp_path: 
     assert result.status == "succeeded"
     assert _peak_overlap(spans) == 3
     assert stages == {"TRAINING", "EVALUATION", "DEPLOYMENT", "RETIREMENT"}
+
+
+async def test_models_in_flight_no_more_than_the_job_cap_is_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """concurrency = jobs leaves slots idle while models are between jobs: said once."""
+    async with emulated(models=6) as env:
+        await _run(env, tmp_path / "fleet.db", concurrency=2, jobs=2)
+        warned = capsys.readouterr().out
+        await _run(env, tmp_path / "other.db")
+        quiet = capsys.readouterr().out
+    assert "fleet.run.concurrency_binds" in warned
+    assert "fleet.run.concurrency_binds" not in quiet
