@@ -122,3 +122,20 @@ def test_a_model_with_no_figure_counts_as_its_stages_typical_one() -> None:
     assert durations.work_left("b", ALL) == 300.0
     assert durations.timing("a", Stage.TRAIN) == 100.0  # it times a later attempt
     assert durations.timing("x", Stage.TRAIN) is None  # another model's says nothing
+
+
+def test_a_job_followed_before_calibration_is_told_when_history_can_time_it() -> None:
+    durations = Durations({("timed", Stage.TRAIN): 50.0})
+    durations.rank_by({(m, Stage.TRAIN): 100.0 for m in ("a", "b", "c", "d")})
+    assert durations.calibrating("timed", Stage.TRAIN) is None  # timed already
+    assert durations.calibrating("nobody", Stage.TRAIN) is None  # nothing to wait for
+    event = durations.calibrating("d", Stage.TRAIN)
+    assert event is not None
+    assert durations.calibrating("c", Stage.TRAIN) is event  # one per stage
+    for model in ("a", "b"):
+        durations.finished(model, Stage.TRAIN, 10.0)
+    assert not event.is_set()
+    durations.finished("c", Stage.TRAIN, 10.0)
+    assert event.is_set()
+    assert durations.timing("d", Stage.TRAIN) == pytest.approx(10.0)
+    assert durations.calibrating("d", Stage.TRAIN) is None  # calibrated: timed at once

@@ -8,15 +8,19 @@ the start, and times looks only once calibrated: when `CALIBRATED_AFTER` jobs of
 ended tonight for models it knew, each later job's history is scaled by the median of
 tonight's durations over history's. A clock that runs faster than fleet's (the emulator's) or
 a night on more data shows in that ratio; a history that predicts nothing shows as a job
-looked at late once, not for the whole night. Tonight's finished jobs also teach each stage's
-typical duration, which stands in for a model with no figure of its own when jobs are
-ranked, never to time a look: another model's duration says nothing of when this job ends.
+looked at late once, not for the whole night. A job handed to the watcher before its stage
+was calibrated is handed again, timed, once it is (`calibrating`). Tonight's finished jobs
+also teach each stage's typical duration, which stands in for a model with no figure of its
+own when jobs are ranked, never to time a look: another model's duration says nothing of
+when this job ends.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping, Sequence
+
+import anyio
 
 from fleet.stages import JOB_NOUNS, Stage
 
@@ -37,6 +41,7 @@ class Durations:
         self._by_stage: dict[Stage, list[float]] = {stage: [] for stage in Stage}
         # Tonight's durations over history's, per stage, sorted.
         self._ratios: dict[Stage, list[float]] = {stage: [] for stage in Stage}
+        self._calibrated: dict[Stage, anyio.Event] = {}  # for the jobs that wait for it
         for key, seconds in (timed or {}).items():
             if seconds > 0:
                 self._timed[key] = seconds
@@ -55,6 +60,17 @@ class Durations:
             return None
         return past * ratios[len(ratios) // 2]
 
+    def calibrating(self, model_id: str, stage: Stage) -> anyio.Event | None:
+        """Set once the stage is calibrated, for a job that history will then time; None:
+        nothing to wait for (the model's job is timed already, or history knows nothing of
+        it)."""
+        key = (model_id, stage)
+        if key in self._timed or key not in self._history:
+            return None
+        if len(self._ratios[stage]) >= CALIBRATED_AFTER:
+            return None
+        return self._calibrated.setdefault(stage, anyio.Event())
+
     def rank_by(self, history: Mapping[Key, float]) -> None:
         """The server's history: ranks models at once, times looks once calibrated."""
         for key, seconds in history.items():
@@ -72,6 +88,8 @@ class Durations:
         past = self._history.get(key)
         if past is not None and key not in self._timed:
             bisect.insort(self._ratios[stage], seconds / past)
+            if len(self._ratios[stage]) == CALIBRATED_AFTER and stage in self._calibrated:
+                self._calibrated[stage].set()
         self._timed.setdefault(key, seconds)
 
     def typical(self, stage: Stage) -> float:

@@ -9,13 +9,16 @@ that ends in ERROR is tried again as a new attempt while the stage has tries lef
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
-from fleet.errors import OutcomeUnknown
+import anyio
+
+from fleet.errors import OutcomeUnknown, ungrouped
 from fleet.modelops import Job
 from fleet.polling import Finished, InFlight
 from fleet.project_run import (
@@ -228,22 +231,27 @@ async def _follow(ctx: ProjectRun, record: StageRecord, created_at: datetime | N
     """
     job_id, jobs = record.job_id, ctx.jobs
     assert job_id is not None
-    expected = ctx.expected.timing(record.model_id, record.stage)
     timeout = ctx.plan.job_timeouts.get(record.stage.value, math.inf)
 
     async def finished() -> Finished | None:
-        submitted = record.submitted_at
-        age = 0.0 if submitted is None else max((ctx.now() - submitted).total_seconds(), 0.0)
-        return await jobs.finished(
-            InFlight(
+        while True:
+            submitted = record.submitted_at
+            age = 0.0 if submitted is None else max((ctx.now() - submitted).total_seconds(), 0.0)
+            job = InFlight(
                 job_id,
                 record.stage.value,
                 created_at=created_at,
-                expected_s=expected,
+                expected_s=ctx.expected.timing(record.model_id, record.stage),
                 age_s=age,
                 timeout_s=timeout,
             )
-        )
+            calibrating = ctx.expected.calibrating(record.model_id, record.stage)
+            if calibrating is None:
+                return await jobs.finished(job)
+            # Followed with no prediction until history can time it, then handed over again.
+            done = await _unless(functools.partial(jobs.finished, job), calibrating)
+            if not isinstance(done, _Retimed):
+                return done
 
     done = await api_call(finished)
     if done is None:
@@ -259,6 +267,32 @@ async def _follow(ctx: ProjectRun, record: StageRecord, created_at: datetime | N
         ctx.expected.finished(record.model_id, record.stage, done.ran_s)
         return record
     return await _ended_badly(ctx, record, done.job)
+
+
+class _Retimed:
+    """What `_unless` answers when its event came first."""
+
+
+_RETIMED = _Retimed()
+
+
+async def _unless(
+    call: Callable[[], Awaitable[Finished | None]], event: anyio.Event
+) -> Finished | _Retimed | None:
+    """`call()`'s answer, or `_RETIMED` if `event` is set first (the call is then cancelled)."""
+    answer: Finished | _Retimed | None = _RETIMED
+    with ungrouped():
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                nonlocal answer
+                answer = await call()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(run)
+            await event.wait()
+            tg.cancel_scope.cancel()
+    return answer
 
 
 async def _ended_badly(ctx: ProjectRun, record: StageRecord, job: Job) -> StageRecord:

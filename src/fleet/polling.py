@@ -304,7 +304,7 @@ class JobWatch:
             await followed.done.wait()
         finally:
             if not followed.done.is_set():  # cancelled while waiting
-                self._followed.pop(job_id, None)
+                self._unfollow(followed)
         if followed.error is not None:
             raise followed.error
         if followed.job is None:
@@ -754,8 +754,14 @@ class JobWatch:
         followed.job = job
         followed.error = error
         followed.timed_out = timed_out
-        self._followed.pop(followed.job_id, None)
+        self._unfollow(followed)
         followed.done.set()
+
+    def _unfollow(self, followed: _Followed) -> None:
+        """Forget the job, unless it was handed over again since (a read of the old hand-over
+        may still come back): the newer one stays followed."""
+        if self._followed.get(followed.job_id) is followed:
+            del self._followed[followed.job_id]
 
 
 def _ran(followed: _Followed, now: float) -> float:
