@@ -732,3 +732,43 @@ def test_the_sort_probe_needs_two_ordered_pages_that_differ(
 
 def test_the_finder_is_asked_for_the_unfinished_statuses_only() -> None:
     assert set(UNFINISHED_JOB_STATUSES) == {"CREATED", "SCHEDULED", "ASSIGNED", "RUNNING"}
+
+
+async def test_a_job_handed_over_again_while_its_old_read_is_out_stays_followed() -> None:
+    """A waiter cancelled while a read of its job is out, the job handed over again (timed,
+    say): the old read's answer must not drop the new follower, which sees the job end."""
+    jobs = FakeJobs()
+    watch = _watch(jobs, poll_interval=5.0)
+    stop = anyio.Event()
+    created = jobs.submit("j", 30.0)
+    jobs.hung.add("j")
+    result: list[Finished | None] = []
+
+    with anyio.fail_after(60):  # a guard against the hang this test is about, not a timing
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch.run, stop)
+            with anyio.CancelScope() as first:
+
+                async def cancel_once_read() -> None:
+                    while jobs.reads_of["j"] == 0:
+                        await anyio.lowlevel.checkpoint()
+                    first.cancel()  # the read is out, hung
+
+                tg.start_soon(cancel_once_read)
+                await watch.finished(InFlight("j", "train", created_at=created))
+            jobs.now += 60.0  # the job has ended by the time the old read answers
+
+            async def again() -> None:
+                expected = InFlight("j", "train", created_at=created, expected_s=30.0, age_s=60.0)
+                result.append(await watch.finished(expected))
+
+            tg.start_soon(again)
+            for _ in range(5):
+                await anyio.lowlevel.checkpoint()
+            jobs.unhang.set()  # the old read answers (COMPLETED) while the new one follows it
+            while not result:
+                await anyio.lowlevel.checkpoint()
+            stop.set()
+    [finished] = result
+    assert finished is not None
+    assert finished.job.status == "COMPLETED"
