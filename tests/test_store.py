@@ -147,6 +147,46 @@ async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
     assert commits < 10
 
 
+async def test_a_write_is_durable_when_it_returns(tmp_path: Path) -> None:
+    """A write committed alone is in the file for any other connection at once: the commit
+    is not left to a later moment or another task."""
+    path = tmp_path / "fleet.db"
+    async with Store.open(path) as store:
+        await store.create_run("r1", STAGE_ORDER, _specs(1), "{}")
+        await store.set_run_status("r1", "draining", finished=False)
+        with sqlite3.connect(path) as other:
+            [(status,)] = other.execute("SELECT status FROM runs WHERE id = 'r1'").fetchall()
+    assert status == "draining"
+
+
+async def test_a_failing_step_keeps_nothing_and_later_writes_commit(tmp_path: Path) -> None:
+    """A write whose read-decide step fails (a bug) fails its caller; nothing of its
+    transaction is kept, and the writes after it commit as usual."""
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE runs SET status = 'half-done'")
+        raise RuntimeError("a bug in a step")
+
+    async with Store.open(tmp_path / "fleet.db") as store:
+        await store.create_run("r1", STAGE_ORDER, _specs(1), "{}")
+        with pytest.raises(RuntimeError, match="a bug in a step"):
+            await store._write([], broken)
+        assert (await store.run("r1")).status == "running"
+        await store.set_run_status("r1", "succeeded", finished=True)
+        assert (await store.run("r1")).status == "succeeded"
+
+
+async def test_a_file_opened_for_reading_refuses_writes(tmp_path: Path) -> None:
+    """`fleet status` and `report` open the file read-only: a write there is a StoreError."""
+    path = tmp_path / "fleet.db"
+    async with Store.open(path) as store:
+        await store.create_run("r1", STAGE_ORDER, _specs(1), "{}")
+    async with Store.open(path, readonly=True) as store:
+        with pytest.raises(StoreError, match="not open for writing"):
+            await store.set_run_status("r1", "failed", finished=True)
+        assert (await store.run("r1")).status == "running"
+
+
 async def test_state_survives_reopening(tmp_path: Path) -> None:
     """What one process wrote, the next one reads: the basis of resume."""
     path = tmp_path / "fleet.db"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import uuid
 from typing import Any
 
@@ -224,3 +225,50 @@ async def test_a_request_is_built_as_the_client_builds_it(method, params, body) 
             assert sorted(built.headers.multi_items()) == sorted(expected.headers.multi_items())
             assert built.content == expected.content
             assert built.extensions == expected.extensions
+
+
+# -- failures sorted by what the server may have done ----------------------------------------
+
+
+async def test_a_server_not_listening_is_a_request_never_sent() -> None:
+    """No connection made: a POST too is a transient failure (nothing can have been applied),
+    counted as a connection error."""
+    with socket.socket() as probe:  # a port nothing listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with ModelOpsClient(
+        f"http://127.0.0.1:{port}/modelops/core",
+        PROJECT_ID,
+        TOKEN,
+        pacing=InstantTime().pacing(retry=RetryPolicy(attempts=1)),
+    ) as api:
+        with pytest.raises(TransientApiError, match="cannot reach ModelOps") as caught:
+            await api.train(HEALTHY, TRAIN)
+        assert type(caught.value) is TransientApiError
+        assert api.stats.errors["connection"] == 1
+
+
+async def test_a_connection_cut_after_the_request_is_an_unknown_outcome() -> None:
+    """A server that reads a request and hangs up: the POST may have been applied (it was:
+    the job exists), so it is an unknown outcome; a GET is a transient failure."""
+    settings = sim.SimSettings(models=1, drop_rate=1.0)
+    world, app = sim.build(settings)
+    model = world.models()[0]
+    request = TrainRequest(world.train_dataset_id, None, {}, {}, None)
+    jobs_before = len(world.jobs())
+    async with (
+        sim.serve(app) as url,
+        ModelOpsClient(
+            url,
+            settings.project_id,
+            settings.token,
+            pacing=InstantTime().pacing(retry=RetryPolicy(attempts=1)),
+        ) as api,
+    ):
+        with pytest.raises(OutcomeUnknown, match="no response"):
+            await api.train(model.id, request)
+        with pytest.raises(TransientApiError, match="no response") as read:
+            await api.check_project()
+        assert type(read.value) is TransientApiError
+        assert api.stats.errors["connection"] == 2
+    assert len(world.jobs()) == jobs_before + 1

@@ -184,30 +184,33 @@ class Store:
 
     async def _commit(self, batch: list[_Write]) -> None:
         """One transaction for the batch, then a look at the file; then each writer learns
-        how it went."""
+        how it went. Nothing of a failed transaction is kept."""
+        conn: sqlite3.Connection | None = None
         try:
-            try:
-                self._transaction(batch)
-                await self._watch()
-            except (sqlite3.Error, FleetError) as exc:
-                if self._writer_connection is not None:
-                    _rollback(self._writer_connection)
-                for write in batch:
-                    write.error = exc
-        except BaseException as exc:
+            conn, guard = self._writable()
+            self._transaction(conn, batch)
+            await self._watch(conn, guard)
+        except (sqlite3.Error, FleetError) as exc:
             for write in batch:
-                write.error = write.error or exc
+                write.error = exc
+        except BaseException as exc:  # a step's bug: its writers hear of it too
+            for write in batch:
+                write.error = exc
             raise
         finally:
+            if conn is not None:
+                _rollback(conn)
             for write in batch:
                 write.done.set()
 
-    def _transaction(self, batch: list[_Write]) -> None:
-        conn = self._writer_connection
-        if conn is None:
+    def _writable(self) -> tuple[sqlite3.Connection, Guard]:
+        if self._writer_connection is None or self._guard is None:
             raise StoreError(f"state file {self._path} is not open for writing")
         if self._broken is not None:
             raise self._broken
+        return self._writer_connection, self._guard
+
+    def _transaction(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         if batch[0].step is not None:
             batch[0].result = batch[0].step(conn)
@@ -222,20 +225,17 @@ class Store:
         self.commits += 1
         self._sequence = int(counted[0]) if counted else self._sequence + 1
 
-    async def _watch(self) -> None:
+    async def _watch(self, conn: sqlite3.Connection, guard: Guard) -> None:
         """After a commit: the path still names this file, whole, or the run stops here.
 
         The commit just made (an intent, say) fails for its caller, so nothing is submitted
         on the strength of a write that went to a file nobody will read again.
         """
-        conn = self._writer_connection
-        if self._guard is None or conn is None:
-            return
-        problem = self._guard.after_commit(self._sequence)
+        problem = guard.after_commit(self._sequence)
         if problem is None:
-            if self._guard.checkpoint_due():
+            if guard.checkpoint_due():
                 await anyio.to_thread.run_sync(_checkpoint, conn)
-                self._guard.checkpointed()
+                guard.checkpointed()
             return
         if problem.rescue_path is not None:
             saved = await anyio.to_thread.run_sync(_rescue, conn, problem.rescue_path)
