@@ -85,6 +85,8 @@ class Redactor:
             text = _USERINFO.sub(r"\1", text)
         if "=" in text:
             text = _SECRET_PARAMETER.sub(rf"\1{REDACTED}", text)
+        if _CREDENTIAL.search(text) is None:  # a third of the cost of `sub` (every log field)
+            return text
         return _CREDENTIAL.sub(rf"\1\2{REDACTED}", text)
 
     def scrub_optional(self, text: str | None) -> str | None:
