@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     )
     limits: Limits = Field(default_factory=Limits)
     history: Literal["off", "versions", "jobs"] = Field(
-        "versions",
+        "jobs",
         description="on a model's first night, learn its durations from the server: versions "
         "(its training, 2 reads a model), jobs (also evaluation and deployment, 4), or off",
     )
