@@ -125,7 +125,9 @@ class Settings(BaseSettings):
         None, description="cap on requests per second"
     )
     poll_interval: PositiveFloat = Field(
-        5.0, description="longest gap, in seconds, between two looks at a running job"
+        5.0,
+        description="longest gap, in seconds, between two looks at a job with no prediction "
+        "(a predicted job's looks follow its expected duration)",
     )
     poll_floor: PositiveFloat = Field(
         0.2, description="shortest gap, in seconds, between two looks at the server's jobs"
