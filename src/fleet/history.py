@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -141,11 +141,3 @@ def _between(start: datetime | None, end: datetime | None) -> float | None:
 def _keep(found: dict[Stage, float], stage: Stage, seconds: float | None) -> None:
     if seconds is not None and math.isfinite(seconds) and _SHORTEST_S <= seconds <= _LONGEST_S:
         found[stage] = seconds
-
-
-def by_project(clients: Mapping[str, ModelOps], models: Mapping[str, str]) -> dict[str, list[str]]:
-    """The model ids of each project (`models`: model id → project), in the given order."""
-    grouped: dict[str, list[str]] = {name: [] for name in clients}
-    for model_id, project in models.items():
-        grouped.setdefault(project, []).append(model_id)
-    return {name: ids for name, ids in grouped.items() if ids}

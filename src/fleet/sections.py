@@ -233,7 +233,7 @@ class Discovery(Section):
         return value
 
 
-class ProjectLimits(Section):
+class ProjectLimits(Limits):
     """A project's own bounds; a setting left out shares the run's (`concurrency`, `jobs`,
     `[limits]`)."""
 
@@ -243,15 +243,6 @@ class ProjectLimits(Section):
     jobs: PositiveInt | None = Field(
         None, description="this project's remote jobs running at once (within jobs)"
     )
-    train: PositiveInt | None = Field(None, description="this project's training jobs at once")
-    evaluate: PositiveInt | None = Field(None, description="its evaluation jobs at once")
-    approve: PositiveInt | None = Field(None, description="its approval calls at once")
-    deploy: PositiveInt | None = Field(None, description="its deployment jobs at once")
-    retire: PositiveInt | None = Field(None, description="its retirement jobs at once")
-
-    def of(self, stage: Stage) -> int | None:
-        value: int | None = getattr(self, stage.value)
-        return value
 
 
 class ProjectSettings(Section):
